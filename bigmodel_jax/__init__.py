@@ -1,0 +1,1 @@
+"""bigmodel_jax: train, fine-tune, evaluate and compress large models in JAX."""

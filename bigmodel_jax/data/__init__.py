@@ -1,0 +1,1 @@
+"""Input pipelines. Each module exposes `Input` and `load_tokenizer`."""

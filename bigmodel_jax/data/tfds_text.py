@@ -1,0 +1,128 @@
+"""Character-level language-model batches from a TFDS text dataset.
+
+Reads the dataset with `tfds.data_source` (array_record, no TensorFlow), builds
+a character vocabulary from the training split and serves random windows of
+`seq_len + 1` characters. A batch is a pure function of (seed, step, process),
+so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from bigmodel_jax.data import prefetch
+
+
+class CharTokenizer:
+  """Maps each character of a fixed alphabet to an integer id."""
+
+  def __init__(self, chars: str):
+    self.chars = chars
+    self._ids = {c: i for i, c in enumerate(chars)}
+
+  @classmethod
+  def from_text(cls, text: str) -> "CharTokenizer":
+    return cls("".join(sorted(set(text))))
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.chars)
+
+  def encode(self, text: str) -> np.ndarray:
+    unknown = sorted(set(text) - self._ids.keys())
+    if unknown:
+      raise ValueError(f"Characters not in the vocabulary: {unknown!r}")
+    return np.array([self._ids[c] for c in text], dtype=np.int32)
+
+  def decode(self, ids) -> str:
+    return "".join(self.chars[i] for i in np.asarray(ids).tolist())
+
+  def save(self, path: str) -> None:
+    with open(path, "w") as f:
+      json.dump({"type": "char", "chars": self.chars}, f)
+
+  @classmethod
+  def load(cls, path: str) -> "CharTokenizer":
+    with open(path) as f:
+      return cls(json.load(f)["chars"])
+
+
+def load_text(name: str, split: str, data_dir: str | None) -> str:
+  """The concatenated `text` feature of a TFDS split, with a clear error."""
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir,
+                              download=False)
+  except Exception as e:  # TFDS raises several types for a missing dataset.
+    where = data_dir or "the default TFDS data dir (~/tensorflow_datasets)"
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}: "
+        f"{e}\nPrepare it once with `tfds build {name} --data_dir DIR` "
+        "(needs tensorflow and internet), then point TFDS_DATA_DIR or "
+        "--config.input.data_dir at DIR.") from e
+  return "".join(source[i]["text"].decode("utf-8") for i in range(len(source)))
+
+
+class TextWindows:
+  """Random (inputs, targets) windows over a token array."""
+
+  def __init__(self, tokens: np.ndarray, seq_len: int):
+    if len(tokens) <= seq_len:
+      raise ValueError(f"Text of {len(tokens)} tokens is too short for "
+                       f"windows of {seq_len + 1}.")
+    self.tokens, self.seq_len = tokens, seq_len
+
+  def batch(self, rng: np.random.Generator, batch_size: int) -> dict:
+    starts = rng.integers(0, len(self.tokens) - self.seq_len, size=batch_size)
+    windows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)]
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+
+class Input:
+  """Train and eval batches for one process (its share of the global batch)."""
+
+  def __init__(self, config, *, seed: int, process_index: int,
+               process_count: int):
+    if config.batch_size % process_count:
+      raise ValueError(f"input.batch_size={config.batch_size} is not divisible "
+                       f"by the {process_count} processes.")
+    self.config, self.seed = config, seed
+    self.process_index = process_index
+    self.local_batch_size = config.batch_size // process_count
+    train_text = load_text(config.dataset, config.train_split, config.data_dir)
+    self.tokenizer = CharTokenizer.from_text(train_text)
+    self.train = TextWindows(self.tokenizer.encode(train_text), config.seq_len)
+    self.eval = TextWindows(
+        self.tokenizer.encode(
+            load_text(config.dataset, config.eval_split, config.data_dir)),
+        config.seq_len)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.vocab_size
+
+  def tokens_per_batch(self) -> int:
+    return self.config.batch_size * self.config.seq_len
+
+  def train_batch(self, step: int) -> dict:
+    rng = np.random.default_rng([self.seed, step, self.process_index])
+    return self.train.batch(rng, self.local_batch_size)
+
+  def train_batches(self, start_step: int):
+    """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""
+    return prefetch.background(self.train_batch, start_step)
+
+  def eval_batches(self):
+    """The same `eval_steps` batches every time."""
+    for i in range(self.config.eval_steps):
+      rng = np.random.default_rng([self.seed, 1 << 30, i, self.process_index])
+      yield self.eval.batch(rng, self.local_batch_size)
+
+  def save(self, workdir: str) -> None:
+    """Writes what decoding needs (the tokenizer) into the workdir."""
+    self.tokenizer.save(os.path.join(workdir, "tokenizer.json"))
+
+
+def load_tokenizer(workdir: str) -> CharTokenizer:
+  return CharTokenizer.load(os.path.join(workdir, "tokenizer.json"))

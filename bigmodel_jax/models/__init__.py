@@ -1,0 +1,1 @@
+"""Model families. Each module exposes `VARIANTS`, `model_config` and `make`."""

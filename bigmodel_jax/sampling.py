@@ -1,0 +1,93 @@
+"""Autoregressive decoding with a KV cache, and loading a trained run.
+
+The prompt is processed in one call that fills the cache; each further token
+costs one single-position call. With learned positions the cache holds at most
+`block_size` tokens: when it is full, decoding restarts from the last half of
+the text (one prefill call) and continues, as nanoGPT's cropping does.
+"""
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigmodel_jax import (checkpoints, config_lib, optim, registry, sharding,
+                          state)
+
+
+def _pick(logits, rng, temperature: float, top_k: int | None):
+  """Samples ids from (B, vocab) logits; temperature 0 is greedy."""
+  if temperature == 0:
+    return jnp.argmax(logits, -1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
+def _segment(model, params, context, length, rng, num_steps, temperature,
+             top_k):
+  """Prefills the cache with context[:, :length]; then decodes num_steps + 1 ids."""
+  cache = jax.tree.map(
+      lambda x: jnp.zeros(x.shape, x.dtype),
+      jax.eval_shape(lambda: model.init(
+          jax.random.key(0), context, decode=True))["cache"])
+  logits, variables = model.apply({"params": params, "cache": cache}, context,
+                                  decode=True, mutable=["cache"])
+  cache = {**variables["cache"], "index": length.astype(jnp.int32)}
+  rngs = jax.random.split(rng, num_steps + 1)
+  first = _pick(jnp.take(logits, length - 1, axis=1), rngs[0], temperature,
+                top_k)
+
+  def step(carry, rng):
+    cache, token = carry
+    logits, variables = model.apply({"params": params, "cache": cache},
+                                    token[:, None], decode=True,
+                                    mutable=["cache"])
+    token = _pick(logits[:, 0], rng, temperature, top_k)
+    return (variables["cache"], token), token
+
+  _, rest = jax.lax.scan(step, (cache, first), rngs[1:])
+  return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def generate(model, params, prompt: np.ndarray, max_new_tokens: int, rng, *,
+             temperature: float = 1.0, top_k: int | None = None) -> np.ndarray:
+  """Continues each row of `prompt` (B, T) by `max_new_tokens` ids."""
+  size = model.config.block_size
+  tokens = np.asarray(prompt, np.int32)
+  if tokens.shape[1] == 0:
+    raise ValueError("The prompt must hold at least one token.")
+  produced = 0
+  keep = size  # The first context may fill the cache; later ones half of it.
+  while produced < max_new_tokens:
+    context = tokens[:, -keep:]
+    length = context.shape[1]
+    num_steps = min(max_new_tokens - produced, size - length + 1) - 1
+    padded = np.pad(context, ((0, 0), (0, size - length)))
+    rng, key = jax.random.split(rng)
+    new = _segment(model, params, padded, jnp.int32(length), key, num_steps,
+                   float(temperature), top_k)
+    tokens = np.concatenate([tokens, np.asarray(new)], axis=1)
+    produced += new.shape[1]
+    keep = size // 2
+  return tokens[:, prompt.shape[1]:]
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(config, model, params, tokenizer) of a training run's newest checkpoint."""
+  config = config_lib.load_json(os.path.join(workdir, "config.json"))
+  model = registry.get("models", config.model.name).make(config.model)
+  mesh = sharding.make_mesh({"data": -1})
+  tx = optim.make(config.optimizer, config.total_steps)
+  factory = state.StateFactory(model, tx, mesh,
+                               np.zeros((1, config.input.seq_len), np.int32))
+  restored = checkpoints.restore(checkpoints.manager(workdir),
+                                 factory.abstract, step)
+  if restored is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+  tokenizer = registry.get("data", config.input.name).load_tokenizer(workdir)
+  return config, model, restored.params, tokenizer

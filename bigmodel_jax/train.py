@@ -1,0 +1,133 @@
+"""Trains a model from an experiment config.
+
+  python -m bigmodel_jax.train --config experiments/gpt_shakespeare_char.py:cpu \\
+      --workdir runs/shakespeare [--config.optimizer.learning_rate=3e-4 ...]
+
+Rerunning the same command resumes from the newest checkpoint in the workdir.
+Writes WORKDIR/config.json, metrics.jsonl, TensorBoard events, checkpoints/.
+"""
+import argparse
+import os
+import sys
+import time
+
+import jax
+import orbax.checkpoint as ocp
+
+from bigmodel_jax import (checkpoints, config_lib, experiment, metric_writer,
+                          perf)
+
+
+def log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _format_train(step, total, m) -> str:
+  mfu = f"{m['train/mfu']:.1%}" if "train/mfu" in m else "n/a"
+  rate = (f"{m['train/tokens_per_sec']:,.0f} tok/s | MFU {mfu} | "
+          f"ETA {time.strftime('%H:%M:%S', time.gmtime(m['eta_seconds']))}"
+          if "eta_seconds" in m else "warming up")
+  return (f"step {step}/{total} | loss {m['train/loss']:.4f} | "
+          f"lr {m['train/learning_rate']:.2e} | {rate}")
+
+
+def train(config, workdir: str) -> dict:
+  """Trains to `config.total_steps`, resuming from WORKDIR; returns last metrics."""
+  # --- Mesh, data, model, sharded state layout, jitted steps ---------------
+  exp = experiment.build(config)
+  log(f"mesh {dict(exp.mesh.shape)} on {jax.device_count()} "
+      f"{jax.devices()[0].platform} devices, {jax.process_count()} process(es)")
+
+  # --- Checkpoint: resume from the newest one, else initialise -------------
+  mgr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  train_state = checkpoints.restore(mgr, exp.factory.abstract)
+  if train_state is None:
+    train_state = exp.factory.init(init_rng)
+  start = int(jax.device_get(train_state.step))
+  num_params = exp.model.num_params(exp.factory.abstract.params)
+  log(f"{'resumed at' if start else 'starting from'} step {start}; "
+      f"{num_params / 1e6:.2f}M parameters")
+
+  # --- Workdir files (process 0 writes) ------------------------------------
+  writer = metric_writer.MetricWriter(workdir)
+  if writer.enabled:
+    config_lib.save_json(config, os.path.join(workdir, "config.json"))
+    exp.data.save(workdir)
+    writer.write_text("config", "```\n" + str(config) + "\n```")
+
+  # --- Evals ---------------------------------------------------------------
+  def run_eval(step, params) -> dict:
+    scalars = {f"val/{k}": v for k, v in exp.evaluate(params).items()}
+    writer.write_scalars(step, scalars)
+    log(f"step {step}/{config.total_steps} | " +
+        " | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+    return scalars
+
+  # --- Loop ----------------------------------------------------------------
+  meter = perf.Meter(
+      exp.data.tokens_per_batch(),
+      exp.model.flops_per_token(exp.factory.abstract.params,
+                                config.input.seq_len),
+      config.total_steps)
+  meter.tick(start)
+  last = {}
+  pending = []  # (step, device metrics) not fetched yet.
+
+  def flush(records):
+    """Fetches finished steps' metrics: stops on NaN/inf, logs log steps."""
+    for (step, _), m in zip(records, jax.device_get([m for _, m in records])):
+      if not m.pop("finite"):
+        raise FloatingPointError(
+            f"Non-finite loss or gradient at step {step} (loss "
+            f"{m['train/loss']}). Stopping; checkpoints before it are kept.")
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        m.update(meter.tick(step))
+        writer.write_scalars(step, m)
+        log(_format_train(step, config.total_steps, m))
+        last.update(m)
+
+  batches = exp.data.train_batches(start)
+  for step in range(start + 1, config.total_steps + 1):
+    batch = exp.global_batch(next(batches))
+    train_state, metrics = exp.train_step(train_state, batch, train_rng)
+    pending.append((step, metrics))
+    is_last = step == config.total_steps
+    evaluate_now = step % config.eval_every_steps == 0 or is_last
+    save_now = step % config.checkpoint_every_steps == 0 or is_last
+    if evaluate_now or save_now:
+      flush(pending)  # Blocks on this step: its state is needed anyway.
+      pending = []
+      with meter.pause():
+        if evaluate_now:
+          last.update(run_eval(step, train_state.params))
+        if save_now:
+          mgr.save(step, args=ocp.args.StandardSave(train_state))
+    elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:
+      flush(pending[:-1])  # Never waits for the step just dispatched.
+      pending = pending[-1:]
+  flush(pending)
+  mgr.wait_until_finished()
+  mgr.close()
+  writer.close()
+  return last
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True,
+                      help="experiments/FILE.py[:variant]")
+  parser.add_argument("--workdir", required=True)
+  args, rest = parser.parse_known_args(argv)
+  try:
+    config = config_lib.load(args.config, config_lib.parse_overrides(rest))
+  except config_lib.ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
+  os.makedirs(args.workdir, exist_ok=True)
+  train(config, args.workdir)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,33 @@
+"""Tests run on 8 forced CPU devices; TFDS reads the prepared data that ships."""
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8")
+os.environ["JAX_PLATFORMS"] = "cpu"
+_SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+os.environ.setdefault("TFDS_DATA_DIR", str(_SHARED / "tensorflow_datasets"))
+
+import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
+
+from bigmodel_jax import config_lib  # noqa: E402
+
+EXPERIMENT = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
+                 "gpt_shakespeare_char.py")
+
+# A GPT small enough to compile and train in seconds on CPU.
+TINY = {
+    "model.num_layers": 2, "model.num_heads": 2, "model.emb_dim": 32,
+    "input.seq_len": 16, "input.batch_size": 8, "input.eval_steps": 2,
+    "optimizer.warmup_steps": 2, "total_steps": 6, "log_every_steps": 1,
+    "eval_every_steps": 3, "checkpoint_every_steps": 2,
+}
+
+
+@pytest.fixture
+def tiny_config():
+  """Returns the tiny `cpu` config with extra overrides applied."""
+  def make(**overrides):
+    merged = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    return config_lib.load(EXPERIMENT + ":cpu", merged)
+  return make
