@@ -9,7 +9,6 @@ Writes WORKDIR/config.json, metrics.jsonl, TensorBoard events, checkpoints/.
 import argparse
 import os
 import sys
-import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,10 +22,15 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def _hms(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def _format_train(step, total, m) -> str:
   mfu = f"{m['train/mfu']:.1%}" if "train/mfu" in m else "n/a"
   rate = (f"{m['train/tokens_per_sec']:,.0f} tok/s | MFU {mfu} | "
-          f"ETA {time.strftime('%H:%M:%S', time.gmtime(m['eta_seconds']))}"
+          f"ETA {_hms(m['eta_seconds'])}"
           if "eta_seconds" in m else "warming up")
   return (f"step {step}/{total} | loss {m['train/loss']:.4f} | "
           f"lr {m['train/learning_rate']:.2e} | {rate}")
@@ -89,28 +93,31 @@ def train(config, workdir: str) -> dict:
         last.update(m)
 
   batches = exp.data.train_batches(start)
-  for step in range(start + 1, config.total_steps + 1):
-    batch = exp.global_batch(next(batches))
-    train_state, metrics = exp.train_step(train_state, batch, train_rng)
-    pending.append((step, metrics))
-    is_last = step == config.total_steps
-    evaluate_now = step % config.eval_every_steps == 0 or is_last
-    save_now = step % config.checkpoint_every_steps == 0 or is_last
-    if evaluate_now or save_now:
-      flush(pending)  # Blocks on this step: its state is needed anyway.
-      pending = []
-      with meter.pause():
-        if evaluate_now:
-          last.update(run_eval(step, train_state.params))
-        if save_now:
-          mgr.save(step, args=ocp.args.StandardSave(train_state))
-    elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:
-      flush(pending[:-1])  # Never waits for the step just dispatched.
-      pending = pending[-1:]
-  flush(pending)
-  mgr.wait_until_finished()
-  mgr.close()
-  writer.close()
+  try:
+    for step in range(start + 1, config.total_steps + 1):
+      batch = exp.global_batch(next(batches))
+      train_state, metrics = exp.train_step(train_state, batch, train_rng)
+      pending.append((step, metrics))
+      is_last = step == config.total_steps
+      evaluate_now = step % config.eval_every_steps == 0 or is_last
+      save_now = step % config.checkpoint_every_steps == 0 or is_last
+      if evaluate_now or save_now:
+        flush(pending)  # Blocks on this step: its state is needed anyway.
+        pending = []
+        with meter.pause():
+          if evaluate_now:
+            last.update(run_eval(step, train_state.params))
+          if save_now:
+            mgr.save(step, args=ocp.args.StandardSave(train_state))
+      elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:
+        flush(pending[:-1])  # Never waits for the step just dispatched.
+        pending = pending[-1:]
+    flush(pending)
+  finally:  # Also on errors: finish writing checkpoints already started.
+    batches.close()
+    mgr.wait_until_finished()
+    mgr.close()
+    writer.close()
   return last
 
 
