@@ -24,9 +24,9 @@ class TrainState:
 
 
 def _create(model: nn.Module, tx: optax.GradientTransformation, rng,
-            example_inputs) -> TrainState:
+            example: jax.ShapeDtypeStruct) -> TrainState:
   """The boxed (logically annotated) initial state."""
-  params = model.init(rng, example_inputs)["params"]
+  params = model.init(rng, jnp.zeros(example.shape, example.dtype))["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params))
 
@@ -39,11 +39,8 @@ class StateFactory:
     self.model, self.tx, self.mesh = model, tx, mesh
     self._example = jax.ShapeDtypeStruct(example_inputs.shape,
                                          example_inputs.dtype)
-    with nn.logical_axis_rules(sharding.RULES):
-      boxed = jax.eval_shape(
-          lambda rng: _create(model, tx, rng, jnp.zeros(
-              self._example.shape, self._example.dtype)),
-          jax.random.key(0))
+    boxed = jax.eval_shape(lambda rng: _create(model, tx, rng, self._example),
+                           jax.random.key(0))
     self.shardings: TrainState = sharding.tree_shardings(boxed, mesh)
     self.abstract: TrainState = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -52,8 +49,7 @@ class StateFactory:
   def init(self, rng) -> TrainState:
     """A freshly initialised state, each shard created on its own device."""
     def init_fn(rng):
-      example = jnp.zeros(self._example.shape, self._example.dtype)
-      return nn.unbox(_create(self.model, self.tx, rng, example))
+      return nn.unbox(_create(self.model, self.tx, rng, self._example))
 
     with sharding.context(self.mesh):
       return jax.jit(init_fn, out_shardings=self.shardings)(rng)

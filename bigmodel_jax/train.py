@@ -53,6 +53,8 @@ def train(config, workdir: str) -> dict:
   num_params = exp.model.num_params(exp.factory.abstract.params)
   log(f"{'resumed at' if start else 'starting from'} step {start}; "
       f"{num_params / 1e6:.2f}M parameters")
+  if start >= config.total_steps:
+    log(f"already trained to step {start} >= total_steps; nothing to do")
 
   # --- Workdir files (process 0 writes) ------------------------------------
   writer = metric_writer.MetricWriter(workdir)
