@@ -31,3 +31,21 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
         f"Could not restore checkpoint {path}: {type(e).__name__}: {e}\n"
         "It may be corrupt or from a different config. Move it aside to "
         "resume from an older checkpoint, or use another --workdir.") from e
+
+
+def load_params(workdir: str, step: int | None = None) -> dict:
+  """The parameters of another run's newest (or given) checkpoint, as arrays
+  in whatever layout they were saved; for initialising a fine-tune."""
+  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"No checkpoints in {workdir!r} to initialise "
+                            "from (init_from.workdir).")
+  with ocp.CheckpointManager(path) as mgr:
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {path}.")
+    try:
+      return mgr.restore(step, args=ocp.args.StandardRestore())["params"]
+    except Exception as e:  # Orbax raises many types for unreadable data.
+      raise RuntimeError(f"Could not read checkpoint {path}/{step}: "
+                         f"{type(e).__name__}: {e}") from e

@@ -6,6 +6,7 @@
 An override must name an existing key; a misspelled one is an error that
 names the key and the closest existing ones.
 """
+import argparse
 import ast
 import difflib
 import importlib.util
@@ -19,8 +20,8 @@ class ConfigError(ValueError):
   pass
 
 
-def load_file(spec: str) -> ml_collections.ConfigDict:
-  """Calls `get_config(arg)` of the file in "path.py[:arg]"."""
+def load_module(spec: str):
+  """(module, arg) of an experiment "path.py[:arg]"."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"Config file {path!r} does not exist.")
@@ -28,7 +29,13 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
       f"_config_{abs(hash(os.path.abspath(path)))}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module, arg or None
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  """Calls `get_config(arg)` of the file in "path.py[:arg]"."""
+  module, arg = load_module(spec)
+  return module.get_config(arg)
 
 
 def flat_keys(config, prefix: str = "") -> list[str]:
@@ -99,6 +106,25 @@ def parse_overrides(args: list[str]) -> dict:
     overrides[key] = value
     i += 1
   return overrides
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+  """A command-line parser with `--config FILE.py[:variant]`; see parse_args."""
+  parser = argparse.ArgumentParser(
+      description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True,
+                      help="experiments/FILE.py[:variant]")
+  return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv, make=load):
+  """(args, make(args.config, overrides)); `--config.key=value` arguments
+  are the overrides. A ConfigError exits with status 2 and its message."""
+  args, rest = parser.parse_known_args(argv)
+  try:
+    return args, make(args.config, parse_overrides(rest))
+  except ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
 
 
 def save_json(config, path: str) -> None:

@@ -3,22 +3,23 @@
   exp = experiment.build(config)
   state = exp.factory.init(jax.random.key(0))
   state, metrics = exp.train_step(state, exp.global_batch(exp.data.train_batch(0)), rng)
+  exp.evaluate(state)  # {"loss": ..., "accuracy": ..., ...}
 """
 import dataclasses
 from typing import Any, Callable
 
 import jax
-import numpy as np
 import optax
 
-from bigmodel_jax import optim, registry, sharding, state, steps
+from bigmodel_jax import (checkpoints, metrics, optim, registry, sharding,
+                          state, steps)
 
 
 @dataclasses.dataclass
 class Experiment:
   config: Any
   mesh: jax.sharding.Mesh
-  data: Any
+  data: Any  # None when built with load_data=False.
   model: Any
   tx: optax.GradientTransformation
   factory: state.StateFactory
@@ -28,16 +29,43 @@ class Experiment:
   def global_batch(self, local_batch: dict) -> dict:
     return sharding.global_batch(local_batch, self.mesh)
 
-  def evaluate(self, params) -> dict:
-    return steps.evaluate(self.eval_step, params, self.data.eval_batches(),
-                          self.mesh)
+  def eval_totals(self, train_state) -> dict:
+    """Eval outputs summed over the eval set (numpy)."""
+    return steps.evaluate(self.eval_step, train_state,
+                          self.data.eval_batches(), self.mesh)
+
+  def evaluate(self, train_state) -> dict:
+    """Scalar eval metrics (see `metrics.summarize`)."""
+    return metrics.summarize(self.eval_totals(train_state))
+
+  def load_pretrained(self, train_state, workdir: str, step=None):
+    """`train_state` with the params of another run's checkpoint, fitted by
+    the model module's `adapt_params` where it has one (e.g. ViT resamples
+    position embeddings and restarts a head of another class count)."""
+    params = checkpoints.load_params(workdir, step)
+    module = registry.get("models", self.config.model.name)
+    if hasattr(module, "adapt_params"):
+      params = module.adapt_params(params, self.factory.abstract.params)
+    return self.factory.with_params(train_state, params)
+
+  def units(self) -> tuple[str, int]:
+    """("tokens" or "images", how many a global batch holds)."""
+    return registry.get("data", self.config.input.name).units(
+        self.config.input)
+
+  def flops_per_item(self) -> float:
+    """Training FLOPs per token (language models) or example."""
+    return self.model.flops_per_item(self.factory.abstract.params,
+                                     self.factory.example_inputs.shape)
 
 
-def build(config, devices=None) -> Experiment:
+def build(config, devices=None, *, load_data: bool = True) -> Experiment:
   """Mesh -> data -> model -> sharded state -> jitted steps, from a config.
 
-  Uses all devices unless `devices` is given. Fills `config.model.vocab_size`
-  from the data when the config leaves it None.
+  Uses all devices unless `devices` is given. Model fields that the config
+  leaves None and the data knows (vocab_size, num_classes) are filled in.
+  With `load_data=False` (ahead-of-time planning) nothing is read and shapes
+  come from the config alone.
   """
   # Mesh.
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -47,23 +75,25 @@ def build(config, devices=None) -> Experiment:
         f"{sharding.num_batch_shards(mesh)} data x fsdp shards of the mesh.")
 
   # Data: this process's share of each global batch.
-  data = registry.get("data", config.input.name).Input(
-      config.input, seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  if config.model.get("vocab_size", 0) is None:
-    config.model.vocab_size = data.vocab_size
-  example_batch = {
-      k: np.zeros((config.input.batch_size,) + v.shape[1:], v.dtype)
-      for k, v in data.train_batch(0).items()}
+  data_module = registry.get("data", config.input.name)
+  data = None
+  if load_data:
+    data = data_module.Input(
+        config.input, seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    for key, value in data.model_fields().items():
+      if config.model.get(key, 0) is None:
+        config.model[key] = value
+  example_inputs = data_module.batch_spec(config.input)["inputs"]
 
   # Model and optimizer.
   model = registry.get("models", config.model.name).make(config.model)
   tx = optim.make(config.optimizer, config.total_steps)
 
   # Sharded state layout, then the jitted steps with explicit shardings.
-  factory = state.StateFactory(model, tx, mesh, example_batch["inputs"])
+  factory = state.StateFactory(model, tx, mesh, example_inputs)
   train_step, eval_step = steps.jit_steps(
       factory, optim.schedule(config.optimizer, config.total_steps),
-      example_batch)
+      config.model.get("num_classes"))
   return Experiment(config, mesh, data, model, tx, factory, train_step,
                     eval_step)

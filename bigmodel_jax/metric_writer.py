@@ -26,6 +26,12 @@ class MetricWriter:
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
 
+  def write_record(self, step: int, record: dict) -> None:
+    """A JSON-serialisable record (e.g. a confusion matrix): metrics.jsonl only."""
+    if self.enabled:
+      self._jsonl.write(json.dumps({"step": int(step), **record}) + "\n")
+      self._jsonl.flush()
+
   def write_text(self, tag: str, text: str) -> None:
     if self.enabled:
       self._tb.add_text(tag, text)

@@ -20,11 +20,28 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def adamw(config, lr) -> optax.GradientTransformation:
+  """AdamW; decay is decoupled and scaled by the learning rate (optax)."""
+  return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
+                     weight_decay=config.weight_decay, mask=decay_mask)
+
+
+def sgd(config, lr) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum and L2 weight decay added to the gradient."""
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov))
+
+
+OPTIMIZERS = {"adamw": adamw, "sgd": sgd}
+
+
 def make(config, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with global-norm clipping and the warmup+cosine schedule."""
-  lr = schedule(config, total_steps)
+  """`config.name` ("adamw" by default, or "sgd") with global-norm clipping
+  and the warmup+cosine schedule."""
+  name = config.get("name", "adamw")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {name!r}; have {list(OPTIMIZERS)}.")
   return optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
-      optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
-                  weight_decay=config.weight_decay, mask=decay_mask),
-  )
+      OPTIMIZERS[name](config, schedule(config, total_steps)))

@@ -1,8 +1,10 @@
-"""Throughput accounting: tokens/s, model FLOPs utilisation (MFU) and ETA."""
+"""Throughput accounting: tokens (or images) per second, MFU and ETA."""
 import contextlib
 import time
 
 import jax
+import jax.numpy as jnp
+from flax import linen as nn
 
 # Dense bf16 peak FLOP/s per device (no sparsity), by `device_kind` prefix.
 PEAK_FLOPS = {
@@ -26,22 +28,35 @@ def peak_flops(device=None) -> float | None:
   return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
 
 
-def mfu(tokens_per_sec: float, flops_per_token: float) -> float | None:
+def mfu(items_per_sec: float, flops_per_item: float) -> float | None:
   """Model FLOPs utilisation over all devices; None where peak is unknown."""
   peak = peak_flops()
   if not peak:
     return None
-  return tokens_per_sec * flops_per_token / (peak * jax.device_count())
+  return items_per_sec * flops_per_item / (peak * jax.device_count())
+
+
+def training_flops_per_example(model, input_shape) -> float:
+  """3x the forward FLOPs XLA counts for one example (nothing is run)."""
+  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape[1:]), jnp.float32)
+  variables = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x))
+  lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x)
+  return 3 * float(lowered.cost_analysis()["flops"])
 
 
 class Meter:
-  """Measures training throughput between calls of `tick`."""
+  """Measures training throughput between calls of `tick`.
 
-  def __init__(self, tokens_per_step: int, flops_per_token: float,
-               total_steps: int):
-    self.tokens_per_step = tokens_per_step
-    self.flops_per_token = flops_per_token
+  `unit` names what is counted ("tokens", "images"): metrics are
+  `train/{unit}_per_sec`, `train/step_time`, `train/mfu` and `eta_seconds`.
+  """
+
+  def __init__(self, items_per_step: int, flops_per_item: float,
+               total_steps: int, unit: str = "tokens"):
+    self.items_per_step = items_per_step
+    self.flops_per_item = flops_per_item
     self.total_steps = total_steps
+    self.unit = unit
     self._last = None
     self.paused = 0.0
 
@@ -62,11 +77,38 @@ class Meter:
       return {}
     seconds = (now - last[1]) - (self.paused - last[2])
     step_time = seconds / (step - last[0])
-    tokens_per_sec = self.tokens_per_step / step_time
-    out = {"train/tokens_per_sec": tokens_per_sec,
+    items_per_sec = self.items_per_step / step_time
+    out = {f"train/{self.unit}_per_sec": items_per_sec,
            "train/step_time": step_time,
            "eta_seconds": step_time * (self.total_steps - step)}
-    utilisation = mfu(tokens_per_sec, self.flops_per_token)
+    utilisation = mfu(items_per_sec, self.flops_per_item)
     if utilisation is not None:
       out["train/mfu"] = utilisation
     return out
+
+
+class Profiler:
+  """Traces steps `first`..`last` (config.profile_steps) for TensorBoard.
+
+  The trace goes to WORKDIR/plugins/profile/, which TensorBoard's profile
+  tab reads (`pip install tensorboard-plugin-profile`). Process 0 only.
+  """
+
+  def __init__(self, workdir: str, steps):
+    self.workdir = workdir
+    self.steps = tuple(steps) if steps and jax.process_index() == 0 else None
+    if self.steps and not (len(self.steps) == 2 and
+                           0 < self.steps[0] <= self.steps[1]):
+      raise ValueError(f"profile_steps must be (first, last), got {steps!r}.")
+
+  def before(self, step: int) -> None:
+    if self.steps and step == self.steps[0]:
+      jax.profiler.start_trace(self.workdir)
+
+  def after(self, step: int, outputs) -> bool:
+    """Stops after the last traced step; True when a trace was written."""
+    if self.steps and step == self.steps[1]:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      return True
+    return False

@@ -83,11 +83,12 @@ def load_run(workdir: str, step: int | None = None):
   model = registry.get("models", config.model.name).make(config.model)
   mesh = sharding.make_mesh({"data": -1})
   tx = optim.make(config.optimizer, config.total_steps)
+  data_module = registry.get("data", config.input.name)
   factory = state.StateFactory(model, tx, mesh,
-                               np.zeros((1, config.input.seq_len), np.int32))
+                               data_module.batch_spec(config.input)["inputs"])
   restored = checkpoints.restore(checkpoints.manager(workdir),
                                  factory.abstract, step)
   if restored is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-  tokenizer = registry.get("data", config.input.name).load_tokenizer(workdir)
+  tokenizer = data_module.load_tokenizer(workdir)
   return config, model, restored.params, tokenizer

@@ -24,6 +24,9 @@ RULES = (
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
     ("act_kv", None),
+    ("height", None),
+    ("width", None),
+    ("act_channels", None),
     # Parameters: weight matrices are sharded over fsdp on their model-width
     # axis and over tensor on heads / hidden units / vocabulary.
     ("vocab", "tensor"),
@@ -32,6 +35,10 @@ RULES = (
     ("heads", "tensor"),
     ("kv", None),
     ("position", None),
+    ("patch", None),  # Flattened image patches (ViT's patch embedding input).
+    ("conv_in", None),
+    ("conv_out", "fsdp"),  # Convolution output channels.
+    ("classes", None),
     ("norm", None),  # Small vectors (norm scales, output biases): replicated.
 )
 
@@ -88,10 +95,9 @@ def tree_shardings(abstract_boxed_tree, mesh):
       specs, shapes, is_leaf=lambda s: isinstance(s, P))
 
 
-def batch_sharding(mesh, ndim: int) -> NamedSharding:
+def batch_sharding(mesh) -> NamedSharding:
   """Batch-major arrays: leading axis over data (and fsdp), rest replicated."""
-  spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), RULES)
-  return NamedSharding(mesh, spec)
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), RULES))
 
 
 def num_batch_shards(mesh) -> int:
@@ -102,7 +108,7 @@ def global_batch(local_batch: dict, mesh) -> dict:
   """Assembles this process's slice of a batch into global sharded arrays."""
   return {
       k: jax.make_array_from_process_local_data(
-          batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+          batch_sharding(mesh), np.asarray(v))
       for k, v in local_batch.items()
   }
 

@@ -10,6 +10,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import linen as nn
 
@@ -18,17 +19,26 @@ from bigmodel_jax import sharding
 
 @flax.struct.dataclass
 class TrainState:
+  """`model_state` holds the model's other variable collections (e.g.
+  BatchNorm's "batch_stats"), updated by the train step, empty for most models."""
   step: jax.Array
   params: Any
+  model_state: Any
   opt_state: Any
+
+  @property
+  def variables(self) -> dict:
+    """What `model.apply` takes."""
+    return {"params": self.params, **self.model_state}
 
 
 def _create(model: nn.Module, tx: optax.GradientTransformation, rng,
             example: jax.ShapeDtypeStruct) -> TrainState:
   """The boxed (logically annotated) initial state."""
-  params = model.init(rng, jnp.zeros(example.shape, example.dtype))["params"]
+  variables = dict(model.init(rng, jnp.zeros(example.shape, example.dtype)))
+  params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params))
+                    model_state=variables, opt_state=tx.init(params))
 
 
 class StateFactory:
@@ -37,9 +47,10 @@ class StateFactory:
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation,
                mesh, example_inputs):
     self.model, self.tx, self.mesh = model, tx, mesh
-    self._example = jax.ShapeDtypeStruct(example_inputs.shape,
-                                         example_inputs.dtype)
-    boxed = jax.eval_shape(lambda rng: _create(model, tx, rng, self._example),
+    self.example_inputs = jax.ShapeDtypeStruct(example_inputs.shape,
+                                                example_inputs.dtype)
+    boxed = jax.eval_shape(
+        lambda rng: _create(model, tx, rng, self.example_inputs),
                            jax.random.key(0))
     self.shardings: TrainState = sharding.tree_shardings(boxed, mesh)
     self.abstract: TrainState = jax.tree.map(
@@ -49,7 +60,19 @@ class StateFactory:
   def init(self, rng) -> TrainState:
     """A freshly initialised state, each shard created on its own device."""
     def init_fn(rng):
-      return nn.unbox(_create(self.model, self.tx, rng, self._example))
+      return nn.unbox(_create(self.model, self.tx, rng, self.example_inputs))
 
     with sharding.context(self.mesh):
       return jax.jit(init_fn, out_shardings=self.shardings)(rng)
+
+  def with_params(self, train_state: TrainState, params) -> TrainState:
+    """`train_state` with `params` (any layout, same shapes) put in place."""
+    shapes = jax.tree.map(lambda x: x.shape, self.abstract.params)
+    got = jax.tree.map(lambda x: tuple(x.shape), params)
+    if got != shapes:
+      raise ValueError(f"Loaded parameters do not match the model: "
+                       f"{got} vs {shapes}.")
+    params = jax.tree.map(lambda x, a: np.asarray(x).astype(a.dtype), params,
+                          self.abstract.params)  # Host arrays: sharded below.
+    return train_state.replace(
+        params=jax.device_put(params, self.shardings.params))

@@ -1,18 +1,22 @@
 """Pure train and eval steps, jitted once with explicit shardings.
 
   train_step(state, batch, rng) -> (state, metrics)
-  eval_step(params, batch) -> metrics (sums, so batches can be added up)
+  eval_step(variables, batch) -> sums (added up over batches, then summarised)
 
 A batch holds "inputs" and integer "targets" of matching leading shape
-(token-level for language models, one per example for classifiers) and an
-optional float "weights" that masks targets out of the loss.
+(token-level for language models, one per example for classifiers), an
+optional float "weights" that masks targets out of the loss (eval padding),
+and for mixup "mix_targets" with "mix", each example's share of "targets".
+Models with state besides parameters (BatchNorm statistics) update it in the
+train step and read it in the eval step.
 """
 import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from bigmodel_jax import sharding
+from bigmodel_jax import metrics, sharding
 from bigmodel_jax.state import TrainState
 
 
@@ -21,6 +25,11 @@ def cross_entropy(logits, batch) -> dict:
   targets = batch["targets"]
   weights = batch.get("weights", jnp.ones(targets.shape, jnp.float32))
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if "mix_targets" in batch:  # Mixup: accuracy against the larger share.
+    losses = batch["mix"] * losses + (1 - batch["mix"]) * (
+        optax.softmax_cross_entropy_with_integer_labels(
+            logits, batch["mix_targets"]))
+    targets = jnp.where(batch["mix"] >= 0.5, targets, batch["mix_targets"])
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return {"loss": jnp.sum(losses * weights),
           "correct": jnp.sum(correct * weights),
@@ -35,17 +44,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
-      logits = model.apply({"params": params}, batch["inputs"], train=True,
-                           rngs={"dropout": rng})
+      logits, model_state = model.apply(
+          {"params": params, **state.model_state}, batch["inputs"],
+          train=True, rngs={"dropout": rng}, mutable=list(state.model_state))
       sums = cross_entropy(logits, batch)
-      return sums["loss"] / sums["count"], sums
+      return sums["loss"] / sums["count"], (sums, model_state)
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (sums, model_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    metrics = {
+    metrics_ = {
         "train/loss": loss,
         "train/accuracy": sums["correct"] / sums["count"],
         "train/grad_norm": grad_norm,
@@ -53,43 +63,51 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
     }
     return TrainState(step=state.step + 1, params=params,
-                      opt_state=opt_state), metrics
+                      model_state=dict(model_state),
+                      opt_state=opt_state), metrics_
 
   return train_step
 
 
-def make_eval_step(model: nn.Module):
-  def eval_step(params, batch: dict) -> dict:
-    logits = model.apply({"params": params}, batch["inputs"], train=False)
-    return cross_entropy(logits, batch)
+def make_eval_step(model: nn.Module, num_classes: int | None = None):
+  """Loss sums; for classifiers (`num_classes`) also the confusion matrix."""
+
+  def eval_step(variables, batch: dict) -> dict:
+    logits = model.apply(variables, batch["inputs"], train=False)
+    sums = cross_entropy(logits, batch)
+    if num_classes:
+      sums.update(metrics.classification_sums(logits, batch, num_classes))
+    return sums
 
   return eval_step
 
 
-def jit_steps(factory, learning_rate, batch_example: dict):
-  """Jits both steps with explicit in/out shardings; the state is donated."""
+def jit_steps(factory, learning_rate, num_classes: int | None = None):
+  """Jits both steps with explicit in/out shardings; the state is donated.
+
+  Every batch array is split over data x fsdp on its leading axis.
+  """
   mesh = factory.mesh
-  batch_sh = {k: sharding.batch_sharding(mesh, v.ndim)
-              for k, v in batch_example.items()}
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sh = sharding.batch_sharding(mesh)
+  replicated = NamedSharding(mesh, P())
   train = sharding.in_context(mesh, jax.jit(
       make_train_step(factory.model, factory.tx, learning_rate),
       in_shardings=(factory.shardings, batch_sh, replicated),
       out_shardings=(factory.shardings, replicated),
       donate_argnums=0))
+  variables_sh = {"params": factory.shardings.params,
+                  **factory.shardings.model_state}
   evaluate = sharding.in_context(mesh, jax.jit(
-      make_eval_step(factory.model),
-      in_shardings=(factory.shardings.params, batch_sh),
+      make_eval_step(factory.model, num_classes),
+      in_shardings=(variables_sh, batch_sh),
       out_shardings=replicated))
   return train, evaluate
 
 
-def evaluate(eval_step, params, batches, mesh) -> dict:
-  """Mean loss and accuracy over an iterable of (host-local) batches."""
+def evaluate(eval_step, state: TrainState, batches, mesh) -> dict:
+  """Summed eval outputs (numpy) over an iterable of host-local batches."""
   total = None
   for batch in batches:
-    sums = eval_step(params, sharding.global_batch(batch, mesh))
+    sums = eval_step(state.variables, sharding.global_batch(batch, mesh))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  total = jax.device_get(total)
-  return {"loss": float(total["loss"] / total["count"]),
-          "accuracy": float(total["correct"] / total["count"])}
+  return jax.device_get(total)

@@ -6,15 +6,15 @@
 Rerunning the same command resumes from the newest checkpoint in the workdir.
 Writes WORKDIR/config.json, metrics.jsonl, TensorBoard events, checkpoints/.
 """
-import argparse
 import os
 import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
-from bigmodel_jax import (checkpoints, config_lib, experiment, metric_writer,
-                          perf)
+from bigmodel_jax import (checkpoints, config_lib, distributed, experiment,
+                          metric_writer, metrics, perf)
 
 
 def log(message: str) -> None:
@@ -27,9 +27,9 @@ def _hms(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _format_train(step, total, m) -> str:
+def _format_train(step, total, m, unit) -> str:
   mfu = f"{m['train/mfu']:.1%}" if "train/mfu" in m else "n/a"
-  rate = (f"{m['train/tokens_per_sec']:,.0f} tok/s | MFU {mfu} | "
+  rate = (f"{m[f'train/{unit}_per_sec']:,.0f} {unit}/s | MFU {mfu} | "
           f"ETA {_hms(m['eta_seconds'])}"
           if "eta_seconds" in m else "warming up")
   return (f"step {step}/{total} | loss {m['train/loss']:.4f} | "
@@ -39,9 +39,11 @@ def _format_train(step, total, m) -> str:
 def train(config, workdir: str) -> dict:
   """Trains to `config.total_steps`, resuming from WORKDIR; returns last metrics."""
   # --- Mesh, data, model, sharded state layout, jitted steps ---------------
+  began = time.perf_counter()
   exp = experiment.build(config)
   log(f"mesh {dict(exp.mesh.shape)} on {jax.device_count()} "
-      f"{jax.devices()[0].platform} devices, {jax.process_count()} process(es)")
+      f"{jax.devices()[0].platform} devices, {jax.process_count()} process(es); "
+      f"data and model ready in {time.perf_counter() - began:.1f} s")
 
   # --- Checkpoint: resume from the newest one, else initialise -------------
   mgr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
@@ -49,6 +51,10 @@ def train(config, workdir: str) -> dict:
   train_state = checkpoints.restore(mgr, exp.factory.abstract)
   if train_state is None:
     train_state = exp.factory.init(init_rng)
+    if config.init_from.workdir:  # Fine-tuning: pretrained params, fresh rest.
+      train_state = exp.load_pretrained(train_state, config.init_from.workdir,
+                                        config.init_from.step)
+      log(f"initialised parameters from {config.init_from.workdir}")
   start = int(jax.device_get(train_state.step))
   num_params = exp.model.num_params(exp.factory.abstract.params)
   log(f"{'resumed at' if start else 'starting from'} step {start}; "
@@ -64,19 +70,25 @@ def train(config, workdir: str) -> dict:
     writer.write_text("config", "```\n" + str(config) + "\n```")
 
   # --- Evals ---------------------------------------------------------------
-  def run_eval(step, params) -> dict:
-    scalars = {f"val/{k}": v for k, v in exp.evaluate(params).items()}
+  def run_eval(step, train_state) -> dict:
+    began = time.perf_counter()
+    totals = exp.eval_totals(train_state)
+    scalars = {f"val/{k}": v for k, v in metrics.summarize(totals).items()}
     writer.write_scalars(step, scalars)
-    log(f"step {step}/{config.total_steps} | " +
-        " | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+    log(f"step {step}/{config.total_steps} | " + " | ".join(
+        f"{k} {v:.4f}" for k, v in scalars.items() if "/class_" not in k) +
+        f" | eval {time.perf_counter() - began:.1f} s")
+    if "confusion" in totals:
+      writer.write_record(step, {"val/confusion_matrix":
+                                 totals["confusion"].astype(int).tolist()})
+      if step == config.total_steps:
+        log(metrics.table(totals["confusion"], exp.data.class_names))
     return scalars
 
   # --- Loop ----------------------------------------------------------------
-  meter = perf.Meter(
-      exp.data.tokens_per_batch(),
-      exp.model.flops_per_token(exp.factory.abstract.params,
-                                config.input.seq_len),
-      config.total_steps)
+  unit, items_per_batch = exp.units()
+  meter = perf.Meter(items_per_batch, exp.flops_per_item(), config.total_steps,
+                     unit)
   meter.tick(start)
   last = {}
   pending = []  # (step, device metrics) not fetched yet.
@@ -91,15 +103,19 @@ def train(config, workdir: str) -> dict:
       if step % config.log_every_steps == 0 or step == config.total_steps:
         m.update(meter.tick(step))
         writer.write_scalars(step, m)
-        log(_format_train(step, config.total_steps, m))
-        last.update(m)
+        log(_format_train(step, config.total_steps, m, unit))
+        last.update({k: float(v) for k, v in m.items()})
 
+  profiler = perf.Profiler(workdir, config.get("profile_steps"))
   batches = exp.data.train_batches(start)
   try:
     for step in range(start + 1, config.total_steps + 1):
       batch = exp.global_batch(next(batches))
-      train_state, metrics = exp.train_step(train_state, batch, train_rng)
-      pending.append((step, metrics))
+      profiler.before(step)
+      train_state, step_metrics = exp.train_step(train_state, batch, train_rng)
+      if profiler.after(step, train_state):
+        log(f"wrote a profile of steps {profiler.steps} to {workdir}")
+      pending.append((step, step_metrics))
       is_last = step == config.total_steps
       evaluate_now = step % config.eval_every_steps == 0 or is_last
       save_now = step % config.checkpoint_every_steps == 0 or is_last
@@ -108,7 +124,7 @@ def train(config, workdir: str) -> dict:
         pending = []
         with meter.pause():
           if evaluate_now:
-            last.update(run_eval(step, train_state.params))
+            last.update(run_eval(step, train_state))
           if save_now:
             mgr.save(step, args=ocp.args.StandardSave(train_state))
       elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:
@@ -124,16 +140,10 @@ def train(config, workdir: str) -> dict:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True,
-                      help="experiments/FILE.py[:variant]")
+  distributed.initialize()  # Several processes, when the environment says so.
+  parser = config_lib.arg_parser(__doc__)
   parser.add_argument("--workdir", required=True)
-  args, rest = parser.parse_known_args(argv)
-  try:
-    config = config_lib.load(args.config, config_lib.parse_overrides(rest))
-  except config_lib.ConfigError as e:
-    parser.exit(2, f"error: {e}\n")
+  args, config = config_lib.parse_args(parser, argv)
   os.makedirs(args.workdir, exist_ok=True)
   train(config, args.workdir)
 

@@ -8,11 +8,16 @@
       --workdir runs/shakespeare_gpu
   # Then sample from the newest checkpoint:
   python -m bigmodel_jax.sample --workdir runs/shakespeare --prompt "ROMEO:"
+  # Learning rate x depth ablation (README), 1000 steps a point:
+  python -m bigmodel_jax.sweep --config experiments/gpt_shakespeare_char.py:cpu \
+      --workdir runs/ablation_lr_depth --config.total_steps=1000 \
+      --config.eval_every_steps=100
 
 The TFDS data dir comes from --config.input.data_dir or $TFDS_DATA_DIR.
 """
 import ml_collections
 
+from bigmodel_jax import configs, sweep
 from bigmodel_jax.models import gpt
 
 
@@ -23,15 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cpu = variant == "cpu"
   seq_len = ml_collections.FieldReference(64 if cpu else 256)
 
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.total_steps = 2000 if cpu else 5000
-  config.log_every_steps = 50 if cpu else 10
-  config.eval_every_steps = 250
-  config.checkpoint_every_steps = 500
-  config.keep_checkpoints = 3
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-
+  config = configs.base(total_steps=2000 if cpu else 5000,
+                        log_every_steps=50 if cpu else 10)
   config.input = ml_collections.ConfigDict(dict(
       name="tfds_text",
       dataset="tiny_shakespeare",
@@ -42,21 +40,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       batch_size=12 if cpu else 64,  # Global batch.
       eval_steps=20 if cpu else 200,
   ))
-
   config.model = gpt.model_config(
       "nano" if cpu else "baby", block_size=seq_len,
       dropout=0.0 if cpu else 0.2,
       dtype="float32" if cpu else "bfloat16")
-
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3,
-      min_learning_rate=1e-4,
-      warmup_steps=100,
-      decay_steps=ml_collections.config_dict.placeholder(int),  # total_steps.
-      b1=0.9,
-      b2=0.99,
-      eps=1e-8,
-      weight_decay=0.1,
-      grad_clip_norm=1.0,
-  ))
+  config.optimizer = configs.adamw(
+      learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, b2=0.99)
   return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """Learning rate x depth, 3 x 3 (any variant)."""
+  del arg
+  return sweep.product({"optimizer.learning_rate": [3e-4, 1e-3, 3e-3],
+                        "model.num_layers": [2, 4, 6]})

@@ -4,17 +4,23 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \\
       python scripts/benchmark.py --config experiments/gpt_shakespeare_char.py:cpu
 
-Prints one table row: tokens/s, step time, compile time, peak memory and MFU
+Prints one table row: tokens/s (images/s for image models), step time, compile time, peak memory and MFU
 (n/a where the device's peak FLOP/s is unknown, e.g. CPU). `--synthetic`
-feeds one fixed batch so the input pipeline is out of the measurement.
+reads no data: it feeds one random batch of the config's shapes, so the input
+pipeline is out of the measurement and datasets that are not prepared here
+(imagenet2012) can still be timed; the model's vocab_size / num_classes must
+then be in the config:
+
+  python scripts/benchmark.py --config experiments/vit_imagenet.py --synthetic \
+      --config.input.batch_size=256
 """
-import argparse
 import resource
 import time
 
 import jax
+import numpy as np
 
-from bigmodel_jax import config_lib, experiment, perf
+from bigmodel_jax import config_lib, experiment, perf, registry, sharding
 
 
 def peak_memory_mb() -> float:
@@ -25,21 +31,32 @@ def peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def synthetic_batch(exp) -> dict:
+  """A random global batch of the config's shapes, sharded like real ones."""
+  spec = registry.get("data", exp.config.input.name).batch_spec(
+      exp.config.input)
+  high = exp.config.model.get("vocab_size") or exp.config.model.num_classes
+  rng = np.random.default_rng(0)
+  batch = {k: (rng.integers(0, high, v.shape) if v.dtype.kind == "i"
+               else rng.uniform(size=v.shape)).astype(v.dtype)
+           for k, v in spec.items()}
+  return jax.device_put(batch, sharding.batch_sharding(exp.mesh))
+
+
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True)
+  parser = config_lib.arg_parser(__doc__)
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--warmup_steps", type=int, default=10)
   parser.add_argument("--synthetic", action="store_true")
-  args, rest = parser.parse_known_args(argv)
-  config = config_lib.load(args.config, config_lib.parse_overrides(rest))
+  args, config = config_lib.parse_args(parser, argv)
 
-  exp = experiment.build(config)
+  exp = experiment.build(config, load_data=not args.synthetic)
   state = exp.factory.init(jax.random.key(0))
   rng = jax.random.key(1)
-  fixed = exp.global_batch(exp.data.train_batch(0))
-  batches = exp.data.train_batches(0)
+  if args.synthetic:
+    fixed = synthetic_batch(exp)
+  else:
+    batches = exp.data.train_batches(0)
 
   def run(n, state):
     for _ in range(n):
@@ -56,15 +73,15 @@ def main(argv=None) -> None:
   state = run(args.steps, state)
   step_s = (time.perf_counter() - start) / args.steps
 
-  tokens_per_sec = exp.data.tokens_per_batch() / step_s
-  utilisation = perf.mfu(tokens_per_sec, exp.model.flops_per_token(
-      exp.factory.abstract.params, config.input.seq_len))
+  unit, items_per_batch = exp.units()
+  items_per_sec = items_per_batch / step_s
+  utilisation = perf.mfu(items_per_sec, exp.flops_per_item())
   mfu = "n/a" if utilisation is None else f"{utilisation:.1%}"
-  print("| config | devices | mesh | tokens/s | step ms | compile s | "
-        "peak MiB | MFU |")
+  print(f"| config | devices | mesh | {unit}/s | step ms | compile s "
+        "| peak MiB | MFU |")
   print("|---|---|---|---|---|---|---|---|")
   print(f"| {args.config} | {jax.device_count()}x {jax.devices()[0].device_kind} "
-        f"| {dict(exp.mesh.shape)} | {tokens_per_sec:,.0f} | {step_s * 1e3:.1f} "
+        f"| {dict(exp.mesh.shape)} | {items_per_sec:,.0f} | {step_s * 1e3:.1f} "
         f"| {compile_s:.1f} | {peak_memory_mb():,.0f} | {mfu} |")
 
 

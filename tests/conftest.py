@@ -10,7 +10,9 @@ os.environ.setdefault("TFDS_DATA_DIR", str(_SHARED / "tensorflow_datasets"))
 
 import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
 
-from bigmodel_jax import config_lib  # noqa: E402
+import jax  # noqa: E402
+
+from bigmodel_jax import config_lib, experiment  # noqa: E402
 
 EXPERIMENT = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
                  "gpt_shakespeare_char.py")
@@ -31,3 +33,15 @@ def tiny_config():
     merged = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
     return config_lib.load(EXPERIMENT + ":cpu", merged)
   return make
+
+
+def run_steps(config, devices=None, steps=3):
+  """(train losses, experiment, state) after `steps` steps from init."""
+  exp = experiment.build(config, devices)
+  state = exp.factory.init(jax.random.key(0))
+  losses = []
+  for step in range(steps):
+    batch = exp.global_batch(exp.data.train_batch(step))
+    state, metrics = exp.train_step(state, batch, jax.random.key(1))
+    losses.append(float(metrics["train/loss"]))
+  return losses, exp, state

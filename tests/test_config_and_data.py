@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bigmodel_jax import config_lib, train
+from bigmodel_jax import config_lib, distributed, train
 from bigmodel_jax.data import tfds_text
 from conftest import EXPERIMENT
 
@@ -100,3 +100,11 @@ def test_process_shares_split_the_global_batch():
 def test_missing_dataset_says_how_to_prepare_it(tmp_path):
   with pytest.raises(FileNotFoundError, match="tfds build tiny_shakespeare"):
     _input(**{"input.data_dir": str(tmp_path)})
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, False), ({"SLURM_NTASKS": "1"}, False), ({"SLURM_NTASKS": "4"}, True),
+    ({"JAX_COORDINATOR_ADDRESS": "localhost:1234"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "a,b"}, True), ({"TPU_WORKER_HOSTNAMES": "a"}, False)])
+def test_multi_process_start_is_requested_by_the_environment(env, expected):
+  assert distributed.requested(env) is expected

@@ -6,24 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from bigmodel_jax import experiment, metric_writer, sample, train
-from conftest import EXPERIMENT
-
-
-def _losses(config, devices=None, steps=3):
-  exp = experiment.build(config, devices)
-  state = exp.factory.init(jax.random.key(0))
-  losses = []
-  for step in range(steps):
-    batch = exp.global_batch(exp.data.train_batch(step))
-    state, metrics = exp.train_step(state, batch, jax.random.key(1))
-    losses.append(float(metrics["train/loss"]))
-  return losses, exp
+from bigmodel_jax import metric_writer, sample, train
+from conftest import EXPERIMENT, run_steps
 
 
 def test_mesh_2x2x2_gives_the_single_device_losses(tiny_config):
-  single, _ = _losses(tiny_config(mesh__data=1), jax.devices()[:1])
-  sharded, exp = _losses(
+  single, _, _ = run_steps(tiny_config(mesh__data=1), jax.devices()[:1])
+  sharded, exp, _ = run_steps(
       tiny_config(mesh__data=2, mesh__fsdp=2, mesh__tensor=2))
   np.testing.assert_allclose(sharded, single, rtol=1e-5)
   # The parameters really are split: fc kernel (embed, mlp) over fsdp x tensor.
@@ -108,3 +97,9 @@ def test_train_and_sample_entrypoints(tmp_path, capsys):
                "--top_k", "200"])
   text = capsys.readouterr().out.split("\n-----")[0]
   assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 70
+
+
+def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, tiny_config):
+  train.train(tiny_config(total_steps=4, profile_steps=(2, 3)), str(tmp_path))
+  traces = list((tmp_path / "plugins" / "profile").rglob("*.xplane.pb"))
+  assert traces and traces[0].stat().st_size > 0

@@ -8,10 +8,10 @@ so a resumed run sees exactly the batches an uninterrupted one would.
 import json
 import os
 
+import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
-from bigmodel_jax.data import prefetch
+from bigmodel_jax.data import prefetch, tfds_split
 
 
 class CharTokenizer:
@@ -50,17 +50,7 @@ class CharTokenizer:
 
 def load_text(name: str, split: str, data_dir: str | None) -> str:
   """The concatenated `text` feature of a TFDS split, with a clear error."""
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-  try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir,
-                              download=False)
-  except Exception as e:  # TFDS raises several types for a missing dataset.
-    where = data_dir or "the default TFDS data dir (~/tensorflow_datasets)"
-    raise FileNotFoundError(
-        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}: "
-        f"{e}\nPrepare it once with `tfds build {name} --data_dir DIR` "
-        "(needs tensorflow and internet), then point TFDS_DATA_DIR or "
-        "--config.input.data_dir at DIR.") from e
+  source = tfds_split(name, split, data_dir)
   return "".join(source[i]["text"].decode("utf-8") for i in range(len(source)))
 
 
@@ -77,6 +67,18 @@ class TextWindows:
     starts = rng.integers(0, len(self.tokens) - self.seq_len, size=batch_size)
     windows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)]
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+
+def batch_spec(config) -> dict:
+  """Shapes and dtypes of a global training batch, from the config alone."""
+  shape = (config.batch_size, config.seq_len)
+  return {"inputs": jax.ShapeDtypeStruct(shape, np.int32),
+          "targets": jax.ShapeDtypeStruct(shape, np.int32)}
+
+
+def units(config) -> tuple[str, int]:
+  """What throughput counts, and how many of it a global batch holds."""
+  return "tokens", config.batch_size * config.seq_len
 
 
 class Input:
@@ -102,8 +104,9 @@ class Input:
   def vocab_size(self) -> int:
     return self.tokenizer.vocab_size
 
-  def tokens_per_batch(self) -> int:
-    return self.config.batch_size * self.config.seq_len
+  def model_fields(self) -> dict:
+    """Model config fields that come from the data."""
+    return {"vocab_size": self.vocab_size}
 
   def train_batch(self, step: int) -> dict:
     rng = np.random.default_rng([self.seed, step, self.process_index])

@@ -34,20 +34,15 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
   if variant not in VARIANTS:
     raise ValueError(f"Unknown GPT variant {variant!r}; have {list(VARIANTS)}.")
-  fields = dict(
-      name="gpt",
-      vocab_size=ml_collections.config_dict.placeholder(int),  # From data.
+  defaults = dict(
       block_size=1024,
       mlp_ratio=4,
       dropout=0.0,
       use_bias=False,
-      dtype="float32",
-      param_dtype="float32",
       attention_impl=ml_collections.config_dict.placeholder(str),
   )
-  fields.update(VARIANTS[variant])
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
+  return layers.config_block("gpt", "vocab_size", defaults, VARIANTS[variant],
+                             overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +62,7 @@ class Config:
 
 def make(config: ml_collections.ConfigDict) -> "Model":
   """Builds the Linen module from a `config.model` block."""
-  kwargs = {k: v for k, v in config.items() if k != "name"}
-  if kwargs.get("vocab_size") is None:
-    raise ValueError("config.model.vocab_size is not set (normally from data).")
-  return Model(Config(**kwargs))
+  return Model(Config(**layers.config_fields(config, "vocab_size")))
 
 
 def _layer_norm(cfg: Config, name: str) -> nn.LayerNorm:
@@ -183,8 +175,8 @@ class Model(nn.Module):
     total = sum(x.size for x in jax.tree.leaves(params))
     return total if embeddings else total - params["wpe"].size
 
-  def flops_per_token(self, params, seq_len: int) -> float:
+  def flops_per_item(self, params, input_shape) -> float:
     """Training FLOPs per token, nanoGPT / PaLM: 6N + 12 L H Q T."""
     cfg = self.config
     return (6 * self.num_params(params) +
-            12 * cfg.num_layers * cfg.emb_dim * seq_len)
+            12 * cfg.num_layers * cfg.emb_dim * input_shape[1])

@@ -1,0 +1,68 @@
+"""Building blocks of experiment configs, so experiment files stay short.
+
+  config = configs.base(total_steps=2000, eval_every_steps=250)
+  config.input = ...; config.model = gpt.model_config("nano", ...)
+  config.optimizer = configs.adamw(learning_rate=1e-3, warmup_steps=100)
+"""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def base(*, total_steps: int, log_every_steps: int = 50,
+         eval_every_steps: int = 250, checkpoint_every_steps: int = 500,
+         keep_checkpoints: int = 3, seed: int = 0) -> ml_collections.ConfigDict:
+  """Loop cadence, seed and a data-parallel mesh over all devices."""
+  config = ml_collections.ConfigDict()
+  config.seed = seed
+  config.total_steps = total_steps
+  config.log_every_steps = log_every_steps
+  config.eval_every_steps = eval_every_steps
+  config.checkpoint_every_steps = checkpoint_every_steps
+  config.keep_checkpoints = keep_checkpoints
+  config.profile_steps = placeholder(tuple)  # (first, last): TensorBoard trace.
+  # Fine-tuning: start from the params of another run's checkpoint.
+  config.init_from = ml_collections.ConfigDict(dict(
+      workdir=placeholder(str), step=placeholder(int)))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return config
+
+
+def adamw(*, learning_rate: float, warmup_steps: int,
+          min_learning_rate: float = 0.0, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, weight_decay: float = 0.1,
+          grad_clip_norm: float = 1.0) -> ml_collections.ConfigDict:
+  """`config.optimizer`: AdamW, warmup then cosine decay (see optim.py)."""
+  return ml_collections.ConfigDict(dict(
+      name="adamw",
+      learning_rate=learning_rate,
+      min_learning_rate=min_learning_rate,
+      warmup_steps=warmup_steps,
+      decay_steps=placeholder(int),  # None: total_steps.
+      b1=b1, b2=b2, eps=eps,
+      weight_decay=weight_decay,
+      grad_clip_norm=grad_clip_norm,
+  ))
+
+
+def sgd(*, learning_rate: float, warmup_steps: int, momentum: float = 0.9,
+        nesterov: bool = False, weight_decay: float = 1e-4,
+        min_learning_rate: float = 0.0, grad_clip_norm: float = 1e9
+        ) -> ml_collections.ConfigDict:
+  """`config.optimizer`: SGD + momentum, L2 decay, warmup then cosine."""
+  return ml_collections.ConfigDict(dict(
+      name="sgd", learning_rate=learning_rate,
+      min_learning_rate=min_learning_rate, warmup_steps=warmup_steps,
+      decay_steps=placeholder(int), momentum=momentum, nesterov=nesterov,
+      weight_decay=weight_decay, grad_clip_norm=grad_clip_norm))
+
+
+def image_input(name: str, *, batch_size: int, image_size: int,
+                channels: int, train_pp: str, eval_pp: str,
+                **fields) -> ml_collections.ConfigDict:
+  """`config.input` of an image classifier (`data/images.py`)."""
+  return ml_collections.ConfigDict({
+      "name": name, "batch_size": batch_size, "image_size": image_size,
+      "channels": channels, "train_pp": train_pp, "eval_pp": eval_pp,
+      "mixup_alpha": 0.0,  # > 0: mixup with Beta(alpha, alpha) shares.
+      "num_workers": 0,  # Preprocessing threads (0: in the prefetch thread).
+      **fields})

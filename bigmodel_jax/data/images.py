@@ -1,0 +1,121 @@
+"""Labelled-image batches from any indexable source; the base of image inputs.
+
+A source is a sequence of (HWC uint8 image, int label). Training batches are
+drawn from endless reshuffled epochs and are a pure function of (seed, step),
+so a resumed run sees the batches an uninterrupted one would; each process
+takes its slice of the global batch and preprocesses only that. Evaluation
+covers the eval split exactly once, in order, padding the last batch with
+zero-weight examples.
+"""
+import concurrent.futures
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+
+from bigmodel_jax.data import image_ops, prefetch
+
+
+def batch_spec(config) -> dict:
+  """Shapes and dtypes of a global training batch, from the config alone."""
+  batch = config.batch_size
+  spec = {"inputs": jax.ShapeDtypeStruct(
+              (batch, config.image_size, config.image_size, config.channels),
+              np.float32),
+          "targets": jax.ShapeDtypeStruct((batch,), np.int32)}
+  if config.get("mixup_alpha"):
+    spec["mix_targets"] = jax.ShapeDtypeStruct((batch,), np.int32)
+    spec["mix"] = jax.ShapeDtypeStruct((batch,), np.float32)
+  return spec
+
+
+def units(config) -> tuple[str, int]:
+  """What throughput counts, and how many of it a global batch holds."""
+  return "images", config.batch_size
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(size: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def shuffled_indices(size: int, batch_size: int, seed: int, step: int
+                     ) -> np.ndarray:
+  """Example indices of global batch `step` in a stream of shuffled epochs."""
+  out, position = [], step * batch_size
+  while len(out) < batch_size:
+    epoch, offset = divmod(position, size)
+    take = _permutation(size, seed, epoch)[offset:
+                                           offset + batch_size - len(out)]
+    out.extend(take.tolist())
+    position += len(take)
+  return np.asarray(out)
+
+
+class ImageInput:
+  """Train and eval batches of one process; subclasses supply the sources."""
+
+  def __init__(self, config, train, eval_, class_names, *, seed: int,
+               process_index: int, process_count: int):
+    if config.batch_size % process_count:
+      raise ValueError(f"input.batch_size={config.batch_size} is not divisible "
+                       f"by the {process_count} processes.")
+    self.config, self.seed = config, seed
+    self.train, self.eval, self.class_names = train, eval_, list(class_names)
+    self.local_batch_size = config.batch_size // process_count
+    self._first = process_index * self.local_batch_size
+    self.train_pp = image_ops.parse(config.train_pp)
+    self.eval_pp = image_ops.parse(config.eval_pp)
+    workers = config.get("num_workers", 0)
+    self._pool = (concurrent.futures.ThreadPoolExecutor(workers)
+                  if workers else None)
+
+  def model_fields(self) -> dict:
+    return {"num_classes": len(self.class_names)}
+
+  def _examples(self, source, indices, pp, rngs) -> tuple:
+    def one(i, rng):
+      image, label = source[int(i)]
+      return pp(image, rng), label
+    pairs = (self._pool.map(one, indices, rngs) if self._pool
+             else map(one, indices, rngs))
+    images, labels = zip(*pairs)
+    return np.stack(images).astype(np.float32), np.asarray(labels, np.int32)
+
+  def train_batch(self, step: int) -> dict:
+    indices = shuffled_indices(len(self.train), self.config.batch_size,
+                               self.seed, step)
+    indices = indices[self._first:self._first + self.local_batch_size]
+    rngs = [np.random.default_rng([self.seed, step, int(i)]) for i in indices]
+    images, labels = self._examples(self.train, indices, self.train_pp, rngs)
+    batch = {"inputs": images, "targets": labels}
+    alpha = self.config.get("mixup_alpha")
+    if alpha:  # Mixes each example with its neighbour in the local batch.
+      share = np.random.default_rng([self.seed, step, 1 << 20]).beta(alpha,
+                                                                    alpha)
+      batch["inputs"] = share * images + (1 - share) * np.roll(images, 1, 0)
+      batch["mix_targets"] = np.roll(labels, 1)
+      batch["mix"] = np.full(labels.shape, share, np.float32)
+    return batch
+
+  def train_batches(self, start_step: int):
+    """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""
+    return prefetch.background(self.train_batch, start_step)
+
+  def eval_batches(self):
+    """The whole eval split once, in order; padding has weight 0."""
+    size, batch = len(self.eval), self.config.batch_size
+    for start in range(0, size, batch):
+      positions = start + self._first + np.arange(self.local_batch_size)
+      real = positions < size
+      indices = np.where(real, positions, 0)
+      rngs = [np.random.default_rng([self.seed, int(i)]) for i in indices]
+      images, labels = self._examples(self.eval, indices, self.eval_pp, rngs)
+      yield {"inputs": images, "targets": labels,
+             "weights": real.astype(np.float32)}
+
+  def save(self, workdir: str) -> None:
+    with open(os.path.join(workdir, "class_names.json"), "w") as f:
+      json.dump(self.class_names, f)

@@ -1,0 +1,164 @@
+"""Vision Transformer (ViT) image classifier with logical axis names.
+
+Non-overlapping patches -> linear embedding + learned positions -> pre-LN
+transformer encoder -> class token or global average pool -> linear head
+(zero-initialised, as in big_vision). Variants are "SIZE/PATCH": Ti/16, S/16,
+B/16, L/16, B/32, ...; any size with any patch size.
+
+  model = vit.make(vit.model_config("B/16", num_classes=1000))
+  logits = model.apply({"params": params}, images)   # (B, H, W, C) -> (B, classes)
+"""
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from bigmodel_jax.models import layers
+
+# Transformer sizes of the ViT paper (and DeiT's Ti / S).
+SIZES = {
+    "Ti": dict(emb_dim=192, num_layers=12, num_heads=3, mlp_dim=768),
+    "S": dict(emb_dim=384, num_layers=12, num_heads=6, mlp_dim=1536),
+    "B": dict(emb_dim=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    "L": dict(emb_dim=1024, num_layers=24, num_heads=16, mlp_dim=4096),
+    "H": dict(emb_dim=1280, num_layers=32, num_heads=16, mlp_dim=5120),
+}
+
+
+def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
+  """The `config.model` block for "SIZE/PATCH", e.g. "B/16"."""
+  size, _, patch = variant.partition("/")
+  if size not in SIZES or not patch.isdigit():
+    raise ValueError(f"Unknown ViT variant {variant!r}; use SIZE/PATCH with "
+                     f"SIZE in {list(SIZES)}, e.g. 'B/16'.")
+  defaults = dict(
+      patch_size=int(patch),
+      pool="token",  # "token" (class token) or "gap" (global average pool).
+      dropout=0.0,
+      attention_impl=ml_collections.config_dict.placeholder(str),
+  )
+  return layers.config_block("vit", "num_classes", defaults, SIZES[size],
+                             overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  num_classes: int
+  patch_size: int
+  emb_dim: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  pool: str = "token"
+  dropout: float = 0.0
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  attention_impl: str | None = None
+
+
+def make(config: ml_collections.ConfigDict) -> "Model":
+  return Model(Config(**layers.config_fields(
+      config, "num_classes", {"pool": ("token", "gap")})))
+
+
+def _dense(cfg: Config, features, names: tuple, name: str,
+           init: str = "xavier_uniform"):
+  """Dense layer with bias; big_vision's initialisers."""
+  return layers.Linear(tuple(features), names, use_bias=True, dtype=cfg.dtype,
+                       param_dtype=cfg.param_dtype, init=init, name=name)
+
+
+def _layer_norm(cfg: Config, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=1e-6, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      bias_init=layers.zeros_init(("norm",)))
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN block: bidirectional multi-head attention, then a GELU MLP."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout, deterministic=not train)
+    heads = (cfg.num_heads, cfg.emb_dim // cfg.num_heads)
+    y = _layer_norm(cfg, "ln_1")(x)
+    q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), name)(y)
+               for name in ("query", "key", "value"))
+    y = jax.nn.dot_product_attention(q, k, v, implementation=cfg.attention_impl)
+    y = nn.with_logical_constraint(y, ("batch", "length", "act_heads",
+                                       "act_kv"))
+    x = x + dropout(_dense(cfg, (cfg.emb_dim,), ("heads", "kv", "embed"),
+                           "out")(y))
+    y = _dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), "fc")(
+        _layer_norm(cfg, "ln_2")(x))
+    y = nn.with_logical_constraint(jax.nn.gelu(y), ("batch", "length",
+                                                    "act_mlp"))
+    x = x + dropout(_dense(cfg, (cfg.emb_dim,), ("mlp", "embed"), "proj")(y))
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+def patchify(images, patch: int):
+  """(B, H, W, C) -> (B, H/p * W/p, p * p * C) non-overlapping patches."""
+  b, h, w, c = images.shape
+  if h % patch or w % patch:
+    raise ValueError(f"Image size {h}x{w} is not divisible by patch {patch}.")
+  x = images.reshape(b, h // patch, patch, w // patch, patch, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, patch * patch * c)
+
+
+def resample_posemb(posemb, num_positions: int):
+  """Bilinearly resizes an (N, D) square grid of position embeddings."""
+  old, new = round(posemb.shape[0] ** 0.5), round(num_positions ** 0.5)
+  if old * old != posemb.shape[0] or new * new != num_positions:
+    raise ValueError(f"Cannot resample {posemb.shape[0]} positions to "
+                     f"{num_positions}: both must be square grids.")
+  grid = posemb.reshape(old, old, -1)
+  return jax.image.resize(grid, (new, new, grid.shape[-1]),
+                          "bilinear").reshape(num_positions, -1)
+
+
+class Model(layers.ImageClassifier, nn.Module):
+  """ViT: images (B, H, W, C) float -> logits (B, num_classes) float32."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    cfg = self.config
+    x = _dense(cfg, (cfg.emb_dim,), ("patch", "embed"), "embedding",
+               "lecun_normal")(
+        patchify(images, cfg.patch_size))
+    posemb = self.param("posemb", layers.normal_init(0.02, ("position",
+                                                            "embed")),
+                        x.shape[1:], cfg.param_dtype)
+    x = x + posemb.astype(cfg.dtype)
+    if cfg.pool == "token":
+      cls = self.param("cls", layers.zeros_init((None, None, "embed")),
+                       (1, 1, cfg.emb_dim), cfg.param_dtype)
+      x = jnp.concatenate(
+          [jnp.broadcast_to(cls.astype(cfg.dtype), (x.shape[0], 1,
+                                                    cfg.emb_dim)), x], 1)
+    x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    for i in range(cfg.num_layers):
+      x = EncoderBlock(cfg, name=f"block_{i}")(x, train=train)
+    x = _layer_norm(cfg, "ln_f")(x)
+    x = x[:, 0] if cfg.pool == "token" else x.mean(1)
+    logits = _dense(cfg, (cfg.num_classes,), ("embed", "classes"), "head",
+                    "zeros")(x)
+    return logits.astype(jnp.float32)
+
+
+def adapt_params(loaded: dict, target) -> dict:
+  """Fits pretrained params to a model of another image size or class count:
+  resamples position embeddings; a head of another shape starts from zero."""
+  params = dict(loaded)
+  if params["posemb"].shape != target["posemb"].shape:
+    params["posemb"] = resample_posemb(params["posemb"],
+                                       target["posemb"].shape[0])
+  return layers.restart_mismatched_head(params, target)

@@ -1,0 +1,85 @@
+"""Plans a config ahead of time: compiles its train step on abstract arrays.
+
+  python -m bigmodel_jax.plan --config experiments/vit_imagenet.py \\
+      [--device_memory_gib 80] [--config.mesh.fsdp=8 ...]
+
+No weights are allocated and no data is read: the state and the batch are
+`jax.ShapeDtypeStruct`s with their shardings, the train step is lowered and
+compiled for the devices at hand (force several CPU devices with
+XLA_FLAGS=--xla_force_host_platform_device_count=N to plan a mesh), and the
+compiled executable's memory analysis gives per-device bytes. Prints
+parameters, training FLOPs per token/example, per-device parameter, optimizer
+and temporary memory, and whether it fits `--device_memory_gib`.
+"""
+import math
+import time
+
+import jax
+
+from bigmodel_jax import config_lib, experiment, registry, sharding
+
+
+def _per_device_bytes(tree) -> int:
+  """Bytes of one device's shards of an abstract tree with shardings."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def plan(config, devices=None) -> dict:
+  """Compiles the train step abstractly; returns sizes, FLOPs and memory."""
+  exp = experiment.build(config, devices, load_data=False)
+  abstract = exp.factory.abstract
+  batch = registry.get("data", config.input.name).batch_spec(config.input)
+  start = time.perf_counter()
+  with sharding.context(exp.mesh):  # The jitted step under in_context.
+    compiled = exp.train_step.__wrapped__.lower(
+        abstract, batch, jax.random.key(0)).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  params = _per_device_bytes(abstract.params)
+  state = _per_device_bytes(abstract)
+  temp = memory.temp_size_in_bytes if memory else float("nan")
+  return {
+      "mesh": dict(exp.mesh.shape),
+      "devices": f"{exp.mesh.size}x {exp.mesh.devices.flat[0].device_kind}",
+      "parameters": exp.model.num_params(abstract.params),
+      "flops_per_item": exp.flops_per_item(),
+      "params_bytes": params,
+      "optimizer_bytes": state - params,
+      "temp_bytes": temp,
+      "total_bytes": state + temp,
+      "compile_seconds": compile_s,
+  }
+
+
+def format_plan(result: dict, device_memory_gib: float | None) -> str:
+  gib = 2.0**30
+  lines = [
+      f"mesh           {result['mesh']} on {result['devices']}",
+      f"parameters     {result['parameters'] / 1e6:,.2f}M",
+      f"train FLOPs    {result['flops_per_item']:.3e} per token/example",
+      "per-device memory (compiled train step):",
+      f"  parameters   {result['params_bytes'] / gib:8.3f} GiB",
+      f"  optimizer    {result['optimizer_bytes'] / gib:8.3f} GiB "
+      "(and other state, e.g. BatchNorm statistics)",
+      f"  temporaries  {result['temp_bytes'] / gib:8.3f} GiB "
+      "(activations, gradients, workspace)",
+      f"  total        {result['total_bytes'] / gib:8.3f} GiB",
+      f"compile        {result['compile_seconds']:.1f} s",
+  ]
+  if device_memory_gib:
+    fits = result["total_bytes"] <= device_memory_gib * gib
+    lines.append(f"fits {device_memory_gib:g} GiB per device: "
+                 f"{'yes' if fits else 'NO'}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  parser = config_lib.arg_parser(__doc__)
+  parser.add_argument("--device_memory_gib", type=float, default=None)
+  args, config = config_lib.parse_args(parser, argv)
+  print(format_plan(plan(config), args.device_memory_gib))
+
+
+if __name__ == "__main__":
+  main()

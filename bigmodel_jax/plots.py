@@ -1,0 +1,61 @@
+"""Metric-vs-step plots of one or more runs (PNG, matplotlib, headless).
+
+  python -m bigmodel_jax.plots --workdir runs/a --workdir runs/b \\
+      --metric train/loss --metric val/loss --out curves.png
+"""
+import argparse
+import os
+
+from bigmodel_jax import metric_writer
+
+
+def series(records: list[dict], metric: str) -> tuple[list, list]:
+  """(steps, values) of `metric` in metrics.jsonl records."""
+  points = [(r["step"], r[metric]) for r in records
+            if isinstance(r.get(metric), (int, float))]
+  return [s for s, _ in points], [v for _, v in points]
+
+
+def plot(runs: dict[str, list[dict]], metrics, path: str,
+         title: str | None = None) -> None:
+  """One line per run (name -> records) and metric, against step."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  for name, records in runs.items():
+    for metric in metrics:
+      steps, values = series(records, metric)
+      label = " ".join(([name] if len(runs) > 1 else []) +
+                       ([metric] if len(metrics) > 1 else []))
+      if steps:
+        ax.plot(steps, values, label=label or None,
+                marker="." if len(steps) < 30 else "")
+  ax.set_xlabel("step")
+  ax.set_ylabel(", ".join(metrics))
+  ax.set_title(title or ", ".join(metrics))
+  ax.grid(alpha=0.3)
+  if len(runs) > 1 or len(metrics) > 1:
+    ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--workdir", action="append", required=True)
+  parser.add_argument("--metric", action="append", required=True)
+  parser.add_argument("--out", required=True, help="PNG path")
+  parser.add_argument("--title")
+  args = parser.parse_args(argv)
+  runs = {os.path.basename(os.path.normpath(w)): metric_writer.read_jsonl(w)
+          for w in args.workdir}
+  plot(runs, args.metric, args.out, args.title)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,228 @@
+"""Runs an experiment's sweep: every point its own process and workdir.
+
+  python -m bigmodel_jax.sweep --config experiments/X.py:variant --workdir DIR \\
+      [--parallel N] [--dry-run | --slurm] [--config.key=value ...]
+
+The experiment file defines `get_sweep(arg)` returning a list of override
+dicts, usually built with `product` and `zip_axes`:
+
+  def get_sweep(arg):
+    return sweep.product({"optimizer.learning_rate": [3e-4, 1e-3],
+                          "model.num_layers": [2, 4]})
+
+Each point trains with `python -m bigmodel_jax.train` in DIR/NAME (log in
+DIR/NAME/train.log); `--config.*` overrides apply to every point. A finished
+point (DIR/NAME/done.json) is skipped when the sweep is run again; a failed
+one is reported and the others go on. At the end DIR/results.csv and
+DIR/results.md hold one row per point (overrides, final and best metrics,
+steps, wall time) and DIR/plot_*.png one line per point for each metric.
+`--dry-run` prints the commands; `--slurm` writes DIR/sweep.sbatch, a job
+array with one task per point, instead of running.
+"""
+import csv
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+from bigmodel_jax import config_lib, metric_writer, plots
+
+PLOTTED = ("train/loss", "val/loss", "val/accuracy")
+
+
+def product(axes: dict) -> list[dict]:
+  """Every combination of the axes' values (the last axis varies fastest)."""
+  keys = list(axes)
+  return [dict(zip(keys, values))
+          for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def zip_axes(axes: dict) -> list[dict]:
+  """The i-th values of all axes together; all axes have the same length."""
+  lengths = {len(v) for v in axes.values()}
+  if len(lengths) > 1:
+    raise ValueError(f"zip_axes needs equal lengths, got "
+                     f"{ {k: len(v) for k, v in axes.items()} }.")
+  return [dict(zip(axes, values)) for values in zip(*axes.values())]
+
+
+def load_points(spec: str, common: dict) -> list[dict]:
+  """The sweep's override dicts, each checked against the config."""
+  module, arg = config_lib.load_module(spec)
+  if not hasattr(module, "get_sweep"):
+    raise config_lib.ConfigError(
+        f"{spec.partition(':')[0]} defines no get_sweep(arg).")
+  points = list(module.get_sweep(arg))
+  for point in points:  # Unknown keys fail here, before anything runs.
+    config_lib.load(spec, {**common, **point})
+  return points
+
+
+def point_name(index: int, point: dict) -> str:
+  """A directory name such as "03_learning_rate=0.001_num_layers=4"."""
+  parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items()]
+  return re.sub(r"[^A-Za-z0-9_.=+-]", "-", f"{index:02d}_" + "_".join(parts))
+
+
+def command(spec: str, workdir: str, overrides: dict) -> list[str]:
+  return ([sys.executable, "-m", "bigmodel_jax.train", "--config", spec,
+           "--workdir", workdir] +
+          [f"--config.{k}={v}" for k, v in overrides.items()])
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def run(spec: str, workdir: str, points: list[dict], common: dict,
+        parallel: int = 1) -> dict[str, str]:
+  """Runs the unfinished points, `parallel` at a time; name -> status."""
+  names = [point_name(i, p) for i, p in enumerate(points)]
+  status = {n: "done" for n in names
+            if os.path.exists(os.path.join(workdir, n, "done.json"))}
+  todo = [(n, p) for n, p in zip(names, points) if n not in status]
+  print(f"[sweep] {len(points)} points, {len(status)} already done, "
+        f"{len(todo)} to run, {parallel} at a time", flush=True)
+  running, durations, start = {}, [], time.time()
+  while todo or running:
+    while todo and len(running) < parallel:
+      name, point = todo.pop(0)
+      point_dir = os.path.join(workdir, name)
+      os.makedirs(point_dir, exist_ok=True)
+      log = open(os.path.join(point_dir, "train.log"), "a")
+      proc = subprocess.Popen(command(spec, point_dir, {**common, **point}),
+                              stdout=log, stderr=subprocess.STDOUT)
+      running[name] = (proc, log, time.time())
+    time.sleep(0.2)
+    for name, (proc, log, began) in list(running.items()):
+      if proc.poll() is None:
+        continue
+      log.close()
+      del running[name]
+      seconds = time.time() - began
+      if proc.returncode == 0:
+        status[name] = "done"
+        durations.append(seconds)
+        with open(os.path.join(workdir, name, "done.json"), "w") as f:
+          json.dump({"wall_seconds": seconds}, f)
+      else:
+        status[name] = f"failed (exit {proc.returncode})"
+      left = len(todo) + len(running)
+      eta = (sum(durations) / len(durations) * left / parallel
+             if durations else 0)
+      print(f"[sweep] {name}: {status[name]} in {_hms(seconds)} | "
+            f"{len(status)}/{len(points)} finished | ETA {_hms(eta)} "
+            f"(elapsed {_hms(time.time() - start)})", flush=True)
+      if proc.returncode:
+        print(f"[sweep]   see {os.path.join(workdir, name, 'train.log')}",
+              flush=True)
+  return status
+
+
+def summarize(workdir: str, name: str, point: dict) -> dict:
+  """One results row: overrides, final and best metrics, steps, wall time."""
+  row = {"point": name, **point}
+  path = os.path.join(workdir, name)
+  if not os.path.exists(os.path.join(path, "metrics.jsonl")):
+    return row
+  records = metric_writer.read_jsonl(path)
+  final = {}
+  for r in records:
+    final.update({k: v for k, v in r.items()
+                  if isinstance(v, (int, float)) and "/class_" not in k})
+  row["steps"] = final.pop("step", None)
+  for key in ("val/loss", "val/accuracy", "train/loss"):
+    if key in final:
+      row[f"final {key}"] = final[key]
+  for key, best in (("val/loss", min), ("val/accuracy", max)):
+    values = plots.series(records, key)[1]
+    if values:
+      row[f"best {key}"] = best(values)
+  done = os.path.join(path, "done.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      row["wall s"] = round(json.load(f)["wall_seconds"], 1)
+  return row
+
+
+def _cell(value) -> str:
+  return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_results(workdir: str, points: list[dict]) -> list[dict]:
+  """results.csv, results.md and the plots; returns the rows."""
+  names = [point_name(i, p) for i, p in enumerate(points)]
+  rows = [summarize(workdir, n, p) for n, p in zip(names, points)]
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = ["| " + " | ".join(columns) + " |",
+           "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |"
+            for r in rows]
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  runs = {n: metric_writer.read_jsonl(os.path.join(workdir, n)) for n in names
+          if os.path.exists(os.path.join(workdir, n, "metrics.jsonl"))}
+  for metric in PLOTTED:
+    if any(plots.series(r, metric)[0] for r in runs.values()):
+      plots.plot(runs, metric, os.path.join(
+          workdir, f"plot_{metric.replace('/', '_')}.png"))
+  return rows
+
+
+def slurm_script(spec: str, workdir: str, points: list[dict],
+                 common: dict) -> str:
+  """A SLURM job array: task i runs point i (edit the #SBATCH lines)."""
+  lines = ["#!/bin/bash", "#SBATCH --job-name=sweep",
+           f"#SBATCH --array=0-{len(points) - 1}",
+           "#SBATCH --gpus-per-task=1",
+           f"#SBATCH --output={os.path.abspath(workdir)}/slurm-%A_%a.log",
+           "set -euo pipefail", "COMMANDS=("]
+  for i, point in enumerate(points):
+    point_dir = os.path.abspath(os.path.join(workdir, point_name(i, point)))
+    lines.append("  " + shlex.quote(shlex.join(
+        command(spec, point_dir, {**common, **point})[1:])))
+  lines += [")", 'eval "python ${COMMANDS[$SLURM_ARRAY_TASK_ID]}"', ""]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  parser = config_lib.arg_parser(__doc__)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--parallel", type=int, default=1)
+  mode = parser.add_mutually_exclusive_group()
+  mode.add_argument("--dry-run", action="store_true")
+  mode.add_argument("--slurm", action="store_true")
+  args, (common, points) = config_lib.parse_args(
+      parser, argv, lambda spec, common: (common, load_points(spec, common)))
+  if args.dry_run:
+    for i, point in enumerate(points):
+      print(shlex.join(command(args.config, os.path.join(
+          args.workdir, point_name(i, point)), {**common, **point})))
+    return
+  os.makedirs(args.workdir, exist_ok=True)
+  if args.slurm:
+    path = os.path.join(args.workdir, "sweep.sbatch")
+    with open(path, "w") as f:
+      f.write(slurm_script(args.config, args.workdir, points, common))
+    print(f"wrote {path}; submit with: sbatch {path}")
+    return
+  status = run(args.config, args.workdir, points, common, args.parallel)
+  write_results(args.workdir, points)
+  failed = [n for n, s in status.items() if s != "done"]
+  print(f"[sweep] wrote {args.workdir}/results.csv, results.md, plot_*.png"
+        + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+  if failed:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,82 @@
+"""Sweeps: axes helpers, dry run, SLURM script, a real two-point sweep."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bigmodel_jax import sweep
+from conftest import EXPERIMENT, TINY
+
+
+def test_product_and_zip():
+  assert sweep.product({"a": [1, 2], "b": ["x", "y"]}) == [
+      {"a": 1, "b": "x"}, {"a": 1, "b": "y"},
+      {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+  assert sweep.zip_axes({"a": [1, 2], "b": [3, 4]}) == [
+      {"a": 1, "b": 3}, {"a": 2, "b": 4}]
+  with pytest.raises(ValueError, match="equal lengths"):
+    sweep.zip_axes({"a": [1, 2], "b": [3]})
+
+
+def test_dry_run_prints_one_command_per_point(capsys):
+  sweep.main(["--config", EXPERIMENT + ":cpu", "--workdir", "runs/x",
+              "--dry-run", "--config.total_steps=10"])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 9
+  assert "--workdir runs/x/00_learning_rate=0.0003_num_layers=2" in lines[0]
+  assert "--config.total_steps=10" in lines[0]
+  assert "--config.model.num_layers=6" in lines[-1]
+
+
+def test_an_unknown_key_fails_before_anything_runs(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    sweep.main(["--config", EXPERIMENT + ":cpu", "--workdir", str(tmp_path),
+                "--config.optimizer.learning_rat=1"])
+  assert e.value.code == 2
+  assert "Did you mean optimizer.learning_rate" in capsys.readouterr().err
+  assert not os.listdir(tmp_path)
+
+
+def test_slurm_writes_a_job_array(tmp_path):
+  sweep.main(["--config", EXPERIMENT + ":cpu", "--workdir", str(tmp_path),
+              "--slurm"])
+  script = (tmp_path / "sweep.sbatch").read_text()
+  assert "#SBATCH --array=0-8" in script
+  assert script.count("bigmodel_jax.train") == 9
+  subprocess.run(["bash", "-n", str(tmp_path / "sweep.sbatch")], check=True)
+
+
+def _two_point_experiment(tmp_path):
+  """The GPT experiment with a sweep of one good and one failing point."""
+  path = tmp_path / "two_points.py"
+  path.write_text(
+      f"exec(open({EXPERIMENT!r}).read())\n"
+      "def get_sweep(arg):\n"
+      "  return [{'optimizer.learning_rate': 1e-2},\n"
+      "          {'optimizer.warmup_steps': 100}]  # >= total_steps: fails.\n")
+  return str(path)
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_reports_failures_and_resumes(tmp_path):
+  workdir = tmp_path / "sweep"
+  args = [sys.executable, "-m", "bigmodel_jax.sweep", "--config",
+          _two_point_experiment(tmp_path) + ":cpu", "--workdir",
+          str(workdir)] + [f"--config.{k}={v}" for k, v in TINY.items()]
+  first = subprocess.run(args, capture_output=True, text=True)
+  assert first.returncode == 1, first.stdout + first.stderr
+  assert "01_warmup_steps=100: failed" in first.stdout
+  assert "warmup_steps=100 must be below" in (
+      workdir / "01_warmup_steps=100" / "train.log").read_text()
+  with open(workdir / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["point"] for r in rows] == ["00_learning_rate=0.01",
+                                        "01_warmup_steps=100"]
+  assert rows[0]["steps"] == "6" and float(rows[0]["final val/loss"]) < 4.5
+  assert float(rows[0]["wall s"]) > 0
+  assert "| 00_learning_rate=0.01 |" in (workdir / "results.md").read_text()
+  assert (workdir / "plot_val_loss.png").stat().st_size > 1000
+  again = subprocess.run(args, capture_output=True, text=True)
+  assert "1 already done, 1 to run" in again.stdout
