@@ -24,6 +24,7 @@ def base(*, total_steps: int, log_every_steps: int = 50,
   config.init_from = ml_collections.ConfigDict(dict(
       workdir=placeholder(str), step=placeholder(int)))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.grad_accum_steps = 1  # Microbatches per update (same global batch).
   return config
 
 

@@ -69,10 +69,12 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
   """
   # Mesh.
   mesh = sharding.make_mesh(config.mesh, devices)
-  if config.input.batch_size % sharding.num_batch_shards(mesh):
+  accum = config.get("grad_accum_steps", 1)
+  if config.input.batch_size % (sharding.num_batch_shards(mesh) * accum):
     raise ValueError(
         f"input.batch_size={config.input.batch_size} is not divisible by the "
-        f"{sharding.num_batch_shards(mesh)} data x fsdp shards of the mesh.")
+        f"{sharding.num_batch_shards(mesh)} data x fsdp shards of the mesh "
+        f"times grad_accum_steps={accum}.")
 
   # Data: this process's share of each global batch.
   data_module = registry.get("data", config.input.name)
@@ -94,6 +96,6 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
   factory = state.StateFactory(model, tx, mesh, example_inputs)
   train_step, eval_step = steps.jit_steps(
       factory, optim.schedule(config.optimizer, config.total_steps),
-      config.model.get("num_classes"))
+      config.model.get("num_classes"), accum)
   return Experiment(config, mesh, data, model, tx, factory, train_step,
                     eval_step)

@@ -39,6 +39,7 @@ def plan(config, devices=None) -> dict:
   params = _per_device_bytes(abstract.params)
   state = _per_device_bytes(abstract)
   temp = memory.temp_size_in_bytes if memory else float("nan")
+  arguments = memory.argument_size_in_bytes if memory else float("nan")
   return {
       "mesh": dict(exp.mesh.shape),
       "devices": f"{exp.mesh.size}x {exp.mesh.devices.flat[0].device_kind}",
@@ -47,6 +48,7 @@ def plan(config, devices=None) -> dict:
       "params_bytes": params,
       "optimizer_bytes": state - params,
       "temp_bytes": temp,
+      "argument_bytes": arguments,  # State + batch, per device (compiled).
       "total_bytes": state + temp,
       "compile_seconds": compile_s,
   }

@@ -33,7 +33,9 @@ RULES = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # Key/value heads (fewer than query heads in GQA).
     ("kv", None),
+    ("layers", None),  # The stacked axis of scanned layers.
     ("position", None),
     ("patch", None),  # Flattened image patches (ViT's patch embedding input).
     ("conv_in", None),

@@ -37,21 +37,52 @@ def cross_entropy(logits, batch) -> dict:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    learning_rate: optax.Schedule):
-  """The pure update (state, batch, rng) -> (state, metrics)."""
+                    learning_rate: optax.Schedule, grad_accum_steps: int = 1):
+  """The pure update (state, batch, rng) -> (state, metrics).
+
+  With `grad_accum_steps` k > 1 the batch is split into k microbatches
+  (example i goes to microbatch i mod k, so each stays spread over the data
+  axes) whose summed gradients make one update equal to the big-batch one.
+  """
+
+  def grads_and_sums(params, model_state, batch, rng):
+    def loss_fn(params):
+      logits, new_state = model.apply(
+          {"params": params, **model_state}, batch["inputs"], train=True,
+          rngs={"dropout": rng}, mutable=list(model_state))
+      sums = cross_entropy(logits, batch)
+      return sums["loss"], (sums, dict(new_state))
+    (_, (sums, new_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    return grads, sums, new_state
+
+  def accumulate(params, model_state, batch, rng):
+    micro = jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps,
+                            *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def body(carry, inputs):
+      grads, sums, model_state = carry
+      i, microbatch = inputs
+      g, s, model_state = grads_and_sums(
+          params, model_state, microbatch, jax.random.fold_in(rng, i))
+      return (jax.tree.map(jnp.add, grads, g),
+              jax.tree.map(jnp.add, sums, s), model_state), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    (grads, sums, model_state), _ = jax.lax.scan(
+        body, (zeros, jax.tree.map(jnp.float32, sums), model_state),
+        (jnp.arange(grad_accum_steps), micro))
+    return grads, sums, model_state
 
   def train_step(state: TrainState, batch: dict, rng):
     rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params):
-      logits, model_state = model.apply(
-          {"params": params, **state.model_state}, batch["inputs"],
-          train=True, rngs={"dropout": rng}, mutable=list(state.model_state))
-      sums = cross_entropy(logits, batch)
-      return sums["loss"] / sums["count"], (sums, model_state)
-
-    (loss, (sums, model_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    compute = grads_and_sums if grad_accum_steps == 1 else accumulate
+    grads, sums, model_state = compute(state.params, state.model_state, batch,
+                                       rng)
+    grads = jax.tree.map(lambda g: g / sums["count"], grads)  # Of the mean.
+    loss = sums["loss"] / sums["count"]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
@@ -63,8 +94,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
     }
     return TrainState(step=state.step + 1, params=params,
-                      model_state=dict(model_state),
-                      opt_state=opt_state), metrics_
+                      model_state=model_state, opt_state=opt_state), metrics_
 
   return train_step
 
@@ -82,7 +112,8 @@ def make_eval_step(model: nn.Module, num_classes: int | None = None):
   return eval_step
 
 
-def jit_steps(factory, learning_rate, num_classes: int | None = None):
+def jit_steps(factory, learning_rate, num_classes: int | None = None,
+              grad_accum_steps: int = 1):
   """Jits both steps with explicit in/out shardings; the state is donated.
 
   Every batch array is split over data x fsdp on its leading axis.
@@ -91,7 +122,8 @@ def jit_steps(factory, learning_rate, num_classes: int | None = None):
   batch_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
   train = sharding.in_context(mesh, jax.jit(
-      make_train_step(factory.model, factory.tx, learning_rate),
+      make_train_step(factory.model, factory.tx, learning_rate,
+                      grad_accum_steps),
       in_shardings=(factory.shardings, batch_sh, replicated),
       out_shardings=(factory.shardings, replicated),
       donate_argnums=0))

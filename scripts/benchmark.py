@@ -4,8 +4,10 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \\
       python scripts/benchmark.py --config experiments/gpt_shakespeare_char.py:cpu
 
-Prints one table row: tokens/s (images/s for image models), step time, compile time, peak memory and MFU
-(n/a where the device's peak FLOP/s is unknown, e.g. CPU). `--synthetic`
+Prints one table row: tokens/s (images/s for image models) per device, step
+time, compile time, peak memory and MFU (n/a where the device's peak FLOP/s is
+unknown, e.g. CPU); language models get MFU under two conventions, nanoGPT's
+6N + 12 L H Q T and MaxText's with causal attention counted at half. `--synthetic`
 reads no data: it feeds one random batch of the config's shapes, so the input
 pipeline is out of the measurement and datasets that are not prepared here
 (imagenet2012) can still be timed; the model's vocab_size / num_classes must
@@ -77,11 +79,16 @@ def main(argv=None) -> None:
   items_per_sec = items_per_batch / step_s
   utilisation = perf.mfu(items_per_sec, exp.flops_per_item())
   mfu = "n/a" if utilisation is None else f"{utilisation:.1%}"
-  print(f"| config | devices | mesh | {unit}/s | step ms | compile s "
-        "| peak MiB | MFU |")
+  if hasattr(exp.model, "flops_per_item_causal"):  # Language models.
+    causal = perf.mfu(items_per_sec, exp.model.flops_per_item_causal(
+        exp.factory.abstract.params, exp.factory.example_inputs.shape))
+    mfu += " / " + ("n/a" if causal is None else f"{causal:.1%}")
+  print(f"| config | devices | mesh | {unit}/s/device | step ms | compile s "
+        "| peak MiB | MFU (6N+12LHQT / causal) |")
   print("|---|---|---|---|---|---|---|---|")
   print(f"| {args.config} | {jax.device_count()}x {jax.devices()[0].device_kind} "
-        f"| {dict(exp.mesh.shape)} | {items_per_sec:,.0f} | {step_s * 1e3:.1f} "
+        f"| {dict(exp.mesh.shape)} | {items_per_sec / jax.device_count():,.0f} "
+        f"| {step_s * 1e3:.1f} "
         f"| {compile_s:.1f} | {peak_memory_mb():,.0f} | {mfu} |")
 
 

@@ -11,6 +11,7 @@ os.environ.setdefault("TFDS_DATA_DIR", str(_SHARED / "tensorflow_datasets"))
 import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 from bigmodel_jax import config_lib, experiment  # noqa: E402
 
@@ -45,3 +46,18 @@ def run_steps(config, devices=None, steps=3):
     state, metrics = exp.train_step(state, batch, jax.random.key(1))
     losses.append(float(metrics["train/loss"]))
   return losses, exp, state
+
+
+def cached_logits(model, params, tokens, prefill: int):
+  """Logits of a decoder run with its KV cache: `prefill` tokens in one
+  call, then one token per call."""
+  cache = jax.tree.map(jnp.zeros_like, model.init(
+      jax.random.key(0), tokens, decode=True)["cache"])
+  logits, v = model.apply({"params": params, "cache": cache},
+                          tokens[:, :prefill], decode=True, mutable=["cache"])
+  steps = [logits]
+  for t in range(prefill, tokens.shape[1]):
+    logits, v = model.apply({"params": params, "cache": v["cache"]},
+                            tokens[:, t:t + 1], decode=True, mutable=["cache"])
+    steps.append(logits)
+  return jnp.concatenate(steps, 1)

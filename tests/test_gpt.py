@@ -7,6 +7,7 @@ from flax import linen as nn
 
 from bigmodel_jax import sampling
 from bigmodel_jax.models import gpt
+from conftest import cached_logits
 
 
 def _model_and_params(block_size=16, **kw):
@@ -34,17 +35,8 @@ def test_kv_cache_logits_equal_full_prefix_logits():
   model, params = _model_and_params()
   tokens = np.random.default_rng(1).integers(0, 11, (2, 16))
   full = model.apply({"params": params}, tokens)
-  cache = jax.tree.map(jnp.zeros_like, model.init(
-      jax.random.key(0), tokens, decode=True)["cache"])
-  # Prefill 5 tokens in one call, then one token per call.
-  logits, v = model.apply({"params": params, "cache": cache}, tokens[:, :5],
-                          decode=True, mutable=["cache"])
-  steps = [logits]
-  for t in range(5, 16):
-    logits, v = model.apply({"params": params, "cache": v["cache"]},
-                            tokens[:, t:t + 1], decode=True, mutable=["cache"])
-    steps.append(logits)
-  np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+  np.testing.assert_allclose(cached_logits(model, params, tokens, 5), full,
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize("new_tokens", [6, 40])  # Within / beyond block_size.

@@ -6,6 +6,16 @@ import os
 import tensorflow_datasets as tfds
 
 
+def process_rows(batch_size: int, process_index: int, process_count: int
+                 ) -> slice:
+  """This process's rows of every global batch."""
+  if batch_size % process_count:
+    raise ValueError(f"input.batch_size={batch_size} is not divisible by the "
+                     f"{process_count} processes.")
+  local = batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
 def tfds_split(name: str, split: str, data_dir: str | None):
   """`tfds.data_source` of a prepared split, with a clear error if missing."""
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")

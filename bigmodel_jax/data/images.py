@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import image_ops, prefetch
+from bigmodel_jax.data import image_ops, prefetch, process_rows
 
 
 def batch_spec(config) -> dict:
@@ -59,13 +59,10 @@ class ImageInput:
 
   def __init__(self, config, train, eval_, class_names, *, seed: int,
                process_index: int, process_count: int):
-    if config.batch_size % process_count:
-      raise ValueError(f"input.batch_size={config.batch_size} is not divisible "
-                       f"by the {process_count} processes.")
     self.config, self.seed = config, seed
     self.train, self.eval, self.class_names = train, eval_, list(class_names)
-    self.local_batch_size = config.batch_size // process_count
-    self._first = process_index * self.local_batch_size
+    rows = process_rows(config.batch_size, process_index, process_count)
+    self._first, self.local_batch_size = rows.start, rows.stop - rows.start
     self.train_pp = image_ops.parse(config.train_pp)
     self.eval_pp = image_ops.parse(config.eval_pp)
     workers = config.get("num_workers", 0)

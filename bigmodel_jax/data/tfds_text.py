@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import prefetch, tfds_split
+from bigmodel_jax.data import prefetch, process_rows, tfds_split
 
 
 class CharTokenizer:
@@ -63,8 +63,11 @@ class TextWindows:
                        f"windows of {seq_len + 1}.")
     self.tokens, self.seq_len = tokens, seq_len
 
-  def batch(self, rng: np.random.Generator, batch_size: int) -> dict:
-    starts = rng.integers(0, len(self.tokens) - self.seq_len, size=batch_size)
+  def batch(self, rng: np.random.Generator, batch_size: int,
+            rows: slice = slice(None)) -> dict:
+    """`rows` of a batch of `batch_size` windows drawn with `rng`."""
+    starts = rng.integers(0, len(self.tokens) - self.seq_len,
+                          size=batch_size)[rows]
     windows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)]
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
@@ -86,12 +89,8 @@ class Input:
 
   def __init__(self, config, *, seed: int, process_index: int,
                process_count: int):
-    if config.batch_size % process_count:
-      raise ValueError(f"input.batch_size={config.batch_size} is not divisible "
-                       f"by the {process_count} processes.")
     self.config, self.seed = config, seed
-    self.process_index = process_index
-    self.local_batch_size = config.batch_size // process_count
+    self._rows = process_rows(config.batch_size, process_index, process_count)
     train_text = load_text(config.dataset, config.train_split, config.data_dir)
     self.tokenizer = CharTokenizer.from_text(train_text)
     self.train = TextWindows(self.tokenizer.encode(train_text), config.seq_len)
@@ -109,8 +108,10 @@ class Input:
     return {"vocab_size": self.vocab_size}
 
   def train_batch(self, step: int) -> dict:
-    rng = np.random.default_rng([self.seed, step, self.process_index])
-    return self.train.batch(rng, self.local_batch_size)
+    """This process's rows of global batch `step` (the same global batch
+    for any number of processes)."""
+    rng = np.random.default_rng([self.seed, step])
+    return self.train.batch(rng, self.config.batch_size, self._rows)
 
   def train_batches(self, start_step: int):
     """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""
@@ -119,8 +120,8 @@ class Input:
   def eval_batches(self):
     """The same `eval_steps` batches every time."""
     for i in range(self.config.eval_steps):
-      rng = np.random.default_rng([self.seed, 1 << 30, i, self.process_index])
-      yield self.eval.batch(rng, self.local_batch_size)
+      rng = np.random.default_rng([self.seed, 1 << 30, i])
+      yield self.eval.batch(rng, self.config.batch_size, self._rows)
 
   def save(self, workdir: str) -> None:
     """Writes what decoding needs (the tokenizer) into the workdir."""

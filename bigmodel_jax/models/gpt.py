@@ -1,11 +1,16 @@
-"""GPT decoder (GPT-2 / nanoGPT layout) with logical axis names and a KV cache.
+"""GPT-family decoder (GPT-2, GPT-3, LLaMA shapes) with logical axis names.
 
-Token + learned position embeddings, pre-LayerNorm blocks, causal multi-head
-attention through `jax.nn.dot_product_attention`, GELU MLP, output projection
-tied to the token embedding.
+One module, options from the config: learned or rotary (RoPE) positions,
+LayerNorm or RMSNorm, GELU or SwiGLU MLP, multi-head / grouped-query /
+multi-query attention (`num_kv_heads`) through `jax.nn.dot_product_attention`
+(`attention_impl`: None, "xla" or "cudnn"), tied or untied output embedding,
+biases on or off, vocabulary padded to a multiple of `vocab_multiple` (the
+padded logits are masked). Layers are unrolled or stacked with `nn.scan`
+(`scan_layers`: compile time flat in depth), with a rematerialisation policy
+(`remat`: none, full, dots_saveable, minimal). A KV cache serves decoding.
 
-  model = gpt.make(gpt.model_config("nano", vocab_size=65, block_size=64))
-  logits = model.apply({"params": params}, tokens)          # (B, T, vocab)
+  model = gpt.make(gpt.model_config("124M", vocab_size=50257))
+  logits = model.apply({"params": params}, tokens)          # (B, T, padded vocab)
 """
 import dataclasses
 import math
@@ -19,14 +24,43 @@ from flax import linen as nn
 
 from bigmodel_jax.models import layers
 
-# Model sizes. "nano" and "baby" are nanoGPT's Shakespeare CPU / GPU models.
+_GPT2 = dict(use_bias=True, block_size=1024)
+_GPT3 = dict(use_bias=True, block_size=2048)
+_LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu",
+              tie_embeddings=False, block_size=4096, vocab_multiple=1)
+
+# Model sizes. "nano" and "baby" are nanoGPT's Shakespeare CPU / GPU models;
+# GPT-2 as released; GPT-3 as in Brown et al. 2020, table 2.1; LLaMA-style
+# 1B (Llama 3.2 1B shape) and 7B (Llama 2 7B).
 VARIANTS = {
-    "nano": dict(num_layers=4, num_heads=4, emb_dim=128),
-    "baby": dict(num_layers=6, num_heads=6, emb_dim=384),
-    "124M": dict(num_layers=12, num_heads=12, emb_dim=768),
-    "350M": dict(num_layers=24, num_heads=16, emb_dim=1024),
-    "774M": dict(num_layers=36, num_heads=20, emb_dim=1280),
-    "1.5B": dict(num_layers=48, num_heads=25, emb_dim=1600),
+    "nano": dict(num_layers=4, num_heads=4, emb_dim=128, vocab_multiple=1),
+    "baby": dict(num_layers=6, num_heads=6, emb_dim=384, vocab_multiple=1),
+    "124M": dict(num_layers=12, num_heads=12, emb_dim=768, **_GPT2),
+    "350M": dict(num_layers=24, num_heads=16, emb_dim=1024, **_GPT2),
+    "774M": dict(num_layers=36, num_heads=20, emb_dim=1280, **_GPT2),
+    "1.5B": dict(num_layers=48, num_heads=25, emb_dim=1600, **_GPT2),
+    "gpt3-125M": dict(num_layers=12, num_heads=12, emb_dim=768, **_GPT3),
+    "gpt3-350M": dict(num_layers=24, num_heads=16, emb_dim=1024, **_GPT3),
+    "gpt3-760M": dict(num_layers=24, num_heads=16, emb_dim=1536, **_GPT3),
+    "gpt3-1.3B": dict(num_layers=24, num_heads=32, emb_dim=2048, **_GPT3),
+    "gpt3-2.7B": dict(num_layers=32, num_heads=32, emb_dim=2560, **_GPT3),
+    "gpt3-6.7B": dict(num_layers=32, num_heads=32, emb_dim=4096, **_GPT3),
+    "gpt3-13B": dict(num_layers=40, num_heads=40, emb_dim=5140, head_dim=128,
+                     **_GPT3),
+    "gpt3-175B": dict(num_layers=96, num_heads=96, emb_dim=12288, **_GPT3),
+    "llama-1B": dict(num_layers=16, num_heads=32, num_kv_heads=8,
+                     emb_dim=2048, mlp_dim=8192, rope_theta=500000.0,
+                     **{**_LLAMA, "tie_embeddings": True}),
+    "llama-7B": dict(num_layers=32, num_heads=32, emb_dim=4096,
+                     mlp_dim=11008, **_LLAMA),
+}
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # MaxText's "minimal": keep matmul outputs without batch dimensions.
+    "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
@@ -34,12 +68,24 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
   if variant not in VARIANTS:
     raise ValueError(f"Unknown GPT variant {variant!r}; have {list(VARIANTS)}.")
+  placeholder = ml_collections.config_dict.placeholder
   defaults = dict(
       block_size=1024,
       mlp_ratio=4,
+      mlp_dim=placeholder(int),  # None: mlp_ratio * emb_dim.
+      head_dim=placeholder(int),  # None: emb_dim // num_heads.
+      num_kv_heads=placeholder(int),  # None: num_heads (MHA); 1: MQA.
+      position="learned",  # "learned" or "rope".
+      rope_theta=10000.0,
+      norm="layernorm",  # "layernorm" or "rmsnorm".
+      mlp="gelu",  # "gelu" or "swiglu".
+      tie_embeddings=True,
+      vocab_multiple=128,  # The embedding table is padded to a multiple.
       dropout=0.0,
       use_bias=False,
-      attention_impl=ml_collections.config_dict.placeholder(str),
+      attention_impl=placeholder(str),
+      scan_layers=False,
+      remat="none",  # See REMAT_POLICIES.
   )
   return layers.config_block("gpt", "vocab_size", defaults, VARIANTS[variant],
                              overrides)
@@ -53,23 +99,60 @@ class Config:
   emb_dim: int
   block_size: int
   mlp_ratio: int = 4
+  mlp_dim: int | None = None
+  head_dim: int | None = None
+  num_kv_heads: int | None = None
+  position: str = "learned"
+  rope_theta: float = 10000.0
+  norm: str = "layernorm"
+  mlp: str = "gelu"
+  tie_embeddings: bool = True
+  vocab_multiple: int = 128
   dropout: float = 0.0
   use_bias: bool = False
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   attention_impl: str | None = None  # None (XLA picks), "xla" or "cudnn".
+  scan_layers: bool = False
+  remat: str = "none"
+
+  @property
+  def padded_vocab(self) -> int:
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+  @property
+  def head_size(self) -> int:
+    return self.head_dim or self.emb_dim // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def hidden(self) -> int:
+    return self.mlp_dim or self.mlp_ratio * self.emb_dim
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
   """Builds the Linen module from a `config.model` block."""
-  return Model(Config(**layers.config_fields(config, "vocab_size")))
+  fields = layers.config_fields(config, "vocab_size", {
+      "position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
+      "mlp": ("gelu", "swiglu"), "remat": tuple(REMAT_POLICIES)})
+  cfg = Config(**fields)
+  if cfg.num_heads % cfg.kv_heads:
+    raise ValueError(f"num_heads={cfg.num_heads} is not a multiple of "
+                     f"num_kv_heads={cfg.kv_heads}.")
+  return Model(cfg)
 
 
-def _layer_norm(cfg: Config, name: str) -> nn.LayerNorm:
+def _norm(cfg: Config, name: str) -> nn.Module:
+  scale = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=1e-5, dtype=cfg.dtype,
+                      param_dtype=cfg.param_dtype, name=name, scale_init=scale)
   return nn.LayerNorm(
       epsilon=1e-5, use_bias=cfg.use_bias, dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      param_dtype=cfg.param_dtype, name=name, scale_init=scale,
       bias_init=layers.zeros_init(("norm",)))
 
 
@@ -78,21 +161,38 @@ def _dense(cfg: Config, features, names: tuple, std: float, name: str):
                        cfg.use_bias, cfg.dtype, cfg.param_dtype, name=name)
 
 
+def rope(x, positions, theta: float):
+  """Rotary position embedding of x (B, T, heads, D) at `positions` (T,),
+  rotating the two halves of each head (GPT-NeoX / LLaMA layout)."""
+  half = x.shape[-1] // 2
+  freqs = theta ** (-np.arange(half, dtype=np.float32) / half)
+  angles = positions[:, None].astype(jnp.float32) * freqs  # (T, half)
+  sin, cos = jnp.sin(angles)[:, None], jnp.cos(angles)[:, None]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin],
+                         -1).astype(x.dtype)
+
+
 class Attention(nn.Module):
-  """Causal self-attention; with `decode=True` reads and extends a KV cache."""
+  """Causal self-attention (MHA/GQA/MQA); with `decode=True` reads and
+  extends a KV cache."""
   config: Config
 
   @nn.compact
-  def __call__(self, x, cache_index, *, decode: bool):
+  def __call__(self, x, start, *, decode: bool):
     cfg = self.config
-    heads = (cfg.num_heads, cfg.emb_dim // cfg.num_heads)
     act_names = ("batch", "length", "act_heads", "act_kv")
-    q, k, v = (
-        nn.with_logical_constraint(
-            _dense(cfg, heads, ("embed", "heads", "kv"), 0.02, name)(x),
-            act_names) for name in ("query", "key", "value"))
+    q = _dense(cfg, (cfg.num_heads, cfg.head_size), ("embed", "heads", "kv"),
+               0.02, "query")(x)
+    k, v = (_dense(cfg, (cfg.kv_heads, cfg.head_size),
+                   ("embed", "kv_heads", "kv"), 0.02, name)(x)
+            for name in ("key", "value"))
+    if cfg.position == "rope":
+      positions = start + jnp.arange(x.shape[1])
+      q, k = (rope(t, positions, cfg.rope_theta) for t in (q, k))
+    q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
     if decode:
-      k, v, mask = self._update_cache(k, v, cache_index)
+      k, v, mask = self._update_cache(k, v, start)
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     else:
       out = jax.nn.dot_product_attention(
@@ -122,27 +222,52 @@ def _out_std(cfg: Config) -> float:
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm transformer block."""
+  """Pre-norm transformer block: (x, start) -> (x, None), scan-compatible."""
   config: Config
+  train: bool = False
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x, cache_index, *, train: bool, decode: bool):
+  def __call__(self, x, start):
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout, deterministic=not train)
-    y = Attention(cfg, name="attn")(
-        _layer_norm(cfg, "ln_1")(x), cache_index, decode=decode)
-    x = x + dropout(y)
-    y = _dense(cfg, cfg.mlp_ratio * cfg.emb_dim, ("embed", "mlp"), 0.02,
-               "fc")(_layer_norm(cfg, "ln_2")(x))
-    y = nn.with_logical_constraint(jax.nn.gelu(y),
-                                   ("batch", "length", "act_mlp"))
-    y = _dense(cfg, cfg.emb_dim, ("mlp", "embed"), _out_std(cfg), "proj")(y)
-    x = x + dropout(y)
-    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
+    x = x + dropout(Attention(cfg, name="attn")(
+        _norm(cfg, "ln_1")(x), start, decode=self.decode))
+    x = x + dropout(self.mlp(_norm(cfg, "ln_2")(x)))
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+
+  def mlp(self, x):
+    """GELU MLP, or SwiGLU with a "gate" projection beside "fc"."""
+    cfg = self.config
+    hidden = _dense(cfg, cfg.hidden, ("embed", "mlp"), 0.02, "fc")(x)
+    if cfg.mlp == "swiglu":
+      gate = _dense(cfg, cfg.hidden, ("embed", "mlp"), 0.02, "gate")(x)
+      hidden = jax.nn.silu(gate) * hidden
+    else:
+      hidden = jax.nn.gelu(hidden)
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
+    return _dense(cfg, cfg.emb_dim, ("mlp", "embed"), _out_std(cfg),
+                  "proj")(hidden)
+
+
+def _blocks(cfg: Config, train: bool, decode: bool):
+  """The layer stack: remat per config, then scanned or a list of layers."""
+  block = Block
+  if cfg.remat != "none":
+    block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
+                     prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    stack = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=nn.broadcast, length=cfg.num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+    return [stack(cfg, train, decode, name="blocks")]
+  return [block(cfg, train, decode, name=f"block_{i}")
+          for i in range(cfg.num_layers)]
 
 
 class Model(nn.Module):
-  """GPT language model: tokens (B, T) int -> logits (B, T, vocab) float32."""
+  """GPT language model: tokens (B, T) int -> logits (B, T, padded vocab)."""
   config: Config
 
   @nn.compact
@@ -155,28 +280,48 @@ class Model(nn.Module):
       start = index.value
       index.value = start + length
     else:
-      start = 0
-    wte = nn.Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype,
+      start = jnp.zeros((), jnp.int32)
+    wte = nn.Embed(cfg.padded_vocab, cfg.emb_dim, dtype=cfg.dtype,
                    param_dtype=cfg.param_dtype, name="wte",
                    embedding_init=layers.normal_init(0.02, ("vocab", "embed")))
-    wpe = self.param("wpe", layers.normal_init(0.02, ("position", "embed")),
-                     (cfg.block_size, cfg.emb_dim), cfg.param_dtype)
-    positions = jax.lax.dynamic_slice_in_dim(wpe, start, length)
-    x = wte(tokens) + positions.astype(cfg.dtype)
+    x = wte(tokens)
+    if cfg.position == "learned":
+      wpe = self.param("wpe", layers.normal_init(0.02, ("position", "embed")),
+                       (cfg.block_size, cfg.emb_dim), cfg.param_dtype)
+      x = x + jax.lax.dynamic_slice_in_dim(wpe, start, length).astype(
+          cfg.dtype)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-    for i in range(cfg.num_layers):
-      x = Block(cfg, name=f"block_{i}")(x, start, train=train, decode=decode)
-    logits = wte.attend(_layer_norm(cfg, "ln_f")(x)).astype(jnp.float32)
+    for block in _blocks(cfg, train, decode):
+      x, _ = block(x, start)
+    x = _norm(cfg, "ln_f")(x)
+    if cfg.tie_embeddings:
+      logits = wte.attend(x)
+    else:
+      logits = layers.Linear((cfg.padded_vocab,), ("embed", "vocab"), 0.02,
+                             False, cfg.dtype, cfg.param_dtype,
+                             name="lm_head")(x)
+    logits = logits.astype(jnp.float32)
+    if cfg.padded_vocab != cfg.vocab_size:  # Padding ids are never predicted.
+      logits = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size,
+                         logits, -1e9)
     return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
   def num_params(self, params, *, embeddings: bool = False) -> int:
     """Parameter count; like nanoGPT, excludes position embeddings by default."""
     total = sum(x.size for x in jax.tree.leaves(params))
-    return total if embeddings else total - params["wpe"].size
+    return total if embeddings or "wpe" not in params else (
+        total - params["wpe"].size)
 
   def flops_per_item(self, params, input_shape) -> float:
     """Training FLOPs per token, nanoGPT / PaLM: 6N + 12 L H Q T."""
+    return 6 * self.num_params(params) + self._attention_flops(input_shape)
+
+  def flops_per_item_causal(self, params, input_shape) -> float:
+    """MaxText's convention: causal attention does half the score work."""
+    return 6 * self.num_params(params) + self._attention_flops(input_shape) / 2
+
+  def _attention_flops(self, input_shape) -> float:
     cfg = self.config
-    return (6 * self.num_params(params) +
-            12 * cfg.num_layers * cfg.emb_dim * input_shape[1])
+    return (12 * cfg.num_layers * cfg.num_heads * cfg.head_size *
+            input_shape[1])
