@@ -11,8 +11,8 @@ from typing import Any, Callable
 import jax
 import optax
 
-from bigmodel_jax import (checkpoints, metrics, optim, registry, sharding,
-                          state, steps)
+from bigmodel_jax import (checkpoints, metrics, optim, perf, registry,
+                          sharding, state, steps)
 
 
 @dataclasses.dataclass
@@ -31,8 +31,9 @@ class Experiment:
 
   def eval_totals(self, train_state) -> dict:
     """Eval outputs summed over the eval set (numpy)."""
-    return steps.evaluate(self.eval_step, train_state,
-                          self.data.eval_batches(), self.mesh)
+    batches = perf.progress(self.data.eval_batches(),
+                            self.data.num_eval_batches(), "eval batch")
+    return steps.evaluate(self.eval_step, train_state, batches, self.mesh)
 
   def evaluate(self, train_state) -> dict:
     """Scalar eval metrics (see `metrics.summarize`)."""

@@ -22,6 +22,24 @@ PEAK_FLOPS = {
 }
 
 
+def hms(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress(items, total: int, label: str, every_seconds: float = 10.0):
+  """Yields `items`; on process 0 prints "label i/total | ETA" every
+  `every_seconds` (so only long loops, e.g. big evaluations, report)."""
+  start = last = time.perf_counter()
+  for i, item in enumerate(items, 1):
+    yield item
+    now = time.perf_counter()
+    if now - last >= every_seconds and jax.process_index() == 0:
+      last = now
+      print(f"{label} {i}/{total} | ETA {hms((now - start) / i * (total - i))}",
+            flush=True)
+
+
 def peak_flops(device=None) -> float | None:
   """Peak FLOP/s of one device, or None where unknown (e.g. CPU)."""
   kind = (device or jax.devices()[0]).device_kind

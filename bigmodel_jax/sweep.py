@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from bigmodel_jax import config_lib, metric_writer, plots
+from bigmodel_jax import config_lib, metric_writer, perf, plots
 
 PLOTTED = ("train/loss", "val/loss", "val/accuracy")
 
@@ -74,11 +74,6 @@ def command(spec: str, workdir: str, overrides: dict) -> list[str]:
           [f"--config.{k}={v}" for k, v in overrides.items()])
 
 
-def _hms(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def run(spec: str, workdir: str, points: list[dict], common: dict,
         parallel: int = 1) -> dict[str, str]:
   """Runs the unfinished points, `parallel` at a time; name -> status."""
@@ -115,9 +110,9 @@ def run(spec: str, workdir: str, points: list[dict], common: dict,
       left = len(todo) + len(running)
       eta = (sum(durations) / len(durations) * left / parallel
              if durations else 0)
-      print(f"[sweep] {name}: {status[name]} in {_hms(seconds)} | "
-            f"{len(status)}/{len(points)} finished | ETA {_hms(eta)} "
-            f"(elapsed {_hms(time.time() - start)})", flush=True)
+      print(f"[sweep] {name}: {status[name]} in {perf.hms(seconds)} | "
+            f"{len(status)}/{len(points)} finished | ETA {perf.hms(eta)} "
+            f"(elapsed {perf.hms(time.time() - start)})", flush=True)
       if proc.returncode:
         print(f"[sweep]   see {os.path.join(workdir, name, 'train.log')}",
               flush=True)

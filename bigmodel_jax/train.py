@@ -22,15 +22,10 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _hms(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def _format_train(step, total, m, unit) -> str:
   mfu = f"{m['train/mfu']:.1%}" if "train/mfu" in m else "n/a"
   rate = (f"{m[f'train/{unit}_per_sec']:,.0f} {unit}/s | MFU {mfu} | "
-          f"ETA {_hms(m['eta_seconds'])}"
+          f"ETA {perf.hms(m['eta_seconds'])}"
           if "eta_seconds" in m else "warming up")
   return (f"step {step}/{total} | loss {m['train/loss']:.4f} | "
           f"lr {m['train/learning_rate']:.2e} | {rate}")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bigmodel_jax import config_lib, distributed, train
+from bigmodel_jax import config_lib, distributed, perf, train
 from bigmodel_jax.data import tfds_text
 from conftest import EXPERIMENT
 
@@ -108,3 +108,11 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     ({"TPU_WORKER_HOSTNAMES": "a,b"}, True), ({"TPU_WORKER_HOSTNAMES": "a"}, False)])
 def test_multi_process_start_is_requested_by_the_environment(env, expected):
   assert distributed.requested(env) is expected
+
+
+def test_progress_yields_everything_and_reports_an_eta(capsys):
+  assert list(perf.progress(iter(range(4)), 4, "eval batch",
+                            every_seconds=0)) == [0, 1, 2, 3]
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("eval batch 1/4 | ETA 0:00:0")
+  assert len(lines) == 4

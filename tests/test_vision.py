@@ -144,7 +144,7 @@ def test_eval_batches_cover_the_split_once_with_padding():
   data = sklearn_digits.Input(config.input, seed=0, process_index=1,
                               process_count=2)
   batches = list(data.eval_batches())
-  assert len(batches) == 6  # ceil(359 / 64).
+  assert len(batches) == data.num_eval_batches() == 6  # ceil(359 / 64).
   assert all(b["inputs"].shape == (32, 8, 8, 1) for b in batches)
   total = sum(b["weights"].sum() for b in batches)
   other = sklearn_digits.Input(config.input, seed=0, process_index=0,

@@ -101,6 +101,9 @@ class ImageInput:
     """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""
     return prefetch.background(self.train_batch, start_step)
 
+  def num_eval_batches(self) -> int:
+    return -(-len(self.eval) // self.config.batch_size)
+
   def eval_batches(self):
     """The whole eval split once, in order; padding has weight 0."""
     size, batch = len(self.eval), self.config.batch_size

@@ -37,6 +37,9 @@ class Input:
   def train_batches(self, start_step: int):
     return prefetch.background(self.train_batch, start_step)
 
+  def num_eval_batches(self) -> int:
+    return self.config.eval_steps
+
   def eval_batches(self):
     for i in range(self.config.eval_steps):
       yield self._batch([self.seed, 1 << 30, i])

@@ -117,6 +117,9 @@ class Input:
     """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""
     return prefetch.background(self.train_batch, start_step)
 
+  def num_eval_batches(self) -> int:
+    return self.config.eval_steps
+
   def eval_batches(self):
     """The same `eval_steps` batches every time."""
     for i in range(self.config.eval_steps):
