@@ -1,0 +1,57 @@
+"""WordPiece tokenization (BERT) through the `tokenizers` package.
+
+  tok = WordPiece.from_file("vocab.txt")          # or a tokenizer.json
+  ids = tok.encode_batch(["a sentence", ...], max_len=64)  # (B, 64) int32
+  tok = WordPiece.train(["corpus.txt"], vocab_size=8000)  # a new vocabulary
+"""
+import numpy as np
+import tokenizers
+from tokenizers.implementations import BertWordPieceTokenizer
+
+
+class WordPiece:
+  """[CLS] text [SEP], truncated and padded to a fixed length."""
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer):
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    self.tokenizer = tokenizer
+    self.pad_id = tokenizer.token_to_id("[PAD]")
+    self.sep_id = tokenizer.token_to_id("[SEP]")
+    if self.pad_id is None or self.sep_id is None:
+      raise ValueError("The vocabulary has no [PAD] or [SEP] token.")
+
+  @classmethod
+  def from_file(cls, path: str, lowercase: bool = True) -> "WordPiece":
+    """From a BERT vocab.txt (one token per line) or a tokenizer.json."""
+    if path.endswith(".json"):
+      return cls(tokenizers.Tokenizer.from_file(path))
+    return cls(BertWordPieceTokenizer(path, lowercase=lowercase)._tokenizer)
+
+  @classmethod
+  def train(cls, files: list[str], vocab_size: int, lowercase: bool = True,
+            min_frequency: int = 2) -> "WordPiece":
+    """A new vocabulary learned from local text files."""
+    tokenizer = BertWordPieceTokenizer(lowercase=lowercase)
+    tokenizer.train(files, vocab_size=vocab_size, min_frequency=min_frequency,
+                    show_progress=False)
+    return cls(tokenizer._tokenizer)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.get_vocab_size()
+
+  def encode_batch(self, texts: list[str], max_len: int) -> np.ndarray:
+    ids = np.full((len(texts), max_len), self.pad_id, np.int32)
+    for row, encoding in enumerate(self.tokenizer.encode_batch(texts)):
+      tokens = encoding.ids
+      if len(tokens) > max_len:  # Keep the final [SEP].
+        tokens = tokens[:max_len - 1] + [self.sep_id]
+      ids[row, :len(tokens)] = tokens
+    return ids
+
+  def decode(self, ids) -> str:
+    return self.tokenizer.decode([int(i) for i in ids if i != self.pad_id])
+
+  def save(self, path: str) -> None:
+    self.tokenizer.save(path)

@@ -1,0 +1,184 @@
+"""BERT-family encoder (BERT, MiniLM; ALBERT switches) with logical axis names.
+
+Post-LayerNorm blocks as in the original BERT; token + position + segment
+embeddings; bidirectional attention that ignores padding (`pad_id`). Heads
+by `head`: "none" (hidden states), "mlm" (transform + LayerNorm + decoder
+tied to the word embeddings) or "classifier" (tanh pooler on the first token +
+linear). ALBERT: `embed_dim` factorises the embeddings, `share_layers` reuses
+one layer's parameters at every depth.
+
+  model = bert.make(bert.model_config("base", vocab_size=30522))
+  hidden = model.apply({"params": params}, tokens)     # (B, T, emb_dim)
+"""
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from bigmodel_jax.models import layers
+
+# Sizes of Google's BERT release (Turc et al. 2019 for tiny/mini/small) and
+# Microsoft's MiniLM-L6-H384 (all-MiniLM-L6-v2).
+VARIANTS = {
+    "tiny": dict(num_layers=2, emb_dim=128, num_heads=2, mlp_dim=512),
+    "mini": dict(num_layers=4, emb_dim=256, num_heads=4, mlp_dim=1024),
+    "small": dict(num_layers=4, emb_dim=512, num_heads=8, mlp_dim=2048),
+    "base": dict(num_layers=12, emb_dim=768, num_heads=12, mlp_dim=3072),
+    "large": dict(num_layers=24, emb_dim=1024, num_heads=16, mlp_dim=4096),
+    "minilm-L6-H384": dict(num_layers=6, emb_dim=384, num_heads=12,
+                           mlp_dim=1536),
+}
+
+
+def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
+  """The `config.model` block for a variant: every field explicit."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown BERT variant {variant!r}; have "
+                     f"{list(VARIANTS)}.")
+  placeholder = ml_collections.config_dict.placeholder
+  defaults = dict(
+      max_positions=512,
+      type_vocab_size=2,
+      pad_id=0,
+      dropout=0.1,
+      layer_norm_eps=1e-12,
+      embed_dim=placeholder(int),  # ALBERT: factorised embedding size.
+      share_layers=False,  # ALBERT: one set of layer parameters.
+      head="none",  # "none", "mlm" or "classifier".
+      num_classes=placeholder(int),
+      attention_impl=placeholder(str),
+  )
+  return layers.config_block("bert", "vocab_size", defaults,
+                             VARIANTS[variant], overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  vocab_size: int
+  num_layers: int
+  emb_dim: int
+  num_heads: int
+  mlp_dim: int
+  max_positions: int = 512
+  type_vocab_size: int = 2
+  pad_id: int = 0
+  dropout: float = 0.1
+  layer_norm_eps: float = 1e-12
+  embed_dim: int | None = None
+  share_layers: bool = False
+  head: str = "none"
+  num_classes: int | None = None
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  attention_impl: str | None = None
+
+
+def make(config: ml_collections.ConfigDict) -> "Model":
+  fields = layers.config_fields(config, "vocab_size", {
+      "head": ("none", "mlm", "classifier")})
+  if fields["head"] == "classifier" and not fields.get("num_classes"):
+    raise ValueError("config.model.num_classes is not set (normally from "
+                     "the data) for head='classifier'.")
+  return Model(Config(**fields))
+
+
+def _dense(cfg: Config, features, names: tuple, name: str):
+  return layers.Linear(tuple(features), names, 0.02, True, cfg.dtype,
+                       cfg.param_dtype, name=name)
+
+
+def _layer_norm(cfg: Config, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      bias_init=layers.zeros_init(("norm",)))
+
+
+class Layer(nn.Module):
+  """Post-LN encoder layer: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
+  config: Config
+  train: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask):
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
+    heads = (cfg.num_heads, cfg.emb_dim // cfg.num_heads)
+    q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), name)(x)
+               for name in ("query", "key", "value"))
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
+                                     implementation=cfg.attention_impl)
+    y = nn.with_logical_constraint(y, ("batch", "length", "act_heads",
+                                       "act_kv"))
+    y = _dense(cfg, (cfg.emb_dim,), ("heads", "kv", "embed"), "out")(y)
+    x = _layer_norm(cfg, "attn_ln")(x + dropout(y))
+    y = _dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), "fc")(x)
+    y = nn.with_logical_constraint(jax.nn.gelu(y, approximate=False),
+                                   ("batch", "length", "act_mlp"))
+    y = _dense(cfg, (cfg.emb_dim,), ("mlp", "embed"), "proj")(y)
+    x = _layer_norm(cfg, "mlp_ln")(x + dropout(y))
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+class Model(nn.Module):
+  """tokens (B, T) int [, segments (B, T)] -> hidden states or head outputs."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, tokens, segments=None, *, train: bool = False):
+    cfg = self.config
+    mask = tokens != cfg.pad_id
+    width = cfg.embed_dim or cfg.emb_dim
+    words = nn.Embed(cfg.vocab_size, width, dtype=cfg.dtype,
+                     param_dtype=cfg.param_dtype, name="word_embeddings",
+                     embedding_init=layers.normal_init(0.02, ("vocab",
+                                                              "embed")))
+    positions = self.param("position_embeddings",
+                           layers.normal_init(0.02, ("position", "embed")),
+                           (cfg.max_positions, width), cfg.param_dtype)
+    types = self.param("token_type_embeddings",
+                       layers.normal_init(0.02, (None, "embed")),
+                       (cfg.type_vocab_size, width), cfg.param_dtype)
+    segments = jnp.zeros_like(tokens) if segments is None else segments
+    x = (words(tokens) + positions[:tokens.shape[1]].astype(cfg.dtype) +
+         jnp.take(types, segments, axis=0).astype(cfg.dtype))
+    x = _layer_norm(cfg, "embeddings_ln")(x)
+    x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+    if cfg.embed_dim:
+      x = _dense(cfg, (cfg.emb_dim,), ("embed", "mlp"), "embed_proj")(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    shared = Layer(cfg, train, name="layer") if cfg.share_layers else None
+    for i in range(cfg.num_layers):
+      x = (shared or Layer(cfg, train, name=f"layer_{i}"))(x, mask)
+    if cfg.head == "mlm":
+      y = _dense(cfg, (width,), ("embed", "mlp"), "mlm_transform")(x)
+      y = _layer_norm(cfg, "mlm_ln")(jax.nn.gelu(y, approximate=False))
+      bias = self.param("mlm_bias", layers.zeros_init(("vocab",)),
+                        (cfg.vocab_size,), cfg.param_dtype)
+      return (words.attend(y) + bias).astype(jnp.float32)
+    if cfg.head == "classifier":
+      pooled = jnp.tanh(_dense(cfg, (cfg.emb_dim,), ("embed", "mlp"),
+                               "pooler")(x[:, 0]))
+      pooled = nn.Dropout(cfg.dropout, deterministic=not train)(pooled)
+      return _dense(cfg, (cfg.num_classes,), ("mlp", "classes"),
+                    "classifier")(pooled).astype(jnp.float32)
+    return x
+
+  def num_params(self, params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))
+
+  def flops_per_item(self, params, input_shape) -> float:
+    """Training FLOPs per token: 6N + 12 L H Q T (bidirectional)."""
+    cfg = self.config
+    return (6 * self.num_params(params) +
+            12 * cfg.num_layers * cfg.emb_dim * input_shape[1])
+
+
+def mean_pool(hidden, tokens, pad_id: int = 0):
+  """Mean of the hidden states of real (non-padding) tokens: (B, D)."""
+  mask = (tokens != pad_id)[..., None].astype(hidden.dtype)
+  return (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
