@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import linen as nn
 from safetensors.numpy import load_file
 
-from bigmodel_jax import sharding
+from bigmodel_jax import config_lib, sharding
+from bigmodel_jax.data import mlm_text
 from bigmodel_jax.data.wordpiece import WordPiece
 from bigmodel_jax.models import bert, bert_hf
 
 MODEL_DIR = str(minilm.get_model_path())
+MLM = os.path.join(os.path.dirname(__file__), "..", "experiments", "bert_mlm.py")
 SENTENCES = ["A man is playing a guitar.",
              "Someone plays an acoustic guitar on stage.",
              "The stock market fell sharply today amid inflation fears."]
@@ -96,7 +99,8 @@ def test_wordpiece_from_vocab_txt_equals_tokenizer_json():
 
 def test_wordpiece_trains_a_vocabulary_on_local_text(tmp_path):
   corpus = (os.environ["TFDS_DATA_DIR"] + "/../data/tinyshakespeare/input.txt")
-  tokenizer = WordPiece.train([corpus], vocab_size=2000)
+  with open(corpus) as f:
+    tokenizer = WordPiece.train(f, vocab_size=2000)
   assert 1000 < tokenizer.vocab_size <= 2000
   ids = tokenizer.encode_batch(["To be, or not to be"], 16)
   assert tokenizer.decode(ids[0]) == "to be, or not to be"
@@ -104,3 +108,51 @@ def test_wordpiece_trains_a_vocabulary_on_local_text(tmp_path):
   again = WordPiece.from_file(str(tmp_path / "tokenizer.json"))
   np.testing.assert_array_equal(again.encode_batch(["To be"], 8),
                                 tokenizer.encode_batch(["To be"], 8))
+
+
+def test_mlm_masking_statistics():
+  rows = np.random.default_rng(0).integers(5, 1000, (400, 128))
+  rows[:, 0], rows[:, -1], rows[:, -20:-1] = 2, 3, 0  # [CLS], [SEP], [PAD].
+  batch = mlm_text.mask_tokens(rows, np.random.default_rng(1), 0.15, 4, 1000,
+                               np.array([0, 2, 3]))
+  chosen = batch["weights"] > 0
+  real = rows > 3
+  assert not chosen[~real].any()  # Special tokens and padding never masked.
+  assert chosen[real].mean() == pytest.approx(0.15, abs=0.005)
+  masked = batch["inputs"][chosen] == 4
+  kept = batch["inputs"][chosen] == rows[chosen]
+  assert masked.mean() == pytest.approx(0.8, abs=0.01)
+  assert (~masked & ~kept).mean() == pytest.approx(0.1, abs=0.01)
+  np.testing.assert_array_equal(batch["targets"], rows)
+  np.testing.assert_array_equal(batch["inputs"][~chosen], rows[~chosen])
+
+
+def test_mlm_batches_are_packed_and_split_over_processes(tmp_path):
+  config = config_lib.load(MLM + ":cpu", {"input.batch_size": 8})
+  whole = mlm_text.Input(config.input, seed=0, process_index=0,
+                         process_count=1)
+  with pytest.raises(ValueError, match="vocab_file"):
+    mlm_text.Input(config.input, seed=0, process_index=1, process_count=2)
+  whole.save(str(tmp_path))  # What every process of a job must share.
+  config.input.vocab_file = str(tmp_path / "tokenizer.json")
+  whole = mlm_text.Input(config.input, seed=0, process_index=0,
+                         process_count=1)
+  half = mlm_text.Input(config.input, seed=0, process_index=1,
+                        process_count=2)
+  batch = whole.train_batch(3)
+  assert batch["inputs"].shape == (8, 64)
+  assert np.all(batch["targets"][:, 0] == whole.tokenizer.tokenizer
+                .token_to_id("[CLS]"))
+  for key, value in half.train_batch(3).items():
+    np.testing.assert_array_equal(value, batch[key][4:])
+  assert 0.1 < batch["weights"].sum() / (batch["targets"] > 3).sum() < 0.2
+
+
+def test_albert_switches_share_layers_and_factorise_embeddings():
+  model = bert.make(bert.model_config("tiny", vocab_size=100, embed_dim=32,
+                                      share_layers=True, head="mlm"))
+  ids = np.ones((2, 8), np.int32)
+  params = nn.unbox(model.init(jax.random.key(0), ids))["params"]
+  assert "layer" in params and "layer_1" not in params
+  assert params["word_embeddings"]["embedding"].shape == (100, 32)
+  assert model.apply({"params": params}, ids).shape == (2, 8, 100)

@@ -2,7 +2,7 @@
 
   tok = WordPiece.from_file("vocab.txt")          # or a tokenizer.json
   ids = tok.encode_batch(["a sentence", ...], max_len=64)  # (B, 64) int32
-  tok = WordPiece.train(["corpus.txt"], vocab_size=8000)  # a new vocabulary
+  tok = WordPiece.train(open("corpus.txt"), vocab_size=8000)  # a new vocabulary
 """
 import numpy as np
 import tokenizers
@@ -29,12 +29,13 @@ class WordPiece:
     return cls(BertWordPieceTokenizer(path, lowercase=lowercase)._tokenizer)
 
   @classmethod
-  def train(cls, files: list[str], vocab_size: int, lowercase: bool = True,
+  def train(cls, texts, vocab_size: int, lowercase: bool = True,
             min_frequency: int = 2) -> "WordPiece":
-    """A new vocabulary learned from local text files."""
+    """A new vocabulary learned from an iterable of texts (a local corpus)."""
     tokenizer = BertWordPieceTokenizer(lowercase=lowercase)
-    tokenizer.train(files, vocab_size=vocab_size, min_frequency=min_frequency,
-                    show_progress=False)
+    tokenizer.train_from_iterator(texts, vocab_size=vocab_size,
+                                  min_frequency=min_frequency,
+                                  show_progress=False)
     return cls(tokenizer._tokenizer)
 
   @property
