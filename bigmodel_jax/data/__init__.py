@@ -5,6 +5,8 @@ import os
 
 import tensorflow_datasets as tfds
 
+from bigmodel_jax.data import prefetch
+
 
 def process_rows(batch_size: int, process_index: int, process_count: int
                  ) -> slice:
@@ -30,3 +32,15 @@ def tfds_split(name: str, split: str, data_dir: str | None):
         "(needs tensorflow and internet; imagenet2012 needs its manual "
         "download), then point TFDS_DATA_DIR or --config.input.data_dir at "
         "DIR.") from e
+
+
+class StepInput:
+  """Base of inputs whose batches are a pure function of the step:
+  subclasses define `config`, `train_batch(step)` and `eval_batches()`."""
+
+  def train_batches(self, start_step: int):
+    """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""
+    return prefetch.background(self.train_batch, start_step)
+
+  def num_eval_batches(self) -> int:
+    return self.config.eval_steps

@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import image_ops, prefetch, process_rows
+from bigmodel_jax.data import StepInput, image_ops, process_rows
 
 
 def batch_spec(config) -> dict:
@@ -54,7 +54,7 @@ def shuffled_indices(size: int, batch_size: int, seed: int, step: int
   return np.asarray(out)
 
 
-class ImageInput:
+class ImageInput(StepInput):
   """Train and eval batches of one process; subclasses supply the sources."""
 
   def __init__(self, config, train, eval_, class_names, *, seed: int,
@@ -96,10 +96,6 @@ class ImageInput:
       batch["mix_targets"] = np.roll(labels, 1)
       batch["mix"] = np.full(labels.shape, share, np.float32)
     return batch
-
-  def train_batches(self, start_step: int):
-    """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""
-    return prefetch.background(self.train_batch, start_step)
 
   def num_eval_batches(self) -> int:
     return -(-len(self.eval) // self.config.batch_size)

@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import prefetch, process_rows, tfds_split
+from bigmodel_jax.data import StepInput, process_rows, tfds_split
 from bigmodel_jax.data.wordpiece import WordPiece
 
 
@@ -59,7 +59,7 @@ def mask_tokens(rows: np.ndarray, rng: np.random.Generator, rate: float,
           "weights": chosen.astype(np.float32)}
 
 
-class Input:
+class Input(StepInput):
 
   def __init__(self, config, *, seed: int, process_index: int,
                process_count: int):
@@ -112,12 +112,6 @@ class Input:
       return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
     batch = self._mask(self.train[index], [self.seed, step, 1])
     return {k: v[self._rows] for k, v in batch.items()}
-
-  def train_batches(self, start_step: int):
-    return prefetch.background(self.train_batch, start_step)
-
-  def num_eval_batches(self) -> int:
-    return self.config.eval_steps
 
   def eval_batches(self):
     """The same masked batches every time."""

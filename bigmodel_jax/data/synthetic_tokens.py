@@ -7,13 +7,13 @@ nothing to learn, so the loss stays near ln(vocab_size).
 """
 import numpy as np
 
-from bigmodel_jax.data import prefetch, process_rows, tfds_text
+from bigmodel_jax.data import StepInput, process_rows, tfds_text
 
 batch_spec = tfds_text.batch_spec
 units = tfds_text.units
 
 
-class Input:
+class Input(StepInput):
 
   def __init__(self, config, *, seed: int, process_index: int,
                process_count: int):
@@ -33,12 +33,6 @@ class Input:
 
   def train_batch(self, step: int) -> dict:
     return self._batch([self.seed, step])
-
-  def train_batches(self, start_step: int):
-    return prefetch.background(self.train_batch, start_step)
-
-  def num_eval_batches(self) -> int:
-    return self.config.eval_steps
 
   def eval_batches(self):
     for i in range(self.config.eval_steps):

@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import prefetch, process_rows, tfds_split
+from bigmodel_jax.data import StepInput, process_rows, tfds_split
 
 
 class CharTokenizer:
@@ -84,7 +84,7 @@ def units(config) -> tuple[str, int]:
   return "tokens", config.batch_size * config.seq_len
 
 
-class Input:
+class Input(StepInput):
   """Train and eval batches for one process (its share of the global batch)."""
 
   def __init__(self, config, *, seed: int, process_index: int,
@@ -112,13 +112,6 @@ class Input:
     for any number of processes)."""
     rng = np.random.default_rng([self.seed, step])
     return self.train.batch(rng, self.config.batch_size, self._rows)
-
-  def train_batches(self, start_step: int):
-    """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""
-    return prefetch.background(self.train_batch, start_step)
-
-  def num_eval_batches(self) -> int:
-    return self.config.eval_steps
 
   def eval_batches(self):
     """The same `eval_steps` batches every time."""
