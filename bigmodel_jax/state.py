@@ -51,7 +51,7 @@ class StateFactory:
                                                 example_inputs.dtype)
     boxed = jax.eval_shape(
         lambda rng: _create(model, tx, rng, self.example_inputs),
-                           jax.random.key(0))
+        jax.random.key(0))
     self.shardings: TrainState = sharding.tree_shardings(boxed, mesh)
     self.abstract: TrainState = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -119,13 +119,14 @@ def run(spec: str, workdir: str, points: list[dict], common: dict,
   return status
 
 
-def summarize(workdir: str, name: str, point: dict) -> dict:
-  """One results row: overrides, final and best metrics, steps, wall time."""
+def summarize(workdir: str, name: str, point: dict,
+              records: list[dict] | None) -> dict:
+  """One results row: overrides, final and best metrics, steps, wall time
+  (`records`: the point's metrics.jsonl, None if it wrote none)."""
   row = {"point": name, **point}
-  path = os.path.join(workdir, name)
-  if not os.path.exists(os.path.join(path, "metrics.jsonl")):
+  if records is None:
     return row
-  records = metric_writer.read_jsonl(path)
+  path = os.path.join(workdir, name)
   final = {}
   for r in records:
     final.update({k: v for k, v in r.items()
@@ -152,7 +153,10 @@ def _cell(value) -> str:
 def write_results(workdir: str, points: list[dict]) -> list[dict]:
   """results.csv, results.md and the plots; returns the rows."""
   names = [point_name(i, p) for i, p in enumerate(points)]
-  rows = [summarize(workdir, n, p) for n, p in zip(names, points)]
+  runs = {n: metric_writer.read_jsonl(os.path.join(workdir, n)) for n in names
+          if os.path.exists(os.path.join(workdir, n, "metrics.jsonl"))}
+  rows = [summarize(workdir, n, p, runs.get(n))
+          for n, p in zip(names, points)]
   columns = list(dict.fromkeys(k for row in rows for k in row))
   with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, columns)
@@ -164,8 +168,6 @@ def write_results(workdir: str, points: list[dict]) -> list[dict]:
             for r in rows]
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  runs = {n: metric_writer.read_jsonl(os.path.join(workdir, n)) for n in names
-          if os.path.exists(os.path.join(workdir, n, "metrics.jsonl"))}
   for metric in PLOTTED:
     if any(plots.series(r, metric)[0] for r in runs.values()):
       plots.plot(runs, metric, os.path.join(

@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import StepInput, process_rows, tfds_split
+from bigmodel_jax.data import StepInput, process_rows, tfds_text
 from bigmodel_jax.data.wordpiece import WordPiece
 
 
@@ -82,9 +82,9 @@ class Input(StepInput):
     self.special = np.array([vocab(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
 
   def _text(self, split: str) -> list[str]:
-    source = tfds_split(self.config.dataset, split, self.config.data_dir)
-    text = "".join(source[i]["text"].decode("utf-8")
-                   for i in range(len(source)))
+    """The split's non-empty lines."""
+    text = tfds_text.load_text(self.config.dataset, split,
+                               self.config.data_dir)
     return [line for line in text.splitlines() if line.strip()]
 
   def _packed(self, lines: list[str]) -> np.ndarray:

@@ -5,6 +5,8 @@ The train/test split is fixed (a seeded, class-stratified permutation), the
 same for every run and seed; `input.eval_split` picks "test" or "train".
 Pixel values 0..16 are scaled to 0..255 like any 8-bit image.
 """
+import functools
+
 import numpy as np
 
 from bigmodel_jax.data import images
@@ -13,8 +15,9 @@ batch_spec = images.batch_spec
 units = images.units
 
 
-def split(name: str, test_fraction: float = 0.2):
-  """(images uint8 N x 8 x 8 x 1, labels int) of the fixed "train"/"test" split."""
+@functools.lru_cache(maxsize=2)
+def _dataset(test_fraction: float):
+  """(pixels, labels, test mask) of all 1,797 images, loaded once."""
   from sklearn.datasets import load_digits  # Only this input needs sklearn.
   digits = load_digits()
   pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
@@ -24,8 +27,14 @@ def split(name: str, test_fraction: float = 0.2):
   for c in np.unique(labels):  # The same fraction of every class.
     members = rng.permutation(np.flatnonzero(labels == c))
     test[members[:round(len(members) * test_fraction)]] = True
+  return pixels, labels, test
+
+
+def split(name: str, test_fraction: float = 0.2):
+  """(images uint8 N x 8 x 8 x 1, labels int) of the fixed "train"/"test" split."""
   if name not in ("train", "test"):
     raise ValueError(f"Unknown digits split {name!r}; use train or test.")
+  pixels, labels, test = _dataset(test_fraction)
   keep = test if name == "test" else ~test
   return pixels[keep], labels[keep]
 
