@@ -20,9 +20,10 @@ def base(*, total_steps: int, log_every_steps: int = 50,
   config.checkpoint_every_steps = checkpoint_every_steps
   config.keep_checkpoints = keep_checkpoints
   config.profile_steps = placeholder(tuple)  # (first, last): TensorBoard trace.
-  # Fine-tuning: start from the params of another run's checkpoint.
+  # Fine-tuning: start from the params of another run's checkpoint, or of a
+  # Hugging Face checkpoint directory (models with a `load_hf`).
   config.init_from = ml_collections.ConfigDict(dict(
-      workdir=placeholder(str), step=placeholder(int)))
+      workdir=placeholder(str), step=placeholder(int), hf_dir=placeholder(str)))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.grad_accum_steps = 1  # Microbatches per update (same global batch).
   return config
@@ -42,6 +43,7 @@ def adamw(*, learning_rate: float, warmup_steps: int,
       b1=b1, b2=b2, eps=eps,
       weight_decay=weight_decay,
       grad_clip_norm=grad_clip_norm,
+      trainable="all",  # Or a model preset / path regex (optim.trainable).
   ))
 
 
@@ -54,7 +56,8 @@ def sgd(*, learning_rate: float, warmup_steps: int, momentum: float = 0.9,
       name="sgd", learning_rate=learning_rate,
       min_learning_rate=min_learning_rate, warmup_steps=warmup_steps,
       decay_steps=placeholder(int), momentum=momentum, nesterov=nesterov,
-      weight_decay=weight_decay, grad_clip_norm=grad_clip_norm))
+      weight_decay=weight_decay, grad_clip_norm=grad_clip_norm,
+      trainable="all"))
 
 
 def image_input(name: str, *, batch_size: int, image_size: int,

@@ -38,12 +38,26 @@ def per_class(confusion) -> dict:
           "support": confusion.sum(1)}
 
 
+def auxiliary(sums: dict) -> dict:
+  """Mean loss and accuracy of each auxiliary head (steps.cross_entropy's
+  "K/loss", "K/correct", "K/count"), e.g. {"nsp_loss", "nsp_accuracy"}."""
+  out = {}
+  for key in sums:
+    if key.endswith("/count"):
+      name = key[:-len("/count")]
+      out[f"{name}_loss"] = sums[f"{name}/loss"] / sums[key]
+      out[f"{name}_accuracy"] = sums[f"{name}/correct"] / sums[key]
+  return out
+
+
 def summarize(totals: dict, k: int = 5) -> dict:
-  """Scalars from summed eval outputs: loss and accuracy, and for classifiers
-  top-k accuracy, macro precision/recall/F1 and each class's F1."""
+  """Scalars from summed eval outputs: loss and accuracy (also of auxiliary
+  heads), and for classifiers top-k accuracy, macro precision/recall/F1 and
+  each class's F1."""
   count = float(totals["count"])
   out = {"loss": float(totals["loss"]) / count,
          "accuracy": float(totals["correct"]) / count}
+  out.update({k: float(v) for k, v in auxiliary(totals).items()})
   if "confusion" in totals:
     num_classes = len(totals["confusion"])
     if num_classes > k:

@@ -1,6 +1,17 @@
-"""Optimizer and learning-rate schedule, built from `config.optimizer`."""
+"""Optimizer and learning-rate schedule, built from `config.optimizer`.
+
+`optimizer.trainable` picks the parameters that train: "all", a preset of
+the model module's `trainable_presets` (e.g. BERT's "head", "top2", "lora"),
+or a regular expression searched in "/"-joined parameter paths
+("layer_5/|classifier"). The others are frozen: `optax.multi_transform` gives
+them no optimizer state and zero updates.
+"""
+import re
+from typing import Callable
+
 import jax
 import optax
+from flax import linen as nn
 
 
 def schedule(config, total_steps: int) -> optax.Schedule:
@@ -36,12 +47,45 @@ def sgd(config, lr) -> optax.GradientTransformation:
 OPTIMIZERS = {"adamw": adamw, "sgd": sgd}
 
 
-def make(config, total_steps: int) -> optax.GradientTransformation:
+def path_name(path) -> str:
+  """"layer_0/query/kernel" for a pytree key path."""
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def trainable(config, presets: dict) -> Callable | None:
+  """params -> tree of bools (True: trains) for `config.trainable`; None
+  when everything trains."""
+  choice = config.get("trainable", "all")
+  if choice == "all":
+    return None
+  pattern = re.compile(presets.get(choice, choice))
+
+  def mask(params):
+    out = jax.tree_util.tree_map_with_path(  # Boxed params are leaves.
+        lambda path, _: bool(pattern.search(path_name(path))), params,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    if not any(jax.tree.leaves(out)):
+      raise ValueError(
+          f"optimizer.trainable={choice!r} matches no parameter; presets "
+          f"{['all', *presets]}, or a regex over paths like "
+          f"{path_name(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r}.")
+    return out
+  return mask
+
+
+def make(config, total_steps: int, trainable_mask: Callable | None = None
+         ) -> optax.GradientTransformation:
   """`config.name` ("adamw" by default, or "sgd") with global-norm clipping
-  and the warmup+cosine schedule."""
+  and the warmup+cosine schedule, on the `trainable_mask` parameters."""
   name = config.get("name", "adamw")
   if name not in OPTIMIZERS:
     raise ValueError(f"Unknown optimizer {name!r}; have {list(OPTIMIZERS)}.")
-  return optax.chain(
+  tx = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       OPTIMIZERS[name](config, schedule(config, total_steps)))
+  if trainable_mask is None:
+    return tx
+  return optax.multi_transform(
+      {"train": tx, "frozen": optax.set_to_zero()},
+      lambda params: jax.tree.map(lambda t: "train" if t else "frozen",
+                                  trainable_mask(params)))

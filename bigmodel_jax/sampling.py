@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigmodel_jax import (checkpoints, config_lib, optim, registry, sharding,
-                          state)
+from bigmodel_jax import (checkpoints, config_lib, experiment, registry,
+                          sharding, state)
 
 
 def _pick(logits, rng, temperature: float, top_k: int | None):
@@ -80,9 +80,8 @@ def generate(model, params, prompt: np.ndarray, max_new_tokens: int, rng, *,
 def load_run(workdir: str, step: int | None = None):
   """(config, model, params, tokenizer) of a training run's newest checkpoint."""
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
-  model = registry.get("models", config.model.name).make(config.model)
+  model, tx, _ = experiment.model_and_optimizer(config)
   mesh = sharding.make_mesh({"data": -1})
-  tx = optim.make(config.optimizer, config.total_steps)
   data_module = registry.get("data", config.input.name)
   factory = state.StateFactory(model, tx, mesh,
                                data_module.batch_spec(config.input)["inputs"])

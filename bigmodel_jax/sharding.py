@@ -41,6 +41,7 @@ RULES = (
     ("conv_in", None),
     ("conv_out", "fsdp"),  # Convolution output channels.
     ("classes", None),
+    ("lora", None),  # The rank of LoRA adapters.
     ("norm", None),  # Small vectors (norm scales, output biases): replicated.
 )
 

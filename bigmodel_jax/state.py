@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
+from flax import traverse_util
 
 from bigmodel_jax import sharding
 
@@ -66,13 +67,20 @@ class StateFactory:
       return jax.jit(init_fn, out_shardings=self.shardings)(rng)
 
   def with_params(self, train_state: TrainState, params) -> TrainState:
-    """`train_state` with `params` (any layout, same shapes) put in place."""
-    shapes = jax.tree.map(lambda x: x.shape, self.abstract.params)
-    got = jax.tree.map(lambda x: tuple(x.shape), params)
-    if got != shapes:
-      raise ValueError(f"Loaded parameters do not match the model: "
-                       f"{got} vs {shapes}.")
-    params = jax.tree.map(lambda x, a: np.asarray(x).astype(a.dtype), params,
-                          self.abstract.params)  # Host arrays: sharded below.
-    return train_state.replace(
-        params=jax.device_put(params, self.shardings.params))
+    """`train_state` with the parameters `params` holds (host or device
+    arrays, any layout, the model's shapes) put into the sharded layout;
+    parameters it lacks keep their values, entries the model lacks are
+    ignored."""
+    target = traverse_util.flatten_dict(self.abstract.params)
+    given = traverse_util.flatten_dict(params)
+    wrong = {"/".join(k): (tuple(given[k].shape), target[k].shape)
+             for k in target.keys() & given.keys()
+             if tuple(given[k].shape) != target[k].shape}
+    if wrong:
+      raise ValueError(f"Loaded parameters do not match the model's shapes "
+                       f"(loaded, model): {wrong}.")
+    merged = traverse_util.flatten_dict(train_state.params)
+    for k in target.keys() & given.keys():  # Host copies, sharded on the way.
+      merged[k] = jax.device_put(
+          np.asarray(given[k]).astype(target[k].dtype), target[k].sharding)
+    return train_state.replace(params=traverse_util.unflatten_dict(merged))

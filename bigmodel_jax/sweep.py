@@ -132,7 +132,7 @@ def summarize(workdir: str, name: str, point: dict,
     final.update({k: v for k, v in r.items()
                   if isinstance(v, (int, float)) and "/class_" not in k})
   row["steps"] = final.pop("step", None)
-  for key in ("val/loss", "val/accuracy", "train/loss"):
+  for key in ("val/loss", "val/accuracy", "test/accuracy", "train/loss"):
     if key in final:
       row[f"final {key}"] = final[key]
   for key, best in (("val/loss", min), ("val/accuracy", max)):

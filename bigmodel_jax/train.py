@@ -46,10 +46,9 @@ def train(config, workdir: str) -> dict:
   train_state = checkpoints.restore(mgr, exp.factory.abstract)
   if train_state is None:
     train_state = exp.factory.init(init_rng)
-    if config.init_from.workdir:  # Fine-tuning: pretrained params, fresh rest.
-      train_state = exp.load_pretrained(train_state, config.init_from.workdir,
-                                        config.init_from.step)
-      log(f"initialised parameters from {config.init_from.workdir}")
+    if config.init_from.workdir or config.init_from.get("hf_dir"):
+      train_state, report = exp.load_pretrained(train_state, config.init_from)
+      log(report)  # Fine-tuning: pretrained params, fresh optimizer state.
   start = int(jax.device_get(train_state.step))
   num_params = exp.model.num_params(exp.factory.abstract.params)
   log(f"{'resumed at' if start else 'starting from'} step {start}; "
@@ -65,19 +64,20 @@ def train(config, workdir: str) -> dict:
     writer.write_text("config", "```\n" + str(config) + "\n```")
 
   # --- Evals ---------------------------------------------------------------
-  def run_eval(step, train_state) -> dict:
+  def run_eval(step, train_state, split=None, prefix="val") -> dict:
     began = time.perf_counter()
-    totals = exp.eval_totals(train_state)
-    scalars = {f"val/{k}": v for k, v in metrics.summarize(totals).items()}
+    totals = exp.eval_totals(train_state, split)
+    scalars = {f"{prefix}/{k}": v for k, v in metrics.summarize(totals).items()}
     writer.write_scalars(step, scalars)
     log(f"step {step}/{config.total_steps} | " + " | ".join(
         f"{k} {v:.4f}" for k, v in scalars.items() if "/class_" not in k) +
         f" | eval {time.perf_counter() - began:.1f} s")
     if "confusion" in totals:
-      writer.write_record(step, {"val/confusion_matrix":
+      writer.write_record(step, {f"{prefix}/confusion_matrix":
                                  totals["confusion"].astype(int).tolist()})
       if step == config.total_steps:
-        log(metrics.table(totals["confusion"], exp.data.class_names))
+        log(f"{split or config.input.get('eval_split', 'eval')} split:\n" +
+            metrics.table(totals["confusion"], exp.data.class_names))
     return scalars
 
   # --- Loop ----------------------------------------------------------------
@@ -120,6 +120,9 @@ def train(config, workdir: str) -> dict:
         with meter.pause():
           if evaluate_now:
             last.update(run_eval(step, train_state))
+          if is_last and config.input.get("test_split"):  # Held out to here.
+            last.update(run_eval(step, train_state, config.input.test_split,
+                                 "test"))
           if save_now:
             mgr.save(step, args=ocp.args.StandardSave(train_state))
       elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:

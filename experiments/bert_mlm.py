@@ -2,11 +2,17 @@
 
   python -m bigmodel_jax.train --config experiments/bert_mlm.py:cpu \\
       --workdir runs/bert_mlm
+  python -m bigmodel_jax.train --config experiments/bert_mlm.py:cpu-bert \\
+      --workdir runs/bert_mlm_nsp
 
-A WordPiece vocabulary is trained on the training split; lines are packed
-into 64-token sequences; 15% of tokens are masked (80/10/10) with a new mask
-every step (RoBERTa's dynamic masking; `--config.input.static_masking=True`
-for BERT's). `val/accuracy` is the masked-token accuracy.
+A WordPiece vocabulary is trained on the training split; 15% of tokens are
+masked (80/10/10). `cpu` is RoBERTa-style: lines packed into 64-token rows,
+a new mask every step (dynamic masking), no next-sentence prediction.
+`cpu-bert` adds BERT's sentence pairs (segments 0/1) and next-sentence head
+(`val/nsp_accuracy`). Both draw masks (and pairs) anew every step: BERT's
+static ones (`--config.input.static_masking=True`) overfit this 1 MB corpus
+(cpu-bert: val loss 6.13 at step 250 -> 6.49 at 1500, NSP 47%, measured). `val/accuracy` is the
+masked-token accuracy.
 """
 import ml_collections
 
@@ -15,8 +21,10 @@ from bigmodel_jax.models import bert
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if (arg or "cpu") != "cpu":
-    raise ValueError(f"Unknown variant {arg!r}; use cpu.")
+  variant = arg or "cpu"
+  if variant not in ("cpu", "cpu-bert"):
+    raise ValueError(f"Unknown variant {arg!r}; use cpu or cpu-bert.")
+  bert_style = variant == "cpu-bert"
   config = configs.base(total_steps=1500, log_every_steps=50,
                         eval_every_steps=250, checkpoint_every_steps=500)
   config.input = ml_collections.ConfigDict(dict(
@@ -32,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       eval_steps=10,
       mask_rate=0.15,
       static_masking=False,
+      nsp=bert_style,  # Sentence pairs + next-sentence prediction.
   ))
   config.model = bert.model_config("tiny", head="mlm", max_positions=64,
                                    dropout=0.1)

@@ -11,9 +11,11 @@ from flax import linen as nn
 from safetensors.numpy import load_file
 
 from bigmodel_jax import config_lib, sharding
+from bigmodel_jax import metrics as metrics_lib
 from bigmodel_jax.data import mlm_text
 from bigmodel_jax.data.wordpiece import WordPiece
 from bigmodel_jax.models import bert, bert_hf
+from conftest import run_steps
 
 MODEL_DIR = str(minilm.get_model_path())
 MLM = os.path.join(os.path.dirname(__file__), "..", "experiments", "bert_mlm.py")
@@ -156,3 +158,46 @@ def test_albert_switches_share_layers_and_factorise_embeddings():
   assert "layer" in params and "layer_1" not in params
   assert params["word_embeddings"]["embedding"].shape == (100, 32)
   assert model.apply({"params": params}, ids).shape == (2, 8, 100)
+
+
+def test_next_sentence_pairs():
+  lines = [np.arange(10 * i + 5, 10 * i + 9) for i in range(39)]  # 4 tokens.
+  halves = mlm_text.split_pairs(lines, 16)
+  assert len(halves) == 13  # Runs of 3 lines: A one line, B two.
+  pairs = mlm_text.pair_rows(halves, np.arange(13), np.random.default_rng(0),
+                             16, 2, 3, 0)
+  rows, segments, swapped = (pairs["rows"], pairs["segments"],
+                             pairs["nsp_targets"])
+  assert rows.shape == (13, 16) and 0.2 < swapped.mean() < 0.8
+  for row, segment, is_other in zip(rows, segments, swapped):
+    seps = np.flatnonzero(row == 3)
+    assert row[0] == 2 and len(seps) == 2  # [CLS] A [SEP] B [SEP]
+    assert (segment[seps[0] + 1:seps[1] + 1] == 1).all()
+    assert (segment[:seps[0] + 1] == 0).all() and (segment[seps[1] + 1:] ==
+                                                   0).all()
+    a, b = row[1:seps[0]], row[seps[0] + 1:seps[1]]
+    assert (b[0] == a[-1] + 7) != is_other  # Next line: +10 - 3.
+
+
+def test_next_sentence_head_trains_with_accumulation_equal_to_big_batch(
+    tmp_path):
+  small = {"input.batch_size": 16, "total_steps": 4, "optimizer.warmup_steps": 1,
+           "model.dropout": 0.0}
+  config = config_lib.load(MLM + ":cpu-bert", small)
+  mlm_text.Input(config.input, seed=0, process_index=0, process_count=1).save(
+      str(tmp_path))  # One vocabulary: training one is not deterministic.
+  small["input.vocab_file"] = str(tmp_path / "tokenizer.json")
+  results = []
+  for accum in (1, 2):
+    config = config_lib.load(MLM + ":cpu-bert",
+                             {**small, "grad_accum_steps": accum})
+    losses, exp, state = run_steps(config, steps=2)
+    batch = exp.global_batch(exp.data.train_batch(2))
+    state, metrics = exp.train_step(state, batch, jax.random.key(1))
+    results.append({k: float(v) for k, v in metrics.items()})
+  assert results[0]["train/nsp_loss"] == pytest.approx(np.log(2), abs=0.1)
+  for key in ("train/loss", "train/nsp_loss", "train/nsp_accuracy",
+              "train/grad_norm"):
+    assert results[1][key] == pytest.approx(results[0][key], rel=2e-5), key
+  totals = exp.eval_totals(state)
+  assert 0 <= metrics_lib.summarize(totals)["nsp_accuracy"] <= 1

@@ -10,7 +10,8 @@ from flax import linen as nn
 
 from bigmodel_jax import (checkpoints, config_lib, experiment, metric_writer,
                           plan, steps, train)
-from bigmodel_jax.data import image_ops, images, sklearn_digits, tfds_images
+from bigmodel_jax.data import (image_ops, images, shuffled_indices,
+                               sklearn_digits, tfds_images)
 from bigmodel_jax.models import resnet, vit
 from conftest import run_steps
 
@@ -153,11 +154,11 @@ def test_eval_batches_cover_the_split_once_with_padding():
 
 
 def test_training_batches_are_epochs_and_a_function_of_the_step():
-  epoch = np.concatenate([images.shuffled_indices(10, 4, 0, s)
+  epoch = np.concatenate([shuffled_indices(10, 4, 0, s)
                           for s in range(5)])
   assert sorted(epoch[:10]) == list(range(10))  # Each example once an epoch.
   assert sorted(epoch[10:20]) == list(range(10))
-  np.testing.assert_array_equal(images.shuffled_indices(10, 4, 0, 3),
+  np.testing.assert_array_equal(shuffled_indices(10, 4, 0, 3),
                                 epoch[12:16])
 
 
@@ -257,7 +258,9 @@ def test_fine_tuning_at_a_new_image_size_starts_from_the_pretrained_run(
       "input.image_size": 24, "input.train_pp": "resize(24)",
       "input.eval_pp": "resize(24)", "init_from.workdir": pretrain})
   exp = experiment.build(finetune)
-  state = exp.load_pretrained(exp.factory.init(jax.random.key(0)), pretrain)
+  state, report = exp.load_pretrained(exp.factory.init(jax.random.key(0)),
+                                      finetune.init_from)
+  assert report.startswith("initialised 23 of 23 parameter tensors")
   loaded = checkpoints.load_params(pretrain)
   assert state.params["posemb"].shape == (36, 64)  # 4x4 -> 6x6 patches.
   np.testing.assert_allclose(state.params["posemb"],

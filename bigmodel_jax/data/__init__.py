@@ -1,8 +1,10 @@
 """Inputs, picked by `config.input.name`: each module exposes `batch_spec`
 and `units` (shapes and throughput units from the config alone), `Input`
 and, for text, `load_tokenizer`."""
+import functools
 import os
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from bigmodel_jax.data import prefetch
@@ -16,6 +18,34 @@ def process_rows(batch_size: int, process_index: int, process_count: int
                      f"{process_count} processes.")
   local = batch_size // process_count
   return slice(process_index * local, (process_index + 1) * local)
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(size: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def shuffled_indices(size: int, batch_size: int, seed: int, step: int
+                     ) -> np.ndarray:
+  """Example indices of global batch `step` in a stream of shuffled epochs:
+  a pure function of (seed, step), so a resumed run sees the same batches."""
+  out, position = [], step * batch_size
+  while len(out) < batch_size:
+    epoch, offset = divmod(position, size)
+    take = _permutation(size, seed, epoch)[offset:
+                                           offset + batch_size - len(out)]
+    out.extend(take.tolist())
+    position += len(take)
+  return np.asarray(out)
+
+
+def eval_positions(size: int, batch_size: int, rows: slice):
+  """(indices, weights) of this process's rows of each eval batch, covering
+  `size` examples once in order; padding rows repeat example 0 at weight 0."""
+  for start in range(0, size, batch_size):
+    positions = start + np.arange(rows.start, rows.stop)
+    real = positions < size
+    yield np.where(real, positions, 0), real.astype(np.float32)
 
 
 def tfds_split(name: str, split: str, data_dir: str | None):

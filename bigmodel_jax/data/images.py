@@ -8,14 +8,14 @@ covers the eval split exactly once, in order, padding the last batch with
 zero-weight examples.
 """
 import concurrent.futures
-import functools
 import json
 import os
 
 import jax
 import numpy as np
 
-from bigmodel_jax.data import StepInput, image_ops, process_rows
+from bigmodel_jax.data import (StepInput, eval_positions, image_ops,
+                               process_rows, shuffled_indices)
 
 
 def batch_spec(config) -> dict:
@@ -36,24 +36,6 @@ def units(config) -> tuple[str, int]:
   return "images", config.batch_size
 
 
-@functools.lru_cache(maxsize=4)
-def _permutation(size: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(size)
-
-
-def shuffled_indices(size: int, batch_size: int, seed: int, step: int
-                     ) -> np.ndarray:
-  """Example indices of global batch `step` in a stream of shuffled epochs."""
-  out, position = [], step * batch_size
-  while len(out) < batch_size:
-    epoch, offset = divmod(position, size)
-    take = _permutation(size, seed, epoch)[offset:
-                                           offset + batch_size - len(out)]
-    out.extend(take.tolist())
-    position += len(take)
-  return np.asarray(out)
-
-
 class ImageInput(StepInput):
   """Train and eval batches of one process; subclasses supply the sources."""
 
@@ -61,8 +43,7 @@ class ImageInput(StepInput):
                process_index: int, process_count: int):
     self.config, self.seed = config, seed
     self.train, self.eval, self.class_names = train, eval_, list(class_names)
-    rows = process_rows(config.batch_size, process_index, process_count)
-    self._first, self.local_batch_size = rows.start, rows.stop - rows.start
+    self._rows = process_rows(config.batch_size, process_index, process_count)
     self.train_pp = image_ops.parse(config.train_pp)
     self.eval_pp = image_ops.parse(config.eval_pp)
     workers = config.get("num_workers", 0)
@@ -84,7 +65,7 @@ class ImageInput(StepInput):
   def train_batch(self, step: int) -> dict:
     indices = shuffled_indices(len(self.train), self.config.batch_size,
                                self.seed, step)
-    indices = indices[self._first:self._first + self.local_batch_size]
+    indices = indices[self._rows]
     rngs = [np.random.default_rng([self.seed, step, int(i)]) for i in indices]
     images, labels = self._examples(self.train, indices, self.train_pp, rngs)
     batch = {"inputs": images, "targets": labels}
@@ -102,15 +83,11 @@ class ImageInput(StepInput):
 
   def eval_batches(self):
     """The whole eval split once, in order; padding has weight 0."""
-    size, batch = len(self.eval), self.config.batch_size
-    for start in range(0, size, batch):
-      positions = start + self._first + np.arange(self.local_batch_size)
-      real = positions < size
-      indices = np.where(real, positions, 0)
+    for indices, weights in eval_positions(len(self.eval),
+                                           self.config.batch_size, self._rows):
       rngs = [np.random.default_rng([self.seed, int(i)]) for i in indices]
       images, labels = self._examples(self.eval, indices, self.eval_pp, rngs)
-      yield {"inputs": images, "targets": labels,
-             "weights": real.astype(np.float32)}
+      yield {"inputs": images, "targets": labels, "weights": weights}
 
   def save(self, workdir: str) -> None:
     with open(os.path.join(workdir, "class_names.json"), "w") as f:

@@ -6,6 +6,13 @@ split, or `input.vocab_file`) and packed into [CLS] ... [SEP] sequences of
 [MASK], 10% a random token, 10% stay; the loss is on masked positions only
 ("weights"). Masks are drawn per (seed, step) — RoBERTa's dynamic masking —
 or, with `input.static_masking`, once per sequence as in the original BERT.
+
+With `input.nsp` (next-sentence prediction, the original BERT) each row is
+[CLS] A [SEP] B [SEP] with "segments" 0 / 1: A and B are the two halves of
+a run of consecutive lines, and in about half of the rows B comes from
+another run; "nsp_targets" is 0 for the true next text, 1 else. Pairs are
+drawn with the masks (every step, or once per row with static masking).
+Without it (RoBERTa) rows are packed lines of one segment.
 """
 import os
 
@@ -13,36 +20,79 @@ import jax
 import numpy as np
 
 from bigmodel_jax.data import StepInput, process_rows, tfds_text
-from bigmodel_jax.data.wordpiece import WordPiece
+from bigmodel_jax.data import wordpiece
 
 
 def batch_spec(config) -> dict:
   shape = (config.batch_size, config.seq_len)
-  return {"inputs": jax.ShapeDtypeStruct(shape, np.int32),
+  spec = {"inputs": jax.ShapeDtypeStruct(shape, np.int32),
           "targets": jax.ShapeDtypeStruct(shape, np.int32),
           "weights": jax.ShapeDtypeStruct(shape, np.float32)}
+  if config.get("nsp"):
+    spec["segments"] = jax.ShapeDtypeStruct(shape, np.int32)
+    spec["nsp_targets"] = jax.ShapeDtypeStruct(shape[:1], np.int32)
+  return spec
 
 
 def units(config) -> tuple[str, int]:
   return "tokens", config.batch_size * config.seq_len
 
 
+def _runs(lines: list, budget: int) -> list[list]:
+  """Consecutive lines grouped into runs of at most `budget` tokens."""
+  runs, current = [], []
+  for ids in lines:
+    ids = list(ids[:budget])
+    if current and sum(map(len, current)) + len(ids) > budget:
+      runs.append(current)
+      current = []
+    current.append(ids)
+  return runs + [current] if current else runs
+
+
 def pack(lines: list[np.ndarray], seq_len: int, cls_id: int, sep_id: int,
          pad_id: int) -> np.ndarray:
   """Consecutive tokenized lines packed into [CLS] ... [SEP] rows."""
-  rows, current = [], []
-  for ids in lines:
-    ids = list(ids[:seq_len - 2])
-    if current and len(current) + len(ids) > seq_len - 2:
-      rows.append(current)
-      current = []
-    current += ids
-  if current:
-    rows.append(current)
+  rows = [sum(run, []) for run in _runs(lines, seq_len - 2)]
   out = np.full((len(rows), seq_len), pad_id, np.int32)
   for i, ids in enumerate(rows):
     out[i, :len(ids) + 2] = [cls_id] + ids + [sep_id]
   return out
+
+
+def split_pairs(lines: list[np.ndarray], seq_len: int) -> list[tuple]:
+  """(A, B) halves of runs of consecutive lines that fit [CLS] A [SEP] B
+  [SEP] in `seq_len`, cut at the line boundary nearest the middle."""
+  halves = []
+  for run in _runs(lines, seq_len - 3):
+    tokens = sum(run, [])
+    if len(run) > 1:
+      ends = np.cumsum([len(ids) for ids in run])[:-1]
+      cut = int(ends[np.argmin(np.abs(ends - len(tokens) / 2))])
+    else:
+      cut = len(tokens) // 2
+    if 0 < cut < len(tokens):
+      halves.append((tokens[:cut], tokens[cut:]))
+  return halves
+
+
+def pair_rows(halves: list[tuple], index, rng: np.random.Generator,
+              seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> dict:
+  """Rows `index` as [CLS] A [SEP] B [SEP]: in about half of them (drawn
+  from `rng`) B is another row's. {"rows", "segments", "nsp_targets"}."""
+  n = len(index)
+  swapped = rng.uniform(size=n) < 0.5
+  other = (np.asarray(index) + rng.integers(1, len(halves), size=n)) % len(
+      halves)  # Never the row itself.
+  rows = np.full((n, seq_len), pad_id, np.int32)
+  segments = np.zeros((n, seq_len), np.int32)
+  for row, (i, j, swap) in enumerate(zip(index, other, swapped)):
+    a, b = halves[i][0], halves[j if swap else i][1]
+    ids = [cls_id] + a + [sep_id] + b[:seq_len - 3 - len(a)] + [sep_id]
+    rows[row, :len(ids)] = ids
+    segments[row, len(a) + 2:len(ids)] = 1
+  return {"rows": rows, "segments": segments,
+          "nsp_targets": swapped.astype(np.int32)}
 
 
 def mask_tokens(rows: np.ndarray, rng: np.random.Generator, rate: float,
@@ -66,20 +116,13 @@ class Input(StepInput):
     self.config, self.seed = config, seed
     self._rows = process_rows(config.batch_size, process_index, process_count)
     train_text = self._text(config.train_split)
-    if config.get("vocab_file"):
-      self.tokenizer = WordPiece.from_file(config.vocab_file)
-    elif process_count > 1:  # Vocabulary training is not deterministic.
-      raise ValueError(
-          "Several processes need one shared vocabulary: train it once (a "
-          "one-process run writes WORKDIR/tokenizer.json) and pass "
-          "--config.input.vocab_file=PATH.")
-    else:
-      self.tokenizer = WordPiece.train(train_text, config.vocab_size)
-    self.train = self._packed(train_text)
-    self.eval = self._packed(self._text(config.eval_split))
+    self.tokenizer = wordpiece.for_input(config, train_text, process_count)
     vocab = self.tokenizer.tokenizer.token_to_id
+    self.ids = (vocab("[CLS]"), self.tokenizer.sep_id, self.tokenizer.pad_id)
     self.mask_id = vocab("[MASK]")
     self.special = np.array([vocab(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
+    self.train = self._packed(train_text)
+    self.eval = self._packed(self._text(config.eval_split))
 
   def _text(self, split: str) -> list[str]:
     """The split's non-empty lines."""
@@ -87,43 +130,48 @@ class Input(StepInput):
                                self.config.data_dir)
     return [line for line in text.splitlines() if line.strip()]
 
-  def _packed(self, lines: list[str]) -> np.ndarray:
+  def _packed(self, lines: list[str]):
+    """Packed rows, or with NSP the (A, B) halves that pairs are made of."""
     encoded = [e.ids[1:-1] for e in self.tokenizer.tokenizer.encode_batch(
         lines)]
-    tok = self.tokenizer
-    return pack(encoded, self.config.seq_len,
-                tok.tokenizer.token_to_id("[CLS]"), tok.sep_id, tok.pad_id)
+    if self.config.get("nsp"):
+      return split_pairs(encoded, self.config.seq_len)
+    return pack(encoded, self.config.seq_len, *self.ids)
 
   def model_fields(self) -> dict:
-    return {"vocab_size": self.tokenizer.vocab_size}
+    return {"vocab_size": self.tokenizer.vocab_size,
+            "nsp": bool(self.config.get("nsp"))}
 
-  def _mask(self, rows: np.ndarray, key) -> dict:
-    return mask_tokens(rows, np.random.default_rng(key),
-                       self.config.mask_rate, self.mask_id,
-                       self.tokenizer.vocab_size, self.special)
+  def _batch(self, data, index, key) -> dict:
+    """Rows `index` of `data` (with NSP: pairs drawn from `key`), masked."""
+    rng = np.random.default_rng(key)
+    fields = ({"rows": data[index]} if not self.config.get("nsp") else
+              pair_rows(data, index, rng, self.config.seq_len, *self.ids))
+    batch = mask_tokens(fields.pop("rows"), rng, self.config.mask_rate,
+                        self.mask_id, self.tokenizer.vocab_size, self.special)
+    return {**batch, **fields}
 
   def train_batch(self, step: int) -> dict:
     """This process's rows of global batch `step`."""
     rng = np.random.default_rng([self.seed, step])
     index = rng.integers(0, len(self.train), self.config.batch_size)
     if self.config.static_masking:  # One fixed mask per sequence.
-      rows = [self._mask(self.train[i][None], [self.seed, int(i)])
+      rows = [self._batch(self.train, [i], [self.seed, int(i)])
               for i in index[self._rows]]
       return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-    batch = self._mask(self.train[index], [self.seed, step, 1])
+    batch = self._batch(self.train, index, [self.seed, step, 1])
     return {k: v[self._rows] for k, v in batch.items()}
 
   def eval_batches(self):
     """The same masked batches every time."""
-    size = self.config.batch_size
+    size, num_rows = self.config.batch_size, len(self.eval)
     for i in range(self.config.eval_steps):
-      rows = self.eval[np.arange(i * size, (i + 1) * size) % len(self.eval)]
-      batch = self._mask(rows, [self.seed, 1 << 30, i])
+      index = np.arange(i * size, (i + 1) * size) % num_rows
+      batch = self._batch(self.eval, index, [self.seed, 1 << 30, i])
       yield {k: v[self._rows] for k, v in batch.items()}
 
   def save(self, workdir: str) -> None:
     self.tokenizer.save(os.path.join(workdir, "tokenizer.json"))
 
 
-def load_tokenizer(workdir: str) -> WordPiece:
-  return WordPiece.from_file(os.path.join(workdir, "tokenizer.json"))
+load_tokenizer = wordpiece.load

@@ -4,6 +4,8 @@
   ids = tok.encode_batch(["a sentence", ...], max_len=64)  # (B, 64) int32
   tok = WordPiece.train(open("corpus.txt"), vocab_size=8000)  # a new vocabulary
 """
+import os
+
 import numpy as np
 import tokenizers
 from tokenizers.implementations import BertWordPieceTokenizer
@@ -56,3 +58,22 @@ class WordPiece:
 
   def save(self, path: str) -> None:
     self.tokenizer.save(path)
+
+
+def for_input(config, train_texts, process_count: int) -> WordPiece:
+  """`input.vocab_file` if set, else a vocabulary of `input.vocab_size`
+  trained on the training texts (one process only: training is not
+  deterministic across processes)."""
+  if config.get("vocab_file"):
+    return WordPiece.from_file(config.vocab_file)
+  if process_count > 1:
+    raise ValueError(
+        "Several processes need one shared vocabulary: train it once (a "
+        "one-process run writes WORKDIR/tokenizer.json) and pass "
+        "--config.input.vocab_file=PATH.")
+  return WordPiece.train(train_texts, config.vocab_size)
+
+
+def load(workdir: str) -> WordPiece:
+  """The vocabulary a run saved in its workdir."""
+  return WordPiece.from_file(os.path.join(workdir, "tokenizer.json"))

@@ -3,9 +3,14 @@
 Post-LayerNorm blocks as in the original BERT; token + position + segment
 embeddings; bidirectional attention that ignores padding (`pad_id`). Heads
 by `head`: "none" (hidden states), "mlm" (transform + LayerNorm + decoder
-tied to the word embeddings) or "classifier" (tanh pooler on the first token +
-linear). ALBERT: `embed_dim` factorises the embeddings, `share_layers` reuses
-one layer's parameters at every depth.
+tied to the word embeddings; with `nsp`, also next-sentence logits from the
+pooler: {"logits": ..., "nsp": ...}) or "classifier" (tanh pooler on the
+first token + linear; `pool="mean"` pools the mean of the real tokens
+instead). RoBERTa is `nsp=False` with dynamic masking (data). ALBERT:
+`embed_dim` factorises the embeddings, `share_layers` reuses one layer's
+parameters at every depth. LoRA: `lora_rank` > 0 adds low-rank adapters to
+the `lora_targets` projections of every layer. `trainable_presets` names the
+parameter subsets that `optimizer.trainable` can train (head, topK, lora).
 
   model = bert.make(bert.model_config("base", vocab_size=30522))
   hidden = model.apply({"params": params}, tokens)     # (B, T, emb_dim)
@@ -32,6 +37,9 @@ VARIANTS = {
                            mlp_dim=1536),
 }
 
+# Projections of a layer that can carry LoRA adapters (`lora_targets`).
+LORA_TARGETS = ("query", "key", "value", "out", "fc", "proj")
+
 
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
@@ -48,7 +56,12 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
       embed_dim=placeholder(int),  # ALBERT: factorised embedding size.
       share_layers=False,  # ALBERT: one set of layer parameters.
       head="none",  # "none", "mlm" or "classifier".
+      nsp=placeholder(bool),  # "mlm": next-sentence head (from the data).
+      pool="cls",  # Classifier input: "cls" (first token) or "mean".
       num_classes=placeholder(int),
+      lora_rank=0,  # > 0: LoRA adapters of this rank.
+      lora_alpha=16.0,
+      lora_targets="query,value",  # Of query,key,value,out,fc,proj.
       attention_impl=placeholder(str),
   )
   return layers.config_block("bert", "vocab_size", defaults,
@@ -70,7 +83,12 @@ class Config:
   embed_dim: int | None = None
   share_layers: bool = False
   head: str = "none"
+  nsp: bool | None = None
+  pool: str = "cls"
   num_classes: int | None = None
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: str = "query,value"
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   attention_impl: str | None = None
@@ -78,7 +96,11 @@ class Config:
 
 def make(config: ml_collections.ConfigDict) -> "Model":
   fields = layers.config_fields(config, "vocab_size", {
-      "head": ("none", "mlm", "classifier")})
+      "head": ("none", "mlm", "classifier"), "pool": ("cls", "mean")})
+  unknown = set(fields["lora_targets"].split(",")) - set(LORA_TARGETS)
+  if unknown:
+    raise ValueError(f"config.model.lora_targets has {sorted(unknown)}; "
+                     f"choose from {LORA_TARGETS}.")
   if fields["head"] == "classifier" and not fields.get("num_classes"):
     raise ValueError("config.model.num_classes is not set (normally from "
                      "the data) for head='classifier'.")
@@ -86,8 +108,11 @@ def make(config: ml_collections.ConfigDict) -> "Model":
 
 
 def _dense(cfg: Config, features, names: tuple, name: str):
+  """A biased projection; in the layers, a LoRA target gets adapters."""
+  rank = cfg.lora_rank if name in cfg.lora_targets.split(",") else 0
   return layers.Linear(tuple(features), names, 0.02, True, cfg.dtype,
-                       cfg.param_dtype, name=name)
+                       cfg.param_dtype, lora_rank=rank,
+                       lora_alpha=cfg.lora_alpha, name=name)
 
 
 def _layer_norm(cfg: Config, name: str) -> nn.LayerNorm:
@@ -159,14 +184,25 @@ class Model(nn.Module):
       y = _layer_norm(cfg, "mlm_ln")(jax.nn.gelu(y, approximate=False))
       bias = self.param("mlm_bias", layers.zeros_init(("vocab",)),
                         (cfg.vocab_size,), cfg.param_dtype)
-      return (words.attend(y) + bias).astype(jnp.float32)
+      logits = (words.attend(y) + bias).astype(jnp.float32)
+      if not cfg.nsp:
+        return logits
+      return {"logits": logits,
+              "nsp": self._classify(x[:, 0], 2, "nsp", train)}
     if cfg.head == "classifier":
-      pooled = jnp.tanh(_dense(cfg, (cfg.emb_dim,), ("embed", "mlp"),
-                               "pooler")(x[:, 0]))
-      pooled = nn.Dropout(cfg.dropout, deterministic=not train)(pooled)
-      return _dense(cfg, (cfg.num_classes,), ("mlp", "classes"),
-                    "classifier")(pooled).astype(jnp.float32)
+      first = x[:, 0] if cfg.pool == "cls" else mean_pool(x, tokens,
+                                                          cfg.pad_id)
+      return self._classify(first, cfg.num_classes, "classifier", train)
     return x
+
+  def _classify(self, pooled, num_classes: int, name: str, train: bool):
+    """BERT's pooler (dense + tanh) and dropout, then a linear layer."""
+    cfg = self.config
+    pooled = jnp.tanh(_dense(cfg, (cfg.emb_dim,), ("embed", "mlp"),
+                             "pooler")(pooled))
+    pooled = nn.Dropout(cfg.dropout, deterministic=not train)(pooled)
+    return _dense(cfg, (num_classes,), ("mlp", "classes"),
+                  name)(pooled).astype(jnp.float32)
 
   def num_params(self, params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
@@ -182,3 +218,23 @@ def mean_pool(hidden, tokens, pad_id: int = 0):
   """Mean of the hidden states of real (non-padding) tokens: (B, D)."""
   mask = (tokens != pad_id)[..., None].astype(hidden.dtype)
   return (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+
+
+def trainable_presets(config) -> dict:
+  """Names for `optimizer.trainable`: regexes over "/"-joined parameter
+  paths. "head": the task head only; "topK": the top K layers and the head;
+  "lora": the LoRA adapters and the head."""
+  head = r"^(pooler|classifier|mlm_|nsp/)"
+  presets = {"head": head, "lora": rf"lora_|{head}"}
+  if not config.share_layers:
+    n = config.num_layers
+    for k in range(1, n + 1):
+      top = "|".join(str(i) for i in range(n - k, n))
+      presets[f"top{k}"] = rf"^layer_({top})/|{head}"
+  return presets
+
+
+def load_hf(model_dir: str, config) -> dict:
+  """Parameters (numpy) of a Hugging Face BERT checkpoint for `config`."""
+  from bigmodel_jax.models import bert_hf  # It imports this module.
+  return bert_hf.load_params(model_dir, config)

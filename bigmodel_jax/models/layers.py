@@ -67,6 +67,19 @@ def restart_mismatched_head(params: dict, target) -> dict:
   return params
 
 
+def merge_lora(params, scale: float):
+  """`params` with every LoRA pair folded into its kernel (kernel + A B *
+  scale, scale = alpha / rank): the plain model computing the same."""
+  if not isinstance(params, dict):
+    return params
+  out = {k: merge_lora(v, scale) for k, v in params.items()
+         if k not in ("lora_a", "lora_b")}
+  if "lora_a" in params:
+    out["kernel"] = params["kernel"] + scale * jnp.tensordot(
+        params["lora_a"], params["lora_b"], 1)
+  return out
+
+
 def _kernel_init(init: str, std: float, num_in: int, ndim: int):
   fans = dict(in_axis=tuple(range(num_in)), out_axis=tuple(range(num_in, ndim)))
   if init == "normal":
@@ -87,6 +100,10 @@ class Linear(nn.Module):
   (input axes first); the bias, if any, is named like the output axes.
   `init` is "normal" (with `std`), "xavier_uniform", "lecun_normal" or
   "zeros"; fans count all input / all output axes.
+
+  LoRA (Hu et al. 2021): with `lora_rank` r > 0 the output gains
+  (x A) B * lora_alpha / r, A (in, r) initialised as PEFT does and B (r, out)
+  at zero, so the layer starts out equal to the plain one.
   """
   features: tuple[int, ...]
   names: tuple[str, ...]
@@ -95,6 +112,8 @@ class Linear(nn.Module):
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   init: str = "normal"
+  lora_rank: int = 0
+  lora_alpha: float = 1.0
 
   @nn.compact
   def __call__(self, x):
@@ -108,4 +127,19 @@ class Linear(nn.Module):
       bias = self.param("bias", zeros_init(self.names[num_in:]),
                         tuple(self.features), self.param_dtype)
       y = y + bias.astype(self.dtype)
+    if self.lora_rank:
+      y = y + self._lora(x, num_in)
     return y
+
+  def _lora(self, x, num_in: int):
+    in_shape = x.shape[x.ndim - num_in:]
+    a_init = nn.initializers.variance_scaling(  # Kaiming-uniform, a=sqrt(5).
+        1 / 3, "fan_in", "uniform", in_axis=tuple(range(num_in)), out_axis=-1)
+    a = self.param("lora_a", nn.with_logical_partitioning(
+        a_init, self.names[:num_in] + ("lora",)),
+                   in_shape + (self.lora_rank,), self.param_dtype)
+    b = self.param("lora_b", zeros_init(("lora",) + self.names[num_in:]),
+                   (self.lora_rank,) + tuple(self.features), self.param_dtype)
+    low = jnp.tensordot(x.astype(self.dtype), a.astype(self.dtype), num_in)
+    return jnp.tensordot(low, b.astype(self.dtype), 1) * (
+        self.lora_alpha / self.lora_rank)

@@ -1,0 +1,201 @@
+"""Labelled text from local files: TFDS-style splits and classifier batches.
+
+`input.path` is either
+  - a folder with one file per class, one example per line (e.g. rt-polarity:
+    rt-polarity.pos, rt-polarity.neg); a class is named by the part of the
+    file name that differs (the extension when the stems agree, else the stem);
+  - a .csv or .tsv file with a header row; `input.text_column` and
+    `input.label_column` name the columns.
+
+Splits are reproducible and stratified, fixed by `input.split_seed` (not the
+run's seed): `test_fraction` of every class is "test"; of the rest,
+`validation_fraction` is "validation" — or, with `num_folds` k, fold `fold`
+of k is (k-fold cross-validation: run fold = 0 .. k-1, the test split stays
+the same). `splits(config)["train"][i]` is {"text": str, "label": int}, like
+a `tfds.data_source` record.
+
+Batches: texts become [CLS] ... [SEP] WordPiece ids padded to `seq_len`
+(`input.vocab_file` of the pretrained model, or a vocabulary trained on the
+training texts). Training draws shuffled epochs as a function of
+(seed, step); evaluation covers a split once with zero-weight padding.
+"""
+import csv
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from bigmodel_jax.data import (StepInput, eval_positions, process_rows,
+                               shuffled_indices, wordpiece)
+
+SPLITS = ("train", "validation", "test")
+
+
+def batch_spec(config) -> dict:
+  return {"inputs": jax.ShapeDtypeStruct((config.batch_size, config.seq_len),
+                                         np.int32),
+          "targets": jax.ShapeDtypeStruct((config.batch_size,), np.int32)}
+
+
+def units(config) -> tuple[str, int]:
+  return "tokens", config.batch_size * config.seq_len
+
+
+@dataclasses.dataclass
+class Split:
+  """A random-access split: `split[i]` is {"text": str, "label": int}."""
+  texts: list[str]
+  labels: np.ndarray
+  class_names: list[str]
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+  def __getitem__(self, i: int) -> dict:
+    return {"text": self.texts[i], "label": int(self.labels[i])}
+
+
+def _read_folder(path: str, encoding: str) -> tuple[list, list]:
+  files = sorted(f for f in os.listdir(path) if not f.startswith(".") and
+                 os.path.isfile(os.path.join(path, f)))
+  if len(files) < 2:
+    raise ValueError(f"{path} holds {len(files)} file(s); a class folder needs "
+                     "one file per class (at least two).")
+  stems = {os.path.splitext(f)[0] for f in files}
+  names = [os.path.splitext(f)[1].lstrip(".") if len(stems) == 1
+           else os.path.splitext(f)[0] for f in files]
+  texts, labels = [], []
+  for name, file in zip(names, files):
+    with open(os.path.join(path, file), encoding=encoding) as f:
+      examples = [line.strip() for line in f if line.strip()]
+    texts += examples
+    labels += [name] * len(examples)
+  return texts, labels
+
+
+def _read_table(path: str, encoding: str, text_column: str,
+                label_column: str) -> tuple[list, list]:
+  with open(path, encoding=encoding, newline="") as f:
+    reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv")
+                            else ",")
+    missing = {text_column, label_column} - set(reader.fieldnames or ())
+    if missing:
+      raise ValueError(f"{path} has no column(s) {sorted(missing)}; its "
+                       f"columns are {reader.fieldnames}. Set "
+                       "input.text_column / input.label_column.")
+    rows = [(r[text_column], r[label_column]) for r in reader
+            if r[text_column] and r[text_column].strip()]
+  return [t.strip() for t, _ in rows], [label.strip() for _, label in rows]
+
+
+def read(path: str, *, encoding: str = "utf-8", text_column: str = "text",
+         label_column: str = "label") -> Split:
+  """All examples of a class folder or a CSV/TSV file."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No labelled text at {path!r} (input.path).")
+  try:
+    if os.path.isdir(path):
+      texts, names = _read_folder(path, encoding)
+    elif path.endswith((".csv", ".tsv")):
+      texts, names = _read_table(path, encoding, text_column, label_column)
+    else:
+      raise ValueError(f"{path} is neither a folder nor a .csv/.tsv file.")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not {encoding} text ({e}); set "
+                     "input.encoding, e.g. latin-1.") from e
+  numeric = all(n.lstrip("-").isdigit() for n in names)
+  class_names = sorted(set(names), key=int if numeric else str)
+  index = {n: i for i, n in enumerate(class_names)}
+  return Split(texts, np.array([index[n] for n in names], np.int32),
+               class_names)
+
+
+def split_indices(labels: np.ndarray, *, seed: int, test_fraction: float,
+                  validation_fraction: float, num_folds: int | None = None,
+                  fold: int = 0) -> dict:
+  """Sorted example indices of "train", "validation" and "test", stratified."""
+  if num_folds and not 0 <= fold < num_folds:
+    raise ValueError(f"input.fold={fold} is not in 0..{num_folds - 1}.")
+  parts = {name: [] for name in SPLITS}
+  for c in np.unique(labels):
+    members = np.random.default_rng([seed, int(c)]).permutation(
+        np.flatnonzero(labels == c))
+    num_test = round(len(members) * test_fraction)
+    parts["test"].append(members[:num_test])
+    rest = members[num_test:]
+    if num_folds:
+      in_fold = np.arange(len(rest)) % num_folds == fold
+    else:
+      in_fold = np.arange(len(rest)) < round(len(members) *
+                                             validation_fraction)
+    parts["validation"].append(rest[in_fold])
+    parts["train"].append(rest[~in_fold])
+  return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
+
+
+def splits(config) -> dict:
+  """{"train", "validation", "test"} `Split`s of `input.path`."""
+  data = read(config.path, encoding=config.encoding,
+              text_column=config.text_column, label_column=config.label_column)
+  indices = split_indices(
+      data.labels, seed=config.split_seed, test_fraction=config.test_fraction,
+      validation_fraction=config.validation_fraction,
+      num_folds=config.num_folds, fold=config.fold)
+  return {name: Split([data.texts[i] for i in idx], data.labels[idx],
+                      data.class_names) for name, idx in indices.items()}
+
+
+class Input(StepInput):
+
+  def __init__(self, config, *, seed: int, process_index: int,
+               process_count: int):
+    self.config, self.seed = config, seed
+    self._rows = process_rows(config.batch_size, process_index, process_count)
+    self.splits = splits(config)
+    self.class_names = self.splits["train"].class_names
+    self.tokenizer = wordpiece.for_input(config, self.splits["train"].texts,
+                                         process_count)
+    self._tokens = {
+        name: self.tokenizer.encode_batch(split.texts, config.seq_len)
+        for name, split in self.splits.items()}
+
+  def model_fields(self) -> dict:
+    return {"num_classes": len(self.class_names),
+            "vocab_size": self.tokenizer.vocab_size}
+
+  def _batch(self, split: str, indices) -> dict:
+    return {"inputs": self._tokens[split][indices],
+            "targets": self.splits[split].labels[indices]}
+
+  def train_batch(self, step: int) -> dict:
+    indices = shuffled_indices(len(self.splits["train"]),
+                               self.config.batch_size, self.seed, step)
+    return self._batch("train", indices[self._rows])
+
+  def _eval_split(self, split: str | None) -> str:
+    split = split or self.config.eval_split
+    if split not in SPLITS or not len(self.splits[split]):
+      raise ValueError(f"No examples in split {split!r}; splits have "
+                       f"{ {k: len(v) for k, v in self.splits.items()} }.")
+    return split
+
+  def num_eval_batches(self, split: str | None = None) -> int:
+    return -(-len(self.splits[self._eval_split(split)]) //
+             self.config.batch_size)
+
+  def eval_batches(self, split: str | None = None):
+    """A split (default `input.eval_split`) once, in order."""
+    split = self._eval_split(split)
+    for indices, weights in eval_positions(len(self.splits[split]),
+                                           self.config.batch_size, self._rows):
+      yield {**self._batch(split, indices), "weights": weights}
+
+  def save(self, workdir: str) -> None:
+    self.tokenizer.save(os.path.join(workdir, "tokenizer.json"))
+    with open(os.path.join(workdir, "class_names.json"), "w") as f:
+      json.dump(self.class_names, f)
+
+
+load_tokenizer = wordpiece.load
