@@ -2,6 +2,7 @@
 and `units` (shapes and throughput units from the config alone), `Input`
 and, for text, `load_tokenizer`."""
 import functools
+import json
 import os
 
 import numpy as np
@@ -62,6 +63,12 @@ def tfds_split(name: str, split: str, data_dir: str | None):
         "(needs tensorflow and internet; imagenet2012 needs its manual "
         "download), then point TFDS_DATA_DIR or --config.input.data_dir at "
         "DIR.") from e
+
+
+def save_class_names(workdir: str, class_names: list[str]) -> None:
+  """WORKDIR/class_names.json, for tables and predictions after training."""
+  with open(os.path.join(workdir, "class_names.json"), "w") as f:
+    json.dump(list(class_names), f)
 
 
 class StepInput:

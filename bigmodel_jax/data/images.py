@@ -8,14 +8,13 @@ covers the eval split exactly once, in order, padding the last batch with
 zero-weight examples.
 """
 import concurrent.futures
-import json
-import os
 
 import jax
 import numpy as np
 
 from bigmodel_jax.data import (StepInput, eval_positions, image_ops,
-                               process_rows, shuffled_indices)
+                               process_rows, save_class_names,
+                               shuffled_indices)
 
 
 def batch_spec(config) -> dict:
@@ -90,5 +89,4 @@ class ImageInput(StepInput):
       yield {"inputs": images, "targets": labels, "weights": weights}
 
   def save(self, workdir: str) -> None:
-    with open(os.path.join(workdir, "class_names.json"), "w") as f:
-      json.dump(self.class_names, f)
+    save_class_names(workdir, self.class_names)

@@ -34,8 +34,7 @@ def batch_spec(config) -> dict:
   return spec
 
 
-def units(config) -> tuple[str, int]:
-  return "tokens", config.batch_size * config.seq_len
+units = tfds_text.units
 
 
 def _runs(lines: list, budget: int) -> list[list]:

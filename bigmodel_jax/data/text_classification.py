@@ -21,14 +21,14 @@ training texts). Training draws shuffled epochs as a function of
 """
 import csv
 import dataclasses
-import json
 import os
 
 import jax
 import numpy as np
 
 from bigmodel_jax.data import (StepInput, eval_positions, process_rows,
-                               shuffled_indices, wordpiece)
+                               save_class_names, shuffled_indices, tfds_text,
+                               wordpiece)
 
 SPLITS = ("train", "validation", "test")
 
@@ -39,8 +39,7 @@ def batch_spec(config) -> dict:
           "targets": jax.ShapeDtypeStruct((config.batch_size,), np.int32)}
 
 
-def units(config) -> tuple[str, int]:
-  return "tokens", config.batch_size * config.seq_len
+units = tfds_text.units
 
 
 @dataclasses.dataclass
@@ -194,8 +193,7 @@ class Input(StepInput):
 
   def save(self, workdir: str) -> None:
     self.tokenizer.save(os.path.join(workdir, "tokenizer.json"))
-    with open(os.path.join(workdir, "class_names.json"), "w") as f:
-      json.dump(self.class_names, f)
+    save_class_names(workdir, self.class_names)
 
 
 load_tokenizer = wordpiece.load
