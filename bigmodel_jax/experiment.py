@@ -1,74 +1,83 @@
 """Everything a config describes, built and sharded, for train.py and notebooks.
 
-  exp = experiment.build(config)
+  exp = experiment.build(config)       # `config` is left as it was
+  exp.config                           # the resolved config (data fields, task)
   state = exp.factory.init(jax.random.key(0))
   state, metrics = exp.train_step(state, exp.global_batch(exp.data.train_batch(0)), rng)
-  exp.evaluate(state)  # {"loss": ..., "accuracy": ..., ...}
+  exp.evaluate(state)                  # {"loss": ..., "accuracy": ..., ...}
 """
+import copy
 import dataclasses
 from typing import Any, Callable
 
 import jax
+import ml_collections
 import optax
 from flax import traverse_util
 
-from bigmodel_jax import (checkpoints, metrics, optim, perf, registry,
-                          sharding, state, steps)
+from bigmodel_jax import (checkpoints, optim, perf, registry, sharding, state,
+                          steps)
 
 
 @dataclasses.dataclass
 class Experiment:
-  config: Any
-  mesh: jax.sharding.Mesh
+  config: Any  # Resolved: data fields filled in, task named.
+  layout: sharding.Layout
   data: Any  # None when built with load_data=False.
+  family: Any  # The model family module (contracts.ModelFamily).
+  task: Any  # contracts.Task.
   model: Any
   tx: optax.GradientTransformation
   factory: state.StateFactory
   train_step: Callable
   eval_step: Callable
 
+  @property
+  def mesh(self) -> jax.sharding.Mesh:
+    return self.layout.mesh
+
   def global_batch(self, local_batch: dict) -> dict:
-    return sharding.global_batch(local_batch, self.mesh)
+    return self.layout.global_batch(local_batch)
 
   def eval_totals(self, train_state, split: str | None = None) -> dict:
-    """Eval outputs summed over the eval split (or `split`) (numpy)."""
-    args = () if split is None else (split,)
-    batches = perf.progress(self.data.eval_batches(*args),
-                            self.data.num_eval_batches(*args), "eval batch")
-    return steps.evaluate(self.eval_step, train_state, batches, self.mesh)
+    """Eval outputs summed over a split (default `input.eval_split`)."""
+    batches = perf.progress(self.data.eval_batches(split),
+                            self.data.num_eval_batches(split), "eval batch")
+    return steps.evaluate(self.eval_step, train_state, batches, self.layout)
 
-  def evaluate(self, train_state) -> dict:
-    """Scalar eval metrics (see `metrics.summarize`)."""
-    return metrics.summarize(self.eval_totals(train_state))
+  def evaluate(self, train_state, split: str | None = None) -> dict:
+    """Scalar eval metrics of the task (e.g. loss, accuracy)."""
+    return self.task.summarize(self.eval_totals(train_state, split))
 
   def load_pretrained(self, train_state, init_from) -> tuple[Any, str]:
     """(`train_state` with pretrained params, a one-line report).
 
-    `init_from.workdir` (+ `.step`): another run's checkpoint, fitted by the
-    model module's `adapt_params` where it has one (ViT resamples position
-    embeddings, restarts a head of another class count); `init_from.hf_dir`:
-    a Hugging Face checkpoint through the module's `load_hf`. Parameters the
-    checkpoint lacks (a new head, LoRA adapters) keep their initial values;
-    the optimizer state starts fresh.
+    `init_from.workdir` (+ `.step`): another run's checkpoint, read into this
+    mesh's shards and fitted by the family's `adapt_params` where it has one
+    (ViT resamples position embeddings, restarts a head of another class
+    count); `init_from.hf_dir`: a Hugging Face checkpoint through the
+    family's `load_hf`. Parameters the checkpoint lacks (a new head, LoRA
+    adapters) keep their initial values; the optimizer state starts fresh.
     """
-    module = registry.get("models", self.config.model.name)
     if init_from.workdir and init_from.get("hf_dir"):
       raise ValueError("Set one of init_from.workdir and init_from.hf_dir.")
-    source = init_from.workdir or init_from.get("hf_dir")
+    target = self.factory.abstract.params
+    source = init_from.workdir or init_from.hf_dir
     if init_from.workdir:
-      params = checkpoints.load_params(init_from.workdir, init_from.step)
-    elif hasattr(module, "load_hf"):
-      params = module.load_hf(init_from.hf_dir, self.config.model)
+      params, _ = checkpoints.restore_params(init_from.workdir, target,
+                                             init_from.step)
+    elif self.family.load_hf is not None:
+      params = self.family.load_hf(init_from.hf_dir, self.config.model)
     else:
       raise ValueError(f"Model {self.config.model.name!r} has no Hugging "
                        "Face importer (init_from.hf_dir).")
-    if hasattr(module, "adapt_params"):
-      params = module.adapt_params(params, self.factory.abstract.params)
-    target = traverse_util.flatten_dict(self.factory.abstract.params, sep="/")
+    if self.family.adapt_params is not None:
+      params = self.family.adapt_params(params, target)
+    wanted = traverse_util.flatten_dict(target, sep="/")
     given = traverse_util.flatten_dict(params, sep="/")
-    fresh = sorted(target.keys() - given.keys())
-    unused = sorted(given.keys() - target.keys())
-    report = (f"initialised {len(target) - len(fresh)} of {len(target)} "
+    fresh = sorted(wanted.keys() - given.keys())
+    unused = sorted(given.keys() - wanted.keys())
+    report = (f"initialised {len(wanted) - len(fresh)} of {len(wanted)} "
               f"parameter tensors from {source}" +
               (f"; new: {_abbreviate(fresh)}" if fresh else "") +
               (f"; not used: {_abbreviate(unused)}" if unused else ""))
@@ -81,8 +90,11 @@ class Experiment:
 
   def flops_per_item(self) -> float:
     """Training FLOPs per token (language models) or example."""
-    return self.model.flops_per_item(self.factory.abstract.params,
-                                     self.factory.example_inputs.shape)
+    return self.family.flops_per_item(self.model, self.factory.abstract.params,
+                                      self.factory.example_inputs.shape)
+
+  def num_params(self) -> int:
+    return self.family.num_params(self.factory.abstract.params)
 
 
 def _abbreviate(names: list[str], most: int = 6) -> str:
@@ -90,32 +102,46 @@ def _abbreviate(names: list[str], most: int = 6) -> str:
                                     if len(names) > most else "")
 
 
-def model_and_optimizer(config):
-  """(model, optimizer, trainable mask function or None) of a config."""
-  module = registry.get("models", config.model.name)
-  model = module.make(config.model)
-  presets = getattr(module, "trainable_presets", lambda _: {})(config.model)
-  trainable = optim.trainable(config.optimizer, presets)
-  return model, optim.make(config.optimizer, config.total_steps,
-                           trainable), trainable
+def resolve(config, family) -> ml_collections.ConfigDict:
+  """A copy of `config` with the sections configs written before them lack
+  (`task`, `sharding`) and the task named (the family's default)."""
+  config = copy.deepcopy(config)
+  if "task" not in config:
+    config.task = ml_collections.ConfigDict({"name": None})
+  if "sharding" not in config:
+    config.sharding = ml_collections.ConfigDict(
+        {"rules": dict(sharding.RULES)})
+  if config.task.name is None:
+    config.task.name = family.default_task(config.model)
+  return config
+
+
+def layout(config, devices=None) -> sharding.Layout:
+  """The mesh of `config.mesh` over `devices` (default all) and its rules."""
+  return sharding.Layout(sharding.make_mesh(config.mesh, devices),
+                         sharding.rules_from_config(config.sharding.rules))
 
 
 def build(config, devices=None, *, load_data: bool = True) -> Experiment:
-  """Mesh -> data -> model -> sharded state -> jitted steps, from a config.
+  """Mesh -> data -> task -> model -> sharded state -> jitted steps.
 
-  Uses all devices unless `devices` is given. Model fields that the config
-  leaves None and the data knows (vocab_size, num_classes) are filled in.
-  With `load_data=False` (ahead-of-time planning) nothing is read and shapes
+  Uses all devices unless `devices` is given. Returns the resolved config
+  (`Experiment.config`): model fields that the config leaves None and the
+  data knows (vocab_size, num_classes) filled in, the task named. With
+  `load_data=False` (ahead-of-time planning) nothing is read and shapes
   come from the config alone.
   """
-  # Mesh.
-  mesh = sharding.make_mesh(config.mesh, devices)
+  family = registry.get("models", config.model.name)
+  config = resolve(config, family)
+
+  # Mesh and sharding rules.
+  layout_ = layout(config, devices)
   accum = config.get("grad_accum_steps", 1)
-  if config.input.batch_size % (sharding.num_batch_shards(mesh) * accum):
+  shards = layout_.num_batch_shards()
+  if config.input.batch_size % (shards * accum):
     raise ValueError(
         f"input.batch_size={config.input.batch_size} is not divisible by the "
-        f"{sharding.num_batch_shards(mesh)} data x fsdp shards of the mesh "
-        f"times grad_accum_steps={accum}.")
+        f"{shards} batch shards of the mesh times grad_accum_steps={accum}.")
 
   # Data: this process's share of each global batch.
   data_module = registry.get("data", config.input.name)
@@ -127,15 +153,28 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
     for key, value in data.model_fields().items():
       if config.model.get(key, 0) is None:
         config.model[key] = value
-  example_inputs = data_module.batch_spec(config.input)["inputs"]
+  spec = data_module.batch_spec(config.input)
+
+  # Task: it must understand what the input's batches hold.
+  task = registry.get("tasks", config.task.name).Task(config)
+  missing = task.required_keys - spec.keys()
+  extra = spec.keys() - task.required_keys - task.optional_keys
+  if missing or extra:
+    raise ValueError(
+        f"Task {task.name!r} needs batch entries {sorted(task.required_keys)}"
+        f" (optional {sorted(task.optional_keys)}); input "
+        f"{config.input.name!r} gives {sorted(spec)}.")
 
   # Model and optimizer (on the trainable parameters).
-  model, tx, trainable = model_and_optimizer(config)
+  model = family.make(config.model)
+  presets = (family.trainable_presets(config.model)
+             if family.trainable_presets is not None else {})
+  trainable = optim.trainable(config.optimizer, presets)
+  tx = task.optimizer(trainable)
 
   # Sharded state layout, then the jitted steps with explicit shardings.
-  factory = state.StateFactory(model, tx, mesh, example_inputs)
+  factory = state.StateFactory(model, tx, layout_, spec["inputs"])
   train_step, eval_step = steps.jit_steps(
-      factory, optim.schedule(config.optimizer, config.total_steps),
-      config.model.get("num_classes"), accum, trainable)
-  return Experiment(config, mesh, data, model, tx, factory, train_step,
-                    eval_step)
+      factory, task.train_step(model, tx, trainable), task.eval_step(model))
+  return Experiment(config, layout_, data, family, task, model, tx, factory,
+                    train_step, eval_step)

@@ -1,26 +1,8 @@
-"""Classification metrics: summed in the eval step, summarised on the host.
-
-The eval step adds up a confusion matrix (rows: true class, columns:
-predicted) and top-k hits over batches; `summarize` turns the totals into
-accuracy, top-k accuracy and per-class / macro precision, recall and F1, and
-`table` prints them. Shared by every classifier (images and text).
+"""Per-class metrics from a confusion matrix (rows: true class, columns:
+predicted): precision, recall, F1 and support, and a printable table.
+The classification task sums the matrix in its eval step.
 """
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-
-def classification_sums(logits, batch: dict, num_classes: int, k: int = 5
-                        ) -> dict:
-  """Weighted confusion matrix and top-k hits of one batch (jit-able)."""
-  targets = batch["targets"]
-  weights = batch.get("weights", jnp.ones(targets.shape, jnp.float32))
-  true = jax.nn.one_hot(targets, num_classes) * weights[..., None]
-  predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
-  top_k = jax.lax.top_k(logits, min(k, num_classes))[1]
-  hits = jnp.any(top_k == targets[..., None], -1).astype(jnp.float32)
-  return {"confusion": jnp.einsum("...c,...d->cd", true, predicted),
-          "top_k_correct": jnp.sum(hits * weights)}
 
 
 def _ratio(a, b):
@@ -36,37 +18,6 @@ def per_class(confusion) -> dict:
   return {"precision": precision, "recall": recall,
           "f1": _ratio(2 * precision * recall, precision + recall),
           "support": confusion.sum(1)}
-
-
-def auxiliary(sums: dict) -> dict:
-  """Mean loss and accuracy of each auxiliary head (steps.cross_entropy's
-  "K/loss", "K/correct", "K/count"), e.g. {"nsp_loss", "nsp_accuracy"}."""
-  out = {}
-  for key in sums:
-    if key.endswith("/count"):
-      name = key[:-len("/count")]
-      out[f"{name}_loss"] = sums[f"{name}/loss"] / sums[key]
-      out[f"{name}_accuracy"] = sums[f"{name}/correct"] / sums[key]
-  return out
-
-
-def summarize(totals: dict, k: int = 5) -> dict:
-  """Scalars from summed eval outputs: loss and accuracy (also of auxiliary
-  heads), and for classifiers top-k accuracy, macro precision/recall/F1 and
-  each class's F1."""
-  count = float(totals["count"])
-  out = {"loss": float(totals["loss"]) / count,
-         "accuracy": float(totals["correct"]) / count}
-  out.update({k: float(v) for k, v in auxiliary(totals).items()})
-  if "confusion" in totals:
-    num_classes = len(totals["confusion"])
-    if num_classes > k:
-      out[f"top{k}_accuracy"] = float(totals["top_k_correct"]) / count
-    stats = per_class(totals["confusion"])
-    for name in ("precision", "recall", "f1"):
-      out[f"macro_{name}"] = float(stats[name].mean())
-    out.update({f"f1/class_{i}": float(v) for i, v in enumerate(stats["f1"])})
-  return out
 
 
 def table(confusion, class_names=None) -> str:

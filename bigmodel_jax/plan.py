@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from bigmodel_jax import config_lib, experiment, registry, sharding
+from bigmodel_jax import config_loader, experiment, registry, sharding
 
 
 def _per_device_bytes(tree) -> int:
@@ -31,7 +31,7 @@ def plan(config, devices=None) -> dict:
   abstract = exp.factory.abstract
   batch = registry.get("data", config.input.name).batch_spec(config.input)
   start = time.perf_counter()
-  with sharding.context(exp.mesh):  # The jitted step under in_context.
+  with exp.layout.context():  # The jitted step under in_context.
     compiled = exp.train_step.__wrapped__.lower(
         abstract, batch, jax.random.key(0)).compile()
   compile_s = time.perf_counter() - start
@@ -43,7 +43,7 @@ def plan(config, devices=None) -> dict:
   return {
       "mesh": dict(exp.mesh.shape),
       "devices": f"{exp.mesh.size}x {exp.mesh.devices.flat[0].device_kind}",
-      "parameters": exp.model.num_params(abstract.params),
+      "parameters": exp.num_params(),
       "flops_per_item": exp.flops_per_item(),
       "params_bytes": params,
       "optimizer_bytes": state - params,
@@ -51,6 +51,7 @@ def plan(config, devices=None) -> dict:
       "argument_bytes": arguments,  # State + batch, per device (compiled).
       "total_bytes": state + temp,
       "compile_seconds": compile_s,
+      "fallbacks": sharding.describe_fallbacks(exp.factory.fallbacks),
   }
 
 
@@ -69,6 +70,7 @@ def format_plan(result: dict, device_memory_gib: float | None) -> str:
       f"  total        {result['total_bytes'] / gib:8.3f} GiB",
       f"compile        {result['compile_seconds']:.1f} s",
   ]
+  lines += [f"not sharded    {line}" for line in result["fallbacks"]]
   if device_memory_gib:
     fits = result["total_bytes"] <= device_memory_gib * gib
     lines.append(f"fits {device_memory_gib:g} GiB per device: "
@@ -77,9 +79,9 @@ def format_plan(result: dict, device_memory_gib: float | None) -> str:
 
 
 def main(argv=None) -> None:
-  parser = config_lib.arg_parser(__doc__)
+  parser = config_loader.arg_parser(__doc__)
   parser.add_argument("--device_memory_gib", type=float, default=None)
-  args, config = config_lib.parse_args(parser, argv)
+  args, config = config_loader.parse_args(parser, argv)
   print(format_plan(plan(config), args.device_memory_gib))
 
 

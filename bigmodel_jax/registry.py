@@ -1,18 +1,41 @@
-"""Picks components by name: `get("models", "gpt")` imports bigmodel_jax.models.gpt.
+"""Picks plug-ins by name: `get("models", "gpt")` imports bigmodel_jax.models.gpt.
 
-Every module of a kind exposes the same names (models: `model_config`, `make`;
-data: `Input`, `load_tokenizer`), so the trainer never branches on names.
+Each kind's modules fulfil one contract (`contracts.py`); a module that does
+not is reported with the names it lacks, so the trainer never branches on
+names or probes for attributes.
 """
 import importlib
 import pkgutil
+import typing
+
+from bigmodel_jax import contracts
+
+CONTRACTS = {"models": contracts.ModelFamily, "data": contracts.InputModule,
+             "tasks": contracts.TaskModule}
+
+
+def names(kind: str) -> list[str]:
+  """The modules of a kind, e.g. names("tasks") -> ["base", "lm", ...]."""
+  package = importlib.import_module(f"bigmodel_jax.{kind}")
+  return sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+
+
+def members(protocol) -> list[str]:
+  """The names a Protocol asks for (methods, attributes, hooks)."""
+  own = set(vars(protocol)) | set(typing.get_type_hints(protocol))
+  return sorted(n for n in own if not n.startswith("_"))
 
 
 def get(kind: str, name: str):
-  package = importlib.import_module(f"bigmodel_jax.{kind}")
+  package = f"bigmodel_jax.{kind}"
   try:
-    return importlib.import_module(f"{package.__name__}.{name}")
+    module = importlib.import_module(f"{package}.{name}")
   except ModuleNotFoundError as e:
-    if e.name != f"{package.__name__}.{name}":
+    if e.name != f"{package}.{name}":
       raise
-    have = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
-    raise ValueError(f"Unknown {kind} {name!r}; have {have}.") from None
+    raise ValueError(f"Unknown {kind} {name!r}; have {names(kind)}.") from None
+  lacking = [n for n in members(CONTRACTS[kind]) if not hasattr(module, n)]
+  if lacking:
+    raise TypeError(f"{package}.{name} does not fulfil contracts."
+                    f"{CONTRACTS[kind].__name__}: it lacks {lacking}.")
+  return module

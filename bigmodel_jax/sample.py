@@ -1,4 +1,4 @@
-"""Prints text sampled from the newest checkpoint of a training run.
+"""Prints text sampled from the newest checkpoint of a language-model run.
 
   python -m bigmodel_jax.sample --workdir runs/shakespeare --prompt "ROMEO:" \\
       --max_new_tokens 300 --temperature 0.8 --top_k 200
@@ -8,7 +8,7 @@ import argparse
 import jax
 import numpy as np
 
-from bigmodel_jax import sampling
+from bigmodel_jax import decoding, runs
 
 
 def main(argv=None) -> None:
@@ -26,13 +26,17 @@ def main(argv=None) -> None:
                       help="checkpoint step (default: newest)")
   args = parser.parse_args(argv)
 
-  _, model, params, tokenizer = sampling.load_run(args.workdir, args.step)
-  prompt = np.tile(tokenizer.encode(args.prompt), (args.num_samples, 1))
-  new = sampling.generate(model, params, prompt, args.max_new_tokens,
+  run = runs.load(args.workdir, args.step)
+  if run.config.task.name != "lm" or run.tokenizer is None:
+    parser.exit(2, f"error: {args.workdir} is not a language model trained "
+                   f"on text (task {run.config.task.name!r}, input "
+                   f"{run.config.input.name!r}); sampling needs one.\n")
+  prompt = np.tile(run.tokenizer.encode(args.prompt), (args.num_samples, 1))
+  new = decoding.generate(run.model, run.params, prompt, args.max_new_tokens,
                           jax.random.key(args.seed),
                           temperature=args.temperature, top_k=args.top_k)
   for row in new:
-    print(args.prompt + tokenizer.decode(row))
+    print(args.prompt + run.tokenizer.decode(row))
     print("-" * 40)
 
 

@@ -1,16 +1,16 @@
 """Train state, created directly in its sharded layout.
 
 Parameters are never materialised unsharded: `jax.eval_shape` gives the
-abstract state with its logical axis names, the rules table turns those into
-shardings, and `jit(init, out_shardings=...)` creates every shard in place.
-The abstract state with shardings is also the restore target for checkpoints.
+abstract state with its logical axis names, the layout's rules turn those
+into shardings, and `jit(init, out_shardings=...)` creates every shard in
+place. The abstract state with shardings is also the restore target for
+checkpoints (`abstract_params` alone, for sampling and serving).
 """
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import linen as nn
 from flax import traverse_util
@@ -33,44 +33,68 @@ class TrainState:
     return {"params": self.params, **self.model_state}
 
 
+def _variables(model: nn.Module, rng, example: jax.ShapeDtypeStruct) -> dict:
+  return dict(model.init(rng, jnp.zeros(example.shape, example.dtype)))
+
+
 def _create(model: nn.Module, tx: optax.GradientTransformation, rng,
             example: jax.ShapeDtypeStruct) -> TrainState:
   """The boxed (logically annotated) initial state."""
-  variables = dict(model.init(rng, jnp.zeros(example.shape, example.dtype)))
+  variables = _variables(model, rng, example)
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     model_state=variables, opt_state=tx.init(params))
 
 
+def _with_shardings(boxed, shardings):
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(boxed), shardings)
+
+
+def abstract_params(model: nn.Module, layout: sharding.Layout,
+                    example_inputs):
+  """The model's parameters as ShapeDtypeStructs with their shardings."""
+  boxed = jax.eval_shape(
+      lambda rng: _variables(model, rng, example_inputs)["params"],
+      jax.random.key(0))
+  return _with_shardings(boxed, layout.tree_shardings(boxed))
+
+
 class StateFactory:
-  """Abstract state, shardings and sharded init for one model on one mesh."""
+  """Abstract state, shardings and sharded init for one model on one mesh.
+
+  `fallbacks` lists the parameters a mesh axis could not split (see
+  `sharding.describe_fallbacks`).
+  """
 
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation,
-               mesh, example_inputs):
-    self.model, self.tx, self.mesh = model, tx, mesh
+               layout: sharding.Layout, example_inputs):
+    self.model, self.tx, self.layout = model, tx, layout
+    self.mesh = layout.mesh
     self.example_inputs = jax.ShapeDtypeStruct(example_inputs.shape,
                                                 example_inputs.dtype)
     boxed = jax.eval_shape(
         lambda rng: _create(model, tx, rng, self.example_inputs),
         jax.random.key(0))
-    self.shardings: TrainState = sharding.tree_shardings(boxed, mesh)
-    self.abstract: TrainState = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.unbox(boxed), self.shardings)
+    fallbacks = []
+    self.shardings: TrainState = layout.tree_shardings(boxed, fallbacks)
+    self.fallbacks = [f for f in fallbacks if f.path.startswith("params/")]
+    self.abstract: TrainState = _with_shardings(boxed, self.shardings)
 
   def init(self, rng) -> TrainState:
     """A freshly initialised state, each shard created on its own device."""
     def init_fn(rng):
       return nn.unbox(_create(self.model, self.tx, rng, self.example_inputs))
 
-    with sharding.context(self.mesh):
+    with self.layout.context():
       return jax.jit(init_fn, out_shardings=self.shardings)(rng)
 
   def with_params(self, train_state: TrainState, params) -> TrainState:
     """`train_state` with the parameters `params` holds (host or device
-    arrays, any layout, the model's shapes) put into the sharded layout;
-    parameters it lacks keep their values, entries the model lacks are
-    ignored."""
+    arrays, any layout, the model's shapes) put into the sharded layout
+    shard by shard; parameters it lacks keep their values, entries the model
+    lacks are ignored."""
     target = traverse_util.flatten_dict(self.abstract.params)
     given = traverse_util.flatten_dict(params)
     wrong = {"/".join(k): (tuple(given[k].shape), target[k].shape)
@@ -80,7 +104,7 @@ class StateFactory:
       raise ValueError(f"Loaded parameters do not match the model's shapes "
                        f"(loaded, model): {wrong}.")
     merged = traverse_util.flatten_dict(train_state.params)
-    for k in target.keys() & given.keys():  # Host copies, sharded on the way.
-      merged[k] = jax.device_put(
-          np.asarray(given[k]).astype(target[k].dtype), target[k].sharding)
+    for k in target.keys() & given.keys():
+      merged[k] = jax.device_put(given[k].astype(target[k].dtype),
+                                 target[k].sharding)
     return train_state.replace(params=traverse_util.unflatten_dict(merged))

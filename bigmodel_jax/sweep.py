@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from bigmodel_jax import config_lib, metric_writer, perf, plots
+from bigmodel_jax import config_loader, metric_writer, perf, plots
 
 PLOTTED = ("train/loss", "val/loss", "val/accuracy")
 
@@ -52,13 +52,13 @@ def zip_axes(axes: dict) -> list[dict]:
 
 def load_points(spec: str, common: dict) -> list[dict]:
   """The sweep's override dicts, each checked against the config."""
-  module, arg = config_lib.load_module(spec)
+  module, arg = config_loader.load_module(spec)
   if not hasattr(module, "get_sweep"):
-    raise config_lib.ConfigError(
+    raise config_loader.ConfigError(
         f"{spec.partition(':')[0]} defines no get_sweep(arg).")
   points = list(module.get_sweep(arg))
   for point in points:  # Unknown keys fail here, before anything runs.
-    config_lib.load(spec, {**common, **point})
+    config_loader.load(spec, {**common, **point})
   return points
 
 
@@ -192,13 +192,13 @@ def slurm_script(spec: str, workdir: str, points: list[dict],
 
 
 def main(argv=None) -> None:
-  parser = config_lib.arg_parser(__doc__)
+  parser = config_loader.arg_parser(__doc__)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--parallel", type=int, default=1)
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument("--dry-run", action="store_true")
   mode.add_argument("--slurm", action="store_true")
-  args, (common, points) = config_lib.parse_args(
+  args, (common, points) = config_loader.parse_args(
       parser, argv, lambda spec, common: (common, load_points(spec, common)))
   if args.dry_run:
     for i, point in enumerate(points):

@@ -13,8 +13,8 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
-from bigmodel_jax import (checkpoints, config_lib, distributed, experiment,
-                          metric_writer, metrics, perf)
+from bigmodel_jax import (checkpoints, config_loader, distributed, experiment,
+                          metric_writer, perf, sharding)
 
 
 def log(message: str) -> None:
@@ -27,18 +27,26 @@ def _format_train(step, total, m, unit) -> str:
   rate = (f"{m[f'train/{unit}_per_sec']:,.0f} {unit}/s | MFU {mfu} | "
           f"ETA {perf.hms(m['eta_seconds'])}"
           if "eta_seconds" in m else "warming up")
-  return (f"step {step}/{total} | loss {m['train/loss']:.4f} | "
+  losses = " | ".join(f"{k[len('train/'):]} {v:.4f}" for k, v in m.items()
+                      if k.startswith("train/") and k.endswith("loss"))
+  return (f"step {step}/{total} | {losses} | "
           f"lr {m['train/learning_rate']:.2e} | {rate}")
 
 
-def train(config, workdir: str) -> dict:
-  """Trains to `config.total_steps`, resuming from WORKDIR; returns last metrics."""
-  # --- Mesh, data, model, sharded state layout, jitted steps ---------------
+def train(config, workdir: str, devices=None) -> dict:
+  """Trains to `config.total_steps`, resuming from WORKDIR (saved on any
+  mesh or device count); returns the last metrics. Uses all devices unless
+  `devices` is given."""
+  # --- Mesh, data, task, model, sharded state layout, jitted steps ---------
   began = time.perf_counter()
-  exp = experiment.build(config)
-  log(f"mesh {dict(exp.mesh.shape)} on {jax.device_count()} "
-      f"{jax.devices()[0].platform} devices, {jax.process_count()} process(es); "
-      f"data and model ready in {time.perf_counter() - began:.1f} s")
+  exp = experiment.build(config, devices)
+  config = exp.config  # Resolved: data fields filled in, task named.
+  log(f"mesh {dict(exp.mesh.shape)} on {exp.mesh.size} "
+      f"{exp.mesh.devices.flat[0].platform} devices, {jax.process_count()} "
+      f"process(es); task {config.task.name!r}; data and model ready in "
+      f"{time.perf_counter() - began:.1f} s")
+  for line in sharding.describe_fallbacks(exp.factory.fallbacks):
+    log(f"sharding: {line}")
 
   # --- Checkpoint: resume from the newest one, else initialise -------------
   mgr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
@@ -50,16 +58,15 @@ def train(config, workdir: str) -> dict:
       train_state, report = exp.load_pretrained(train_state, config.init_from)
       log(report)  # Fine-tuning: pretrained params, fresh optimizer state.
   start = int(jax.device_get(train_state.step))
-  num_params = exp.model.num_params(exp.factory.abstract.params)
   log(f"{'resumed at' if start else 'starting from'} step {start}; "
-      f"{num_params / 1e6:.2f}M parameters")
+      f"{exp.num_params() / 1e6:.2f}M parameters")
   if start >= config.total_steps:
     log(f"already trained to step {start} >= total_steps; nothing to do")
 
   # --- Workdir files (process 0 writes) ------------------------------------
   writer = metric_writer.MetricWriter(workdir)
   if writer.enabled:
-    config_lib.save_json(config, os.path.join(workdir, "config.json"))
+    config_loader.save_json(config, os.path.join(workdir, "config.json"))
     exp.data.save(workdir)
     writer.write_text("config", "```\n" + str(config) + "\n```")
 
@@ -67,17 +74,18 @@ def train(config, workdir: str) -> dict:
   def run_eval(step, train_state, split=None, prefix="val") -> dict:
     began = time.perf_counter()
     totals = exp.eval_totals(train_state, split)
-    scalars = {f"{prefix}/{k}": v for k, v in metrics.summarize(totals).items()}
+    scalars = {f"{prefix}/{k}": v
+               for k, v in exp.task.summarize(totals).items()}
     writer.write_scalars(step, scalars)
     log(f"step {step}/{config.total_steps} | " + " | ".join(
         f"{k} {v:.4f}" for k, v in scalars.items() if "/class_" not in k) +
         f" | eval {time.perf_counter() - began:.1f} s")
-    if "confusion" in totals:
-      writer.write_record(step, {f"{prefix}/confusion_matrix":
-                                 totals["confusion"].astype(int).tolist()})
-      if step == config.total_steps:
-        log(f"{split or config.input.get('eval_split', 'eval')} split:\n" +
-            metrics.table(totals["confusion"], exp.data.class_names))
+    records, text = exp.task.report(totals, exp.data.class_names)
+    if records:
+      writer.write_record(step, {f"{prefix}/{k}": v
+                                 for k, v in records.items()})
+    if text and step == config.total_steps:
+      log(f"{split or config.input.eval_split} split:\n{text}")
     return scalars
 
   # --- Loop ----------------------------------------------------------------
@@ -92,9 +100,11 @@ def train(config, workdir: str) -> dict:
     """Fetches finished steps' metrics: stops on NaN/inf, logs log steps."""
     for (step, _), m in zip(records, jax.device_get([m for _, m in records])):
       if not m.pop("finite"):
+        losses = ", ".join(f"{k} {v}" for k, v in m.items()
+                           if k.endswith("loss"))
         raise FloatingPointError(
-            f"Non-finite loss or gradient at step {step} (loss "
-            f"{m['train/loss']}). Stopping; checkpoints before it are kept.")
+            f"Non-finite loss or gradient at step {step} ({losses}). "
+            "Stopping; checkpoints before it are kept.")
       if step % config.log_every_steps == 0 or step == config.total_steps:
         m.update(meter.tick(step))
         writer.write_scalars(step, m)
@@ -139,9 +149,9 @@ def train(config, workdir: str) -> dict:
 
 def main(argv=None) -> None:
   distributed.initialize()  # Several processes, when the environment says so.
-  parser = config_lib.arg_parser(__doc__)
+  parser = config_loader.arg_parser(__doc__)
   parser.add_argument("--workdir", required=True)
-  args, config = config_lib.parse_args(parser, argv)
+  args, config = config_loader.parse_args(parser, argv)
   os.makedirs(args.workdir, exist_ok=True)
   train(config, args.workdir)
 

@@ -23,7 +23,7 @@ import os
 
 import ml_collections
 
-from bigmodel_jax import configs, sweep
+from bigmodel_jax import config_blocks, sweep
 from bigmodel_jax.models import bert, bert_hf
 
 RT_POLARITY = os.path.normpath(os.path.join(
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      f"{list(VARIANTS)}.")
   trainable, learning_rate, lora_rank = VARIANTS[variant]
   checkpoint = bert_hf.pretrained_dir("all-MiniLM-L6-v2")
-  config = configs.base(total_steps=300, log_every_steps=25,
+  config = config_blocks.base(total_steps=300, log_every_steps=25,
                         eval_every_steps=100, checkpoint_every_steps=300,
                         keep_checkpoints=1)
   config.init_from.hf_dir = checkpoint
@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = bert.model_config(
       "minilm-L6-H384", vocab_size=30522, head="classifier", pool="mean",
       lora_rank=lora_rank)
-  config.optimizer = configs.adamw(learning_rate=learning_rate,
+  config.optimizer = config_blocks.adamw(learning_rate=learning_rate,
                                    warmup_steps=30, weight_decay=0.01)
   config.optimizer.trainable = trainable
   return config

@@ -16,7 +16,7 @@ masked-token accuracy.
 """
 import ml_collections
 
-from bigmodel_jax import configs
+from bigmodel_jax import config_blocks
 from bigmodel_jax.models import bert
 
 
@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in ("cpu", "cpu-bert"):
     raise ValueError(f"Unknown variant {arg!r}; use cpu or cpu-bert.")
   bert_style = variant == "cpu-bert"
-  config = configs.base(total_steps=1500, log_every_steps=50,
+  config = config_blocks.base(total_steps=1500, log_every_steps=50,
                         eval_every_steps=250, checkpoint_every_steps=500)
   config.input = ml_collections.ConfigDict(dict(
       name="mlm_text",
@@ -44,6 +44,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   config.model = bert.model_config("tiny", head="mlm", max_positions=64,
                                    dropout=0.1)
-  config.optimizer = configs.adamw(learning_rate=2e-3, warmup_steps=100,
+  config.optimizer = config_blocks.adamw(learning_rate=2e-3, warmup_steps=100,
                                    weight_decay=0.01)
   return config

@@ -18,7 +18,7 @@ rematerialised. Data is synthetic tokens, for throughput and planning; swap
 """
 import ml_collections
 
-from bigmodel_jax import configs
+from bigmodel_jax import config_blocks
 from bigmodel_jax.models import gpt
 
 
@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if not cpu and variant not in gpt.VARIANTS:
     raise ValueError(f"Unknown variant {variant!r}; use cpu or one of "
                      f"{list(gpt.VARIANTS)}.")
-  config = configs.base(total_steps=50 if cpu else 10_000,
+  config = config_blocks.base(total_steps=50 if cpu else 10_000,
                         log_every_steps=10, eval_every_steps=50 if cpu else 1000,
                         checkpoint_every_steps=50 if cpu else 1000)
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
@@ -45,6 +45,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vocab_size=config.input.get_ref("vocab_size"),
       scan_layers=True, remat="none" if cpu else "full",
       dtype="float32" if cpu else "bfloat16")
-  config.optimizer = configs.adamw(learning_rate=1e-3 if cpu else 3e-4,
+  config.optimizer = config_blocks.adamw(learning_rate=1e-3 if cpu else 3e-4,
                                    warmup_steps=5 if cpu else 1000, b2=0.95)
   return config

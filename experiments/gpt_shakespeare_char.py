@@ -17,7 +17,7 @@ The TFDS data dir comes from --config.input.data_dir or $TFDS_DATA_DIR.
 """
 import ml_collections
 
-from bigmodel_jax import configs, sweep
+from bigmodel_jax import config_blocks, sweep
 from bigmodel_jax.models import gpt
 
 
@@ -28,10 +28,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cpu = variant == "cpu"
   seq_len = ml_collections.FieldReference(64 if cpu else 256)
 
-  config = configs.base(total_steps=2000 if cpu else 5000,
+  config = config_blocks.base(total_steps=2000 if cpu else 5000,
                         log_every_steps=50 if cpu else 10)
   config.input = ml_collections.ConfigDict(dict(
-      name="tfds_text",
+      name="char_lm",
       dataset="tiny_shakespeare",
       data_dir=ml_collections.config_dict.placeholder(str),
       train_split="train",
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "nano" if cpu else "baby", block_size=seq_len,
       dropout=0.0 if cpu else 0.2,
       dtype="float32" if cpu else "bfloat16")
-  config.optimizer = configs.adamw(
+  config.optimizer = config_blocks.adamw(
       learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, b2=0.99)
   return config
 

@@ -16,7 +16,7 @@ last norm of each block zero-initialised, inception crop + flip.
 """
 import ml_collections
 
-from bigmodel_jax import configs
+from bigmodel_jax import config_blocks
 from bigmodel_jax.models import resnet
 
 
@@ -27,11 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cpu = variant == "cpu"
   size, batch = (64, 16) if cpu else (224, 1024)
   steps_per_epoch = 1_281_167 // batch
-  config = configs.base(total_steps=20 if cpu else 90 * steps_per_epoch,
+  config = config_blocks.base(total_steps=20 if cpu else 90 * steps_per_epoch,
                         log_every_steps=5 if cpu else 100,
                         eval_every_steps=20 if cpu else steps_per_epoch,
                         checkpoint_every_steps=20 if cpu else steps_per_epoch)
-  config.input = configs.image_input(
+  config.input = config_blocks.image_input(
       "tfds_images", batch_size=batch, image_size=size, channels=3,
       train_pp=f"inception_crop({size})|flip_lr|normalize",
       eval_pp=f"resize_small({size * 8 // 7})|central_crop({size})|normalize",
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = (
       resnet.model_config("18", width=16, num_classes=1000) if cpu else
       resnet.model_config("50", num_classes=1000, dtype="bfloat16"))
-  config.optimizer = configs.sgd(
+  config.optimizer = config_blocks.sgd(
       learning_rate=0.1 * batch / 256,
       warmup_steps=5 if cpu else 5 * steps_per_epoch, weight_decay=1e-4)
   return config

@@ -11,16 +11,16 @@ about 3 minutes on 2 CPU cores).
 """
 import ml_collections
 
-from bigmodel_jax import configs
+from bigmodel_jax import config_blocks
 from bigmodel_jax.models import vit
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if (arg or "cpu") != "cpu":
     raise ValueError(f"Unknown variant {arg!r}; use cpu.")
-  config = configs.base(total_steps=2500, log_every_steps=50,
+  config = config_blocks.base(total_steps=2500, log_every_steps=50,
                         eval_every_steps=500, checkpoint_every_steps=500)
-  config.input = configs.image_input(
+  config.input = config_blocks.image_input(
       "sklearn_digits", batch_size=128, image_size=16, channels=1,
       train_pp="resize(16)|random_crop(16, pad=2)|value_range(-1, 1)",
       eval_pp="resize(16)|value_range(-1, 1)",
@@ -29,6 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = vit.model_config(
       "Ti/4", emb_dim=64, num_layers=4, num_heads=4, mlp_dim=128, dropout=0.1,
       pool="gap")
-  config.optimizer = configs.adamw(learning_rate=2e-3, warmup_steps=100,
+  config.optimizer = config_blocks.adamw(learning_rate=2e-3, warmup_steps=100,
                                    weight_decay=0.1)
   return config

@@ -17,7 +17,7 @@ with RandAugment, which is not implemented here).
 """
 import ml_collections
 
-from bigmodel_jax import configs
+from bigmodel_jax import config_blocks
 from bigmodel_jax.models import vit
 
 
@@ -27,11 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"Unknown variant {variant!r}; use tpu (default) or cpu.")
   cpu = variant == "cpu"
   size = 64 if cpu else 224
-  config = configs.base(total_steps=20 if cpu else 93_000,
+  config = config_blocks.base(total_steps=20 if cpu else 93_000,
                         log_every_steps=5 if cpu else 100,
                         eval_every_steps=20 if cpu else 5_000,
                         checkpoint_every_steps=20 if cpu else 5_000)
-  config.input = configs.image_input(
+  config.input = config_blocks.image_input(
       "tfds_images", batch_size=16 if cpu else 4096, image_size=size,
       channels=3,
       train_pp=f"inception_crop({size})|flip_lr|value_range(-1, 1)",
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = vit.model_config(
       "Ti/16" if cpu else "B/16", num_classes=1000, pool="gap",
       dtype="float32" if cpu else "bfloat16")
-  config.optimizer = configs.adamw(learning_rate=1e-3,
+  config.optimizer = config_blocks.adamw(learning_rate=1e-3,
                                    warmup_steps=5 if cpu else 10_000,
                                    weight_decay=0.1)  # x lr = 1e-4.
   return config

@@ -22,7 +22,8 @@ import time
 import jax
 import numpy as np
 
-from bigmodel_jax import config_lib, experiment, perf, registry, sharding
+from bigmodel_jax import config_loader, experiment, perf, registry
+from bigmodel_jax.models import gpt
 
 
 def peak_memory_mb() -> float:
@@ -42,15 +43,15 @@ def synthetic_batch(exp) -> dict:
   batch = {k: (rng.integers(0, high, v.shape) if v.dtype.kind == "i"
                else rng.uniform(size=v.shape)).astype(v.dtype)
            for k, v in spec.items()}
-  return jax.device_put(batch, sharding.batch_sharding(exp.mesh))
+  return jax.device_put(batch, exp.layout.batch_sharding())
 
 
 def main(argv=None) -> None:
-  parser = config_lib.arg_parser(__doc__)
+  parser = config_loader.arg_parser(__doc__)
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--warmup_steps", type=int, default=10)
   parser.add_argument("--synthetic", action="store_true")
-  args, config = config_lib.parse_args(parser, argv)
+  args, config = config_loader.parse_args(parser, argv)
 
   exp = experiment.build(config, load_data=not args.synthetic)
   state = exp.factory.init(jax.random.key(0))
@@ -79,9 +80,10 @@ def main(argv=None) -> None:
   items_per_sec = items_per_batch / step_s
   utilisation = perf.mfu(items_per_sec, exp.flops_per_item())
   mfu = "n/a" if utilisation is None else f"{utilisation:.1%}"
-  if hasattr(exp.model, "flops_per_item_causal"):  # Language models.
-    causal = perf.mfu(items_per_sec, exp.model.flops_per_item_causal(
-        exp.factory.abstract.params, exp.factory.example_inputs.shape))
+  if exp.family is gpt:  # MaxText's convention too.
+    causal = perf.mfu(items_per_sec, gpt.flops_per_item_causal(
+        exp.model, exp.factory.abstract.params,
+        exp.factory.example_inputs.shape))
     mfu += " / " + ("n/a" if causal is None else f"{causal:.1%}")
   print(f"| config | devices | mesh | {unit}/s/device | step ms | compile s "
         "| peak MiB | MFU (6N+12LHQT / causal) |")

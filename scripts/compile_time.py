@@ -8,7 +8,7 @@ ahead of time (`bigmodel_jax.plan`) for each depth with
 """
 import argparse
 
-from bigmodel_jax import config_lib, plan
+from bigmodel_jax import config_loader, plan
 
 
 def main(argv=None) -> None:
@@ -16,11 +16,11 @@ def main(argv=None) -> None:
   parser.add_argument("--config", default="experiments/gpt_scale.py:cpu")
   parser.add_argument("--layers", type=int, nargs="+", default=[4, 8, 16, 32])
   args, rest = parser.parse_known_args(argv)
-  overrides = config_lib.parse_overrides(rest)
+  overrides = config_loader.parse_overrides(rest)
   print("| layers | scan compile s | unrolled compile s |")
   print("|---|---|---|")
   for num_layers in args.layers:
-    seconds = [plan.plan(config_lib.load(args.config, {
+    seconds = [plan.plan(config_loader.load(args.config, {
         **overrides, "model.num_layers": num_layers,
         "model.scan_layers": scan}))["compile_seconds"]
                for scan in (True, False)]

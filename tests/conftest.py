@@ -13,7 +13,7 @@ import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bigmodel_jax import config_lib, experiment  # noqa: E402
+from bigmodel_jax import config_loader, experiment  # noqa: E402
 
 EXPERIMENT = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
                  "gpt_shakespeare_char.py")
@@ -32,7 +32,7 @@ def tiny_config():
   """Returns the tiny `cpu` config with extra overrides applied."""
   def make(**overrides):
     merged = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
-    return config_lib.load(EXPERIMENT + ":cpu", merged)
+    return config_loader.load(EXPERIMENT + ":cpu", merged)
   return make
 
 

@@ -10,8 +10,7 @@ import transformers
 from flax import linen as nn
 from safetensors.numpy import load_file
 
-from bigmodel_jax import config_lib, sharding
-from bigmodel_jax import metrics as metrics_lib
+from bigmodel_jax import config_loader, sharding
 from bigmodel_jax.data import mlm_text
 from bigmodel_jax.data.wordpiece import WordPiece
 from bigmodel_jax.models import bert, bert_hf
@@ -26,7 +25,7 @@ SENTENCES = ["A man is playing a guitar.",
 
 @pytest.fixture(scope="module")
 def minilm_model():
-  config, params = bert_hf.load(MODEL_DIR, dropout=0.0)
+  config, params = bert.from_hf(MODEL_DIR, dropout=0.0)
   tokenizer = WordPiece.from_file(os.path.join(MODEL_DIR, "tokenizer.json"))
   return bert.make(config), params, tokenizer
 
@@ -76,13 +75,14 @@ def test_export_gives_back_the_hugging_face_tensors(minilm_model):
 def test_sharded_encoder_equals_single_device(minilm_model):
   model, params, tokenizer = minilm_model
   ids = tokenizer.encode_batch(SENTENCES + SENTENCES[:1], 16)
-  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  layout = sharding.Layout(
+      sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
   boxed = jax.eval_shape(model.init, jax.random.key(0), ids)
-  shardings = sharding.tree_shardings(boxed, mesh)["params"]
+  shardings = layout.tree_shardings(boxed)["params"]
   sharded = jax.device_put(params, shardings)
   assert shardings["layer_0"]["fc"]["kernel"].spec == jax.sharding.PartitionSpec(
       "fsdp", "tensor")
-  apply = sharding.in_context(mesh, jax.jit(
+  apply = layout.in_context(jax.jit(
       lambda p, x: model.apply({"params": p}, x)))
   np.testing.assert_allclose(apply(sharded, ids),
                              model.apply({"params": params}, ids), atol=2e-5)
@@ -130,7 +130,7 @@ def test_mlm_masking_statistics():
 
 
 def test_mlm_batches_are_packed_and_split_over_processes(tmp_path):
-  config = config_lib.load(MLM + ":cpu", {"input.batch_size": 8})
+  config = config_loader.load(MLM + ":cpu", {"input.batch_size": 8})
   whole = mlm_text.Input(config.input, seed=0, process_index=0,
                          process_count=1)
   with pytest.raises(ValueError, match="vocab_file"):
@@ -183,13 +183,13 @@ def test_next_sentence_head_trains_with_accumulation_equal_to_big_batch(
     tmp_path):
   small = {"input.batch_size": 16, "total_steps": 4, "optimizer.warmup_steps": 1,
            "model.dropout": 0.0}
-  config = config_lib.load(MLM + ":cpu-bert", small)
+  config = config_loader.load(MLM + ":cpu-bert", small)
   mlm_text.Input(config.input, seed=0, process_index=0, process_count=1).save(
       str(tmp_path))  # One vocabulary: training one is not deterministic.
   small["input.vocab_file"] = str(tmp_path / "tokenizer.json")
   results = []
   for accum in (1, 2):
-    config = config_lib.load(MLM + ":cpu-bert",
+    config = config_loader.load(MLM + ":cpu-bert",
                              {**small, "grad_accum_steps": accum})
     losses, exp, state = run_steps(config, steps=2)
     batch = exp.global_batch(exp.data.train_batch(2))
@@ -200,4 +200,4 @@ def test_next_sentence_head_trains_with_accumulation_equal_to_big_batch(
               "train/grad_norm"):
     assert results[1][key] == pytest.approx(results[0][key], rel=2e-5), key
   totals = exp.eval_totals(state)
-  assert 0 <= metrics_lib.summarize(totals)["nsp_accuracy"] <= 1
+  assert 0 <= exp.task.summarize(totals)["nsp_accuracy"] <= 1

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bigmodel_jax import config_lib, experiment, train
+from bigmodel_jax import config_loader, experiment, train
 from bigmodel_jax.data import text_classification
-from bigmodel_jax.models import bert_hf, layers
+from bigmodel_jax.models import bert, bert_hf, layers
 
 EXPERIMENT = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
                  "bert_finetune.py")
@@ -25,7 +25,7 @@ SMALL = {"init_from.hf_dir": None, "model.num_layers": 2, "model.emb_dim": 32,
 
 
 def _config(variant: str, **overrides):
-  return config_lib.load(f"{EXPERIMENT}:{variant}", overrides)
+  return config_loader.load(f"{EXPERIMENT}:{variant}", overrides)
 
 
 def _flat(tree) -> dict:
@@ -172,14 +172,14 @@ def test_hugging_face_weights_initialise_the_classifier(minilm_classifiers):
   exp, state, report = minilm_classifiers["full"]
   assert report.startswith("initialised 103 of 105 parameter tensors")
   assert report.endswith("new: classifier/bias, classifier/kernel")
-  _, reference = bert_hf.load(exp.config.init_from.hf_dir)
+  _, reference = bert.from_hf(exp.config.init_from.hf_dir)
   ours = _flat(state.params)
   for name, value in traverse_util.flatten_dict(reference, sep="/").items():
     np.testing.assert_array_equal(ours[name], value)
   wrong = exp.config.model.copy_and_resolve_references()
   wrong.emb_dim = 256
   with pytest.raises(ValueError, match=r"emb_dim': \(256, 384\)"):
-    bert_hf.load_params(exp.config.init_from.hf_dir, wrong)
+    bert.load_hf(exp.config.init_from.hf_dir, wrong)
 
 
 def test_lora_starts_equal_to_the_base_model(minilm_classifiers):

@@ -2,25 +2,25 @@
 import numpy as np
 import pytest
 
-from bigmodel_jax import config_lib, distributed, perf, train
-from bigmodel_jax.data import tfds_text
+from bigmodel_jax import config_loader, distributed, perf, train
+from bigmodel_jax.data import char_lm
 from conftest import EXPERIMENT
 
 
 def test_variants_follow_the_nanogpt_recipes():
-  cpu = config_lib.load(EXPERIMENT + ":cpu")
+  cpu = config_loader.load(EXPERIMENT + ":cpu")
   assert (cpu.model.num_layers, cpu.model.num_heads, cpu.model.emb_dim) == (
       4, 4, 128)
   assert (cpu.input.seq_len, cpu.model.block_size, cpu.input.batch_size,
           cpu.total_steps) == (64, 64, 12, 2000)
-  gpu = config_lib.load(EXPERIMENT)  # `gpu` is the default.
+  gpu = config_loader.load(EXPERIMENT)  # `gpu` is the default.
   assert (gpu.model.num_layers, gpu.model.emb_dim, gpu.model.dropout,
           gpu.input.seq_len, gpu.input.batch_size, gpu.total_steps) == (
               6, 384, 0.2, 256, 64, 5000)
 
 
 def test_overrides_are_typed_and_seq_len_moves_block_size():
-  config = config_lib.load(EXPERIMENT + ":cpu", config_lib.parse_overrides(
+  config = config_loader.load(EXPERIMENT + ":cpu", config_loader.parse_overrides(
       ["--config.optimizer.learning_rate=3e-4", "--config.model.num_layers",
        "2", "--config.input.seq_len=32", "--config.input.data_dir=/x"]))
   assert config.optimizer.learning_rate == 3e-4
@@ -42,20 +42,20 @@ def test_misspelled_key_exits_non_zero_naming_it(tmp_path, capsys):
 @pytest.mark.parametrize("bad", [{"model.num_layers": "two"},
                                  {"model": "3"}])
 def test_bad_values_are_config_errors(bad):
-  with pytest.raises(config_lib.ConfigError, match="(?i)config key"):
-    config_lib.load(EXPERIMENT + ":cpu", bad)
+  with pytest.raises(config_loader.ConfigError, match="(?i)config key"):
+    config_loader.load(EXPERIMENT + ":cpu", bad)
 
 
 def test_unknown_variant_and_missing_file_are_clear_errors():
   with pytest.raises(ValueError, match="Unknown variant 'tpu'"):
-    config_lib.load(EXPERIMENT + ":tpu")
-  with pytest.raises(config_lib.ConfigError, match="does not exist"):
-    config_lib.load("experiments/nope.py:cpu")
+    config_loader.load(EXPERIMENT + ":tpu")
+  with pytest.raises(config_loader.ConfigError, match="does not exist"):
+    config_loader.load("experiments/nope.py:cpu")
 
 
 def _input(seed=0, **overrides):
-  config = config_lib.load(EXPERIMENT + ":cpu", overrides)
-  return tfds_text.Input(config.input, seed=seed, process_index=0,
+  config = config_loader.load(EXPERIMENT + ":cpu", overrides)
+  return char_lm.Input(config.input, seed=seed, process_index=0,
                          process_count=1)
 
 
@@ -83,15 +83,15 @@ def test_tokenizer_is_the_training_alphabet_and_round_trips(tmp_path):
   text = "ROMEO:\nWhat, ho!"
   assert data.tokenizer.decode(data.tokenizer.encode(text)) == text
   data.save(str(tmp_path))
-  loaded = tfds_text.load_tokenizer(str(tmp_path))
+  loaded = char_lm.load_tokenizer(str(tmp_path))
   assert loaded.chars == data.tokenizer.chars
   with pytest.raises(ValueError, match="not in the vocabulary"):
     loaded.encode("naïve")
 
 
 def test_process_shares_split_the_global_batch():
-  config = config_lib.load(EXPERIMENT + ":cpu")
-  shares = [tfds_text.Input(config.input, seed=0, process_index=i,
+  config = config_loader.load(EXPERIMENT + ":cpu")
+  shares = [char_lm.Input(config.input, seed=0, process_index=i,
                             process_count=2) for i in range(2)]
   a, b = (s.train_batch(3)["inputs"] for s in shares)
   assert a.shape == b.shape == (6, 64) and not np.array_equal(a, b)

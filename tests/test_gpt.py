@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from bigmodel_jax import sampling
+from bigmodel_jax import decoding
 from bigmodel_jax.models import gpt
 from conftest import cached_logits
 
@@ -43,7 +43,7 @@ def test_kv_cache_logits_equal_full_prefix_logits():
 def test_greedy_cached_generation_equals_rerunning_the_prefix(new_tokens):
   model, params = _model_and_params()
   prompt = np.array([[1, 2, 3], [4, 5, 6]])
-  got = sampling.generate(model, params, prompt, new_tokens,
+  got = decoding.generate(model, params, prompt, new_tokens,
                           jax.random.key(0), temperature=0)
   # Reference: the whole context re-run for every token (right-padded to the
   # block size, which causality makes harmless); when the window is full it
@@ -64,7 +64,7 @@ def test_sampling_respects_top_k():
   model, params = _model_and_params()
   logits = model.apply({"params": params}, np.array([[1, 2, 3]]))[:, -1]
   allowed = set(np.argsort(-np.asarray(logits[0]))[:2].tolist())
-  got = sampling.generate(model, params, np.array([[1, 2, 3]] * 64), 1,
+  got = decoding.generate(model, params, np.array([[1, 2, 3]] * 64), 1,
                           jax.random.key(3), temperature=5.0, top_k=2)
   assert set(got[:, 0].tolist()) <= allowed
 
@@ -74,7 +74,7 @@ def test_nano_variant_matches_nanogpt_parameter_count():
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), jnp.zeros((1, 64), jnp.int32)))["params"])
   # nanoGPT prints "number of parameters: 0.80M" for this model.
-  assert model.num_params(shapes) == 795_904
+  assert gpt.num_params(shapes) == 795_904
 
 
 def test_unknown_variant_is_a_clear_error():

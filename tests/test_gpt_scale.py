@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from bigmodel_jax import config_lib, plan
+from bigmodel_jax import config_loader, plan
 from bigmodel_jax.models import gpt
 from conftest import cached_logits, run_steps
 
@@ -36,7 +36,7 @@ def test_variant_sizes_match_the_published_figures(variant):
   params = nn.unbox(jax.eval_shape(
       model.init, jax.random.key(0),
       jax.ShapeDtypeStruct((1, 8), jnp.int32)))["params"]
-  count = model.num_params(params, embeddings=True)
+  count = gpt.num_params(params, embeddings=True)
   assert count == pytest.approx(PUBLISHED[variant], rel=0.01)
 
 
@@ -133,7 +133,7 @@ def test_gradient_accumulation_equals_the_big_batch_step(tiny_config):
 
 @pytest.mark.slow
 def test_the_planner_handles_gpt3_175b_without_allocating_it():
-  config = config_lib.load(SCALE + ":gpt3-175B", {"input.batch_size": 8})
+  config = config_loader.load(SCALE + ":gpt3-175B", {"input.batch_size": 8})
   result = plan.plan(config)  # 8 CPU devices, FSDP over all of them.
   assert result["parameters"] == pytest.approx(175e9, rel=0.01)
   assert result["params_bytes"] == pytest.approx(175e9 * 4 / 8, rel=0.01)

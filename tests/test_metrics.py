@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from bigmodel_jax import metrics
+from bigmodel_jax.tasks import classification
+
+TASK = classification.Task(config=None)
 
 
 def test_sums_in_the_step_respect_weights_and_top_k():
@@ -11,10 +14,11 @@ def test_sums_in_the_step_respect_weights_and_top_k():
                       [3.0, 1.0, 2.0]])
   batch = {"targets": jnp.array([0, 2, 2, 1]),
            "weights": jnp.array([1.0, 1.0, 1.0, 0.0])}  # Last one: padding.
-  sums = metrics.classification_sums(logits, batch, 3, k=2)
+  sums = TASK.eval_sums(logits, batch)
   np.testing.assert_array_equal(sums["confusion"],
                                 [[1, 0, 0], [0, 0, 0], [0, 1, 1]])
-  assert float(sums["top_k_correct"]) == 3.0  # Example 1's 2 is 2nd best.
+  assert float(sums["top_k_correct"]) == 3.0  # Top 5 of 3 classes: all.
+  assert float(sums["count"]) == 3.0 and float(sums["correct"]) == 2.0
 
 
 def test_summary_and_table_from_a_confusion_matrix():
@@ -22,7 +26,7 @@ def test_summary_and_table_from_a_confusion_matrix():
   confusion = np.array([[2, 1], [0, 3]])
   totals = {"loss": 3.0, "correct": 5.0, "count": 6.0,
             "confusion": confusion, "top_k_correct": 6.0}
-  out = metrics.summarize(totals)
+  out = TASK.summarize(totals)
   precision = np.array([1.0, 0.75])
   recall = np.array([2 / 3, 1.0])
   f1 = 2 * precision * recall / (precision + recall)

@@ -8,11 +8,12 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import linen as nn
 
-from bigmodel_jax import (checkpoints, config_lib, experiment, metric_writer,
-                          plan, steps, train)
-from bigmodel_jax.data import (image_ops, images, shuffled_indices,
-                               sklearn_digits, tfds_images)
+from bigmodel_jax import (checkpoints, config_loader, experiment, metric_writer,
+                          plan, train)
+from bigmodel_jax.data import image_ops, images, sklearn_digits, tfds_images
+from bigmodel_jax.data.common import shuffled_indices
 from bigmodel_jax.models import resnet, vit
+from bigmodel_jax.tasks import classification
 from conftest import run_steps
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
@@ -25,7 +26,7 @@ TINY_RESNET = {"model.width": 8, "model.stage_sizes": (1, 1, 1, 1),
 
 
 def _config(name, **overrides):
-  return config_lib.load(str(EXPERIMENTS / f"{name}.py") + ":cpu", overrides)
+  return config_loader.load(str(EXPERIMENTS / f"{name}.py") + ":cpu", overrides)
 
 
 def _params(model, shape):
@@ -42,7 +43,7 @@ def _params(model, shape):
 def test_variants_have_the_published_sizes(module, variant, millions):
   model = module.make(module.model_config(variant, num_classes=1000))
   variables = _params(model, (2, 224, 224, 3))
-  assert model.num_params(variables["params"]) / 1e6 == pytest.approx(
+  assert module.num_params(variables["params"]) / 1e6 == pytest.approx(
       millions, rel=0.01)
   assert set(variables) == ({"params", "batch_stats"} if module is resnet
                             else {"params"})
@@ -227,7 +228,7 @@ def test_posemb_resampling_for_a_new_image_size():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vit_imagenet", "resnet_imagenet"])
 def test_imagenet_recipes_compile_ahead_of_time(name):
-  config = config_lib.load(str(EXPERIMENTS / f"{name}.py"),
+  config = config_loader.load(str(EXPERIMENTS / f"{name}.py"),
                            {"input.batch_size": 8})
   result = plan.plan(config)
   expected = {"vit_imagenet": 86.6e6, "resnet_imagenet": 25.6e6}[name]
@@ -239,7 +240,7 @@ def test_mixup_loss_mixes_both_targets_and_scores_the_larger_share():
   logits = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
   batch = {"targets": jnp.array([0, 2]), "mix_targets": jnp.array([1, 0]),
            "mix": jnp.array([0.3, 0.6])}
-  sums = steps.cross_entropy(logits, batch)
+  sums = classification.Task(config=None).sums(logits, batch)
   expected = -(0.3 * np.log(0.7) + 0.7 * np.log(0.2) +
                0.6 * np.log(0.8) + 0.4 * np.log(0.1))
   assert float(sums["loss"]) == pytest.approx(expected, rel=1e-5)
@@ -261,7 +262,9 @@ def test_fine_tuning_at_a_new_image_size_starts_from_the_pretrained_run(
   state, report = exp.load_pretrained(exp.factory.init(jax.random.key(0)),
                                       finetune.init_from)
   assert report.startswith("initialised 23 of 23 parameter tensors")
-  loaded = checkpoints.load_params(pretrain)
+  loaded, step = checkpoints.restore_params(
+      pretrain, exp.factory.abstract.params)
+  assert step == 2 and loaded["posemb"].shape == (16, 64)  # Saved shape.
   assert state.params["posemb"].shape == (36, 64)  # 4x4 -> 6x6 patches.
   np.testing.assert_allclose(state.params["posemb"],
                              vit.resample_posemb(loaded["posemb"], 36),
@@ -273,4 +276,6 @@ def test_fine_tuning_at_a_new_image_size_starts_from_the_pretrained_run(
   last = train.train(finetune, str(tmp_path / "finetune"))
   assert np.isfinite(last["val/loss"])
   with pytest.raises(FileNotFoundError, match="No checkpoints"):
-    checkpoints.load_params(str(tmp_path / "nowhere"))
+    checkpoints.restore_params(str(tmp_path / "nowhere"), loaded)
+  with pytest.raises(FileNotFoundError, match=r"have steps \[2\]"):
+    checkpoints.restore_params(pretrain, loaded, step=999)

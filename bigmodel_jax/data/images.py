@@ -12,9 +12,10 @@ import concurrent.futures
 import jax
 import numpy as np
 
-from bigmodel_jax.data import (StepInput, eval_positions, image_ops,
-                               process_rows, save_class_names,
-                               shuffled_indices)
+from bigmodel_jax.data import image_ops
+from bigmodel_jax.data.common import (SplitCache, StepInput, eval_positions,
+                                      process_rows, save_class_names,
+                                      shuffled_indices)
 
 
 def batch_spec(config) -> dict:
@@ -35,13 +36,20 @@ def units(config) -> tuple[str, int]:
   return "images", config.batch_size
 
 
-class ImageInput(StepInput):
-  """Train and eval batches of one process; subclasses supply the sources."""
+load_tokenizer = None  # Images have no text.
 
-  def __init__(self, config, train, eval_, class_names, *, seed: int,
+
+class ImageInput(StepInput):
+  """Train and eval batches of one process; subclasses supply `source`, a
+  function from a split name to its (image, label) source."""
+
+  def __init__(self, config, source, class_names, *, seed: int,
                process_index: int, process_count: int):
     self.config, self.seed = config, seed
-    self.train, self.eval, self.class_names = train, eval_, list(class_names)
+    self.sources = SplitCache(source)
+    self.train = self.sources[config.train_split]
+    self.sources[config.eval_split]  # Missing data fails now, not mid-run.
+    self.class_names = list(class_names)
     self._rows = process_rows(config.batch_size, process_index, process_count)
     self.train_pp = image_ops.parse(config.train_pp)
     self.eval_pp = image_ops.parse(config.eval_pp)
@@ -77,15 +85,17 @@ class ImageInput(StepInput):
       batch["mix"] = np.full(labels.shape, share, np.float32)
     return batch
 
-  def num_eval_batches(self) -> int:
-    return -(-len(self.eval) // self.config.batch_size)
+  def num_eval_batches(self, split: str | None = None) -> int:
+    source = self.sources[split or self.config.eval_split]
+    return -(-len(source) // self.config.batch_size)
 
-  def eval_batches(self):
-    """The whole eval split once, in order; padding has weight 0."""
-    for indices, weights in eval_positions(len(self.eval),
+  def eval_batches(self, split: str | None = None):
+    """A whole split once, in order; padding has weight 0."""
+    source = self.sources[split or self.config.eval_split]
+    for indices, weights in eval_positions(len(source),
                                            self.config.batch_size, self._rows):
       rngs = [np.random.default_rng([self.seed, int(i)]) for i in indices]
-      images, labels = self._examples(self.eval, indices, self.eval_pp, rngs)
+      images, labels = self._examples(source, indices, self.eval_pp, rngs)
       yield {"inputs": images, "targets": labels, "weights": weights}
 
   def save(self, workdir: str) -> None:

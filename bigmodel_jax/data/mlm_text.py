@@ -19,8 +19,9 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import StepInput, process_rows, tfds_text
-from bigmodel_jax.data import wordpiece
+from bigmodel_jax.data import tfds_source, wordpiece
+from bigmodel_jax.data.common import (SplitCache, StepInput, process_rows,
+                                      token_units)
 
 
 def batch_spec(config) -> dict:
@@ -34,7 +35,7 @@ def batch_spec(config) -> dict:
   return spec
 
 
-units = tfds_text.units
+units = token_units
 
 
 def _runs(lines: list, budget: int) -> list[list]:
@@ -121,12 +122,13 @@ class Input(StepInput):
     self.mask_id = vocab("[MASK]")
     self.special = np.array([vocab(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
     self.train = self._packed(train_text)
-    self.eval = self._packed(self._text(config.eval_split))
+    self.packed = SplitCache(lambda split: self._packed(self._text(split)))
+    self.packed[config.eval_split]  # Missing data fails now, not mid-run.
 
   def _text(self, split: str) -> list[str]:
     """The split's non-empty lines."""
-    text = tfds_text.load_text(self.config.dataset, split,
-                               self.config.data_dir)
+    text = tfds_source.load_text(self.config.dataset, split,
+                                 self.config.data_dir)
     return [line for line in text.splitlines() if line.strip()]
 
   def _packed(self, lines: list[str]):
@@ -161,12 +163,13 @@ class Input(StepInput):
     batch = self._batch(self.train, index, [self.seed, step, 1])
     return {k: v[self._rows] for k, v in batch.items()}
 
-  def eval_batches(self):
-    """The same masked batches every time."""
-    size, num_rows = self.config.batch_size, len(self.eval)
+  def eval_batches(self, split: str | None = None):
+    """The same masked batches of a split every time."""
+    data = self.packed[split or self.config.eval_split]
+    size = self.config.batch_size
     for i in range(self.config.eval_steps):
-      index = np.arange(i * size, (i + 1) * size) % num_rows
-      batch = self._batch(self.eval, index, [self.seed, 1 << 30, i])
+      index = np.arange(i * size, (i + 1) * size) % len(data)
+      batch = self._batch(data, index, [self.seed, 1 << 30, i])
       yield {k: v[self._rows] for k, v in batch.items()}
 
   def save(self, workdir: str) -> None:

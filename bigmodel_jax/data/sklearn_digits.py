@@ -13,6 +13,7 @@ from bigmodel_jax.data import images
 
 batch_spec = images.batch_spec
 units = images.units
+load_tokenizer = images.load_tokenizer
 
 
 @functools.lru_cache(maxsize=2)
@@ -56,7 +57,6 @@ class Input(images.ImageInput):
 
   def __init__(self, config, *, seed, process_index, process_count):
     super().__init__(
-        config, Source(*split(config.train_split, config.test_fraction)),
-        Source(*split(config.eval_split, config.test_fraction)),
+        config, lambda name: Source(*split(name, config.test_fraction)),
         [str(d) for d in range(10)], seed=seed,
         process_index=process_index, process_count=process_count)

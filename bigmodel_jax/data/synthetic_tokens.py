@@ -7,10 +7,11 @@ nothing to learn, so the loss stays near ln(vocab_size).
 """
 import numpy as np
 
-from bigmodel_jax.data import StepInput, process_rows, tfds_text
+from bigmodel_jax.data.common import (StepInput, lm_batch_spec, process_rows,
+                                      token_units)
 
-batch_spec = tfds_text.batch_spec
-units = tfds_text.units
+batch_spec = lm_batch_spec
+units = token_units
 
 
 class Input(StepInput):
@@ -34,7 +35,9 @@ class Input(StepInput):
   def train_batch(self, step: int) -> dict:
     return self._batch([self.seed, step])
 
-  def eval_batches(self):
+  def eval_batches(self, split: str | None = None):
+    """Every split is random tokens: `eval_steps` fixed batches."""
+    del split
     for i in range(self.config.eval_steps):
       yield self._batch([self.seed, 1 << 30, i])
 
@@ -42,5 +45,4 @@ class Input(StepInput):
     del workdir  # Nothing to save.
 
 
-def load_tokenizer(workdir: str):
-  raise ValueError("Runs on synthetic tokens have no tokenizer to sample with.")
+load_tokenizer = None  # Synthetic tokens have no text.

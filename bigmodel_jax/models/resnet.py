@@ -30,39 +30,34 @@ VARIANTS = {
 }
 
 
-def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
-  """The `config.model` block for a depth: "18", "34", "50", "101", "152"."""
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown ResNet variant {variant!r}; have "
-                     f"{list(VARIANTS)}.")
-  block, stages = VARIANTS[variant]
-  return layers.config_block("resnet", "num_classes", dict(
-      block=block,
-      stage_sizes=stages,
-      width=64,
-      stem="imagenet",  # "imagenet" (7x7/2 conv + max-pool) or "small".
-      norm="batch",  # "batch" or "group".
-      num_groups=32,
-      bn_momentum=0.9,
-  ), overrides)
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
-  num_classes: int
-  block: str
+  """The ResNet fields and their defaults (the only ones): see the module doc."""
+  num_classes: int  # From the data.
+  block: str  # From the variant: "basic" or "bottleneck".
   stage_sizes: tuple
   width: int = 64
-  stem: str = "imagenet"
-  norm: str = "batch"
+  stem: str = "imagenet"  # "imagenet" (7x7/2 conv + max-pool) or "small".
+  norm: str = "batch"  # "batch" or "group".
   num_groups: int = 32
   bn_momentum: float = 0.9
   dtype: Any = "float32"
   param_dtype: Any = "float32"
 
 
+def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
+  """The `config.model` block for a depth: "18", "34", "50", "101", "152"."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown ResNet variant {variant!r}; have "
+                     f"{list(VARIANTS)}.")
+  block, stages = VARIANTS[variant]
+  return layers.config_block("resnet", Config,
+                             {"block": block, "stage_sizes": stages},
+                             overrides)
+
+
 def make(config: ml_collections.ConfigDict) -> "Model":
-  fields = layers.config_fields(config, "num_classes", {
+  fields = layers.config_fields(config, Config, {
       "block": ("basic", "bottleneck"), "stem": ("imagenet", "small"),
       "norm": ("batch", "group")})
   return Model(Config(**{**fields, "stage_sizes": tuple(fields["stage_sizes"])}))
@@ -134,7 +129,7 @@ class Block(nn.Module):
     return _constrain(nn.relu(x + y))
 
 
-class Model(layers.ImageClassifier, nn.Module):
+class Model(nn.Module):
   """ResNet: images (B, H, W, C) float -> logits (B, num_classes) float32."""
   config: Config
 
@@ -163,3 +158,13 @@ class Model(layers.ImageClassifier, nn.Module):
 def adapt_params(loaded: dict, target) -> dict:
   """Fits pretrained params to another class count: a new head."""
   return layers.restart_mismatched_head(dict(loaded), target)
+
+
+def default_task(config) -> str:
+  del config
+  return "classification"
+
+
+num_params = layers.num_params
+flops_per_item = layers.xla_flops_per_item
+load_hf = export_hf = trainable_presets = None  # None yet.

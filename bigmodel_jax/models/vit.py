@@ -28,40 +28,35 @@ SIZES = {
 }
 
 
-def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
-  """The `config.model` block for "SIZE/PATCH", e.g. "B/16"."""
-  size, _, patch = variant.partition("/")
-  if size not in SIZES or not patch.isdigit():
-    raise ValueError(f"Unknown ViT variant {variant!r}; use SIZE/PATCH with "
-                     f"SIZE in {list(SIZES)}, e.g. 'B/16'.")
-  defaults = dict(
-      patch_size=int(patch),
-      pool="token",  # "token" (class token) or "gap" (global average pool).
-      dropout=0.0,
-      attention_impl=ml_collections.config_dict.placeholder(str),
-  )
-  return layers.config_block("vit", "num_classes", defaults, SIZES[size],
-                             overrides)
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
-  num_classes: int
-  patch_size: int
+  """The ViT fields and their defaults (the only ones): see the module doc."""
+  num_classes: int  # From the data.
+  patch_size: int  # From the variant.
   emb_dim: int
   num_layers: int
   num_heads: int
   mlp_dim: int
-  pool: str = "token"
+  pool: str = "token"  # "token" (class token) or "gap" (global average pool).
   dropout: float = 0.0
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   attention_impl: str | None = None
 
 
+def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
+  """The `config.model` block for "SIZE/PATCH", e.g. "B/16"."""
+  size, _, patch = variant.partition("/")
+  if size not in SIZES or not patch.isdigit():
+    raise ValueError(f"Unknown ViT variant {variant!r}; use SIZE/PATCH with "
+                     f"SIZE in {list(SIZES)}, e.g. 'B/16'.")
+  return layers.config_block("vit", Config, {"patch_size": int(patch)},
+                             SIZES[size], overrides)
+
+
 def make(config: ml_collections.ConfigDict) -> "Model":
   return Model(Config(**layers.config_fields(
-      config, "num_classes", {"pool": ("token", "gap")})))
+      config, Config, {"pool": ("token", "gap")})))
 
 
 def _dense(cfg: Config, features, names: tuple, name: str,
@@ -123,7 +118,7 @@ def resample_posemb(posemb, num_positions: int):
                           "bilinear").reshape(num_positions, -1)
 
 
-class Model(layers.ImageClassifier, nn.Module):
+class Model(nn.Module):
   """ViT: images (B, H, W, C) float -> logits (B, num_classes) float32."""
   config: Config
 
@@ -162,3 +157,13 @@ def adapt_params(loaded: dict, target) -> dict:
     params["posemb"] = resample_posemb(params["posemb"],
                                        target["posemb"].shape[0])
   return layers.restart_mismatched_head(params, target)
+
+
+def default_task(config) -> str:
+  del config
+  return "classification"
+
+
+num_params = layers.num_params
+flops_per_item = layers.xla_flops_per_item
+load_hf = export_hf = trainable_presets = None  # None yet.

@@ -1,17 +1,19 @@
-"""Character-level language-model batches from a TFDS text dataset.
+"""Character-level language-model windows from a TFDS text dataset.
 
 Reads the dataset with `tfds.data_source` (array_record, no TensorFlow), builds
 a character vocabulary from the training split and serves random windows of
 `seq_len + 1` characters. A batch is a pure function of (seed, step, process),
-so a resumed run sees exactly the batches an uninterrupted one would.
+so a resumed run sees exactly the batches an uninterrupted one would. Any
+split of the dataset can be evaluated (`input.eval_split`, `test_split`).
 """
 import json
 import os
 
-import jax
 import numpy as np
 
-from bigmodel_jax.data import StepInput, process_rows, tfds_split
+from bigmodel_jax.data import tfds_source
+from bigmodel_jax.data.common import (SplitCache, StepInput, lm_batch_spec,
+                                      process_rows, token_units)
 
 
 class CharTokenizer:
@@ -48,12 +50,6 @@ class CharTokenizer:
       return cls(json.load(f)["chars"])
 
 
-def load_text(name: str, split: str, data_dir: str | None) -> str:
-  """The concatenated `text` feature of a TFDS split, with a clear error."""
-  source = tfds_split(name, split, data_dir)
-  return "".join(source[i]["text"].decode("utf-8") for i in range(len(source)))
-
-
 class TextWindows:
   """Random (inputs, targets) windows over a token array."""
 
@@ -72,16 +68,8 @@ class TextWindows:
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
 
-def batch_spec(config) -> dict:
-  """Shapes and dtypes of a global training batch, from the config alone."""
-  shape = (config.batch_size, config.seq_len)
-  return {"inputs": jax.ShapeDtypeStruct(shape, np.int32),
-          "targets": jax.ShapeDtypeStruct(shape, np.int32)}
-
-
-def units(config) -> tuple[str, int]:
-  """What throughput counts, and how many of it a global batch holds."""
-  return "tokens", config.batch_size * config.seq_len
+batch_spec = lm_batch_spec
+units = token_units
 
 
 class Input(StepInput):
@@ -91,13 +79,14 @@ class Input(StepInput):
                process_count: int):
     self.config, self.seed = config, seed
     self._rows = process_rows(config.batch_size, process_index, process_count)
-    train_text = load_text(config.dataset, config.train_split, config.data_dir)
+    train_text = tfds_source.load_text(config.dataset, config.train_split,
+                                       config.data_dir)
     self.tokenizer = CharTokenizer.from_text(train_text)
     self.train = TextWindows(self.tokenizer.encode(train_text), config.seq_len)
-    self.eval = TextWindows(
-        self.tokenizer.encode(
-            load_text(config.dataset, config.eval_split, config.data_dir)),
-        config.seq_len)
+    self.windows = SplitCache(lambda split: TextWindows(
+        self.tokenizer.encode(tfds_source.load_text(
+            config.dataset, split, config.data_dir)), config.seq_len))
+    self.windows[config.eval_split]  # Missing data fails now, not mid-run.
 
   @property
   def vocab_size(self) -> int:
@@ -113,11 +102,12 @@ class Input(StepInput):
     rng = np.random.default_rng([self.seed, step])
     return self.train.batch(rng, self.config.batch_size, self._rows)
 
-  def eval_batches(self):
-    """The same `eval_steps` batches every time."""
+  def eval_batches(self, split: str | None = None):
+    """The same `eval_steps` batches of a split every time."""
+    windows = self.windows[split or self.config.eval_split]
     for i in range(self.config.eval_steps):
       rng = np.random.default_rng([self.seed, 1 << 30, i])
-      yield self.eval.batch(rng, self.config.batch_size, self._rows)
+      yield windows.batch(rng, self.config.batch_size, self._rows)
 
   def save(self, workdir: str) -> None:
     """Writes what decoding needs (the tokenizer) into the workdir."""

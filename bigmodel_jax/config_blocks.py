@@ -1,17 +1,20 @@
 """Building blocks of experiment configs, so experiment files stay short.
 
-  config = configs.base(total_steps=2000, eval_every_steps=250)
+  config = config_blocks.base(total_steps=2000, eval_every_steps=250)
   config.input = ...; config.model = gpt.model_config("nano", ...)
-  config.optimizer = configs.adamw(learning_rate=1e-3, warmup_steps=100)
+  config.optimizer = config_blocks.adamw(learning_rate=1e-3, warmup_steps=100)
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from bigmodel_jax import sharding
 
 
 def base(*, total_steps: int, log_every_steps: int = 50,
          eval_every_steps: int = 250, checkpoint_every_steps: int = 500,
          keep_checkpoints: int = 3, seed: int = 0) -> ml_collections.ConfigDict:
-  """Loop cadence, seed and a data-parallel mesh over all devices."""
+  """Loop cadence, seed, the task (None: the model's default), and a
+  data-parallel mesh over all devices with the default sharding rules."""
   config = ml_collections.ConfigDict()
   config.seed = seed
   config.total_steps = total_steps
@@ -24,7 +27,10 @@ def base(*, total_steps: int, log_every_steps: int = 50,
   # Hugging Face checkpoint directory (models with a `load_hf`).
   config.init_from = ml_collections.ConfigDict(dict(
       workdir=placeholder(str), step=placeholder(int), hf_dir=placeholder(str)))
+  config.task = ml_collections.ConfigDict(dict(name=placeholder(str)))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis -> mesh axes: None (replicated), "fsdp", "data,fsdp", ...
+  config.sharding = ml_collections.ConfigDict({"rules": dict(sharding.RULES)})
   config.grad_accum_steps = 1  # Microbatches per update (same global batch).
   return config
 

@@ -1,4 +1,4 @@
-"""Autoregressive decoding with a KV cache, and loading a trained run.
+"""Autoregressive decoding with a KV cache.
 
 The prompt is processed in one call that fills the cache; each further token
 costs one single-position call. With learned positions the cache holds at most
@@ -6,14 +6,10 @@ costs one single-position call. With learned positions the cache holds at most
 the text (one prefill call) and continues, as nanoGPT's cropping does.
 """
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from bigmodel_jax import (checkpoints, config_lib, experiment, registry,
-                          sharding, state)
 
 
 def _pick(logits, rng, temperature: float, top_k: int | None):
@@ -75,19 +71,3 @@ def generate(model, params, prompt: np.ndarray, max_new_tokens: int, rng, *,
     produced += new.shape[1]
     keep = size // 2
   return tokens[:, prompt.shape[1]:]
-
-
-def load_run(workdir: str, step: int | None = None):
-  """(config, model, params, tokenizer) of a training run's newest checkpoint."""
-  config = config_lib.load_json(os.path.join(workdir, "config.json"))
-  model, tx, _ = experiment.model_and_optimizer(config)
-  mesh = sharding.make_mesh({"data": -1})
-  data_module = registry.get("data", config.input.name)
-  factory = state.StateFactory(model, tx, mesh,
-                               data_module.batch_spec(config.input)["inputs"])
-  restored = checkpoints.restore(checkpoints.manager(workdir),
-                                 factory.abstract, step)
-  if restored is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-  tokenizer = data_module.load_tokenizer(workdir)
-  return config, model, restored.params, tokenizer

@@ -1,6 +1,6 @@
 """Experiment configs: `experiments/X.py:arg` files plus `key=value` overrides.
 
-  config = config_lib.load("experiments/gpt_shakespeare_char.py:cpu",
+  config = config_loader.load("experiments/gpt_shakespeare_char.py:cpu",
                            {"optimizer.learning_rate": 3e-4})
 
 An override must name an existing key; a misspelled one is an error that

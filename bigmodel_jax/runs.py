@@ -1,0 +1,49 @@
+"""A trained run, loaded for inference: config, model, parameters, tokenizer.
+
+  run = runs.load("runs/shakespeare")        # newest checkpoint
+  logits = run.model.apply({"params": run.params}, tokens)
+
+Only the parameters are restored (`checkpoints.restore_params`), straight
+into their shards on a mesh over the devices at hand (`mesh` overrides the
+run's), laid out by the run's own sharding rules: never the optimizer
+moments, never an unsharded copy. Sampling, evaluation and serving use it.
+"""
+import dataclasses
+import os
+from typing import Any
+
+import ml_collections
+
+from bigmodel_jax import (checkpoints, config_loader, experiment, registry,
+                          state)
+
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  family: Any  # contracts.ModelFamily.
+  model: Any
+  params: Any
+  step: int
+  tokenizer: Any  # None for inputs without text.
+
+
+def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
+         devices=None) -> Run:
+  """The run in `workdir` at its newest (or given) checkpoint."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir!r} is not a training run: it has no "
+                            "config.json.")
+  family = registry.get("models", config_loader.load_json(path).model.name)
+  config = experiment.resolve(config_loader.load_json(path), family)
+  config.mesh = mesh or {"data": -1}
+  layout = experiment.layout(config, devices)
+  model = family.make(config.model)
+  data_module = registry.get("data", config.input.name)
+  target = state.abstract_params(
+      model, layout, data_module.batch_spec(config.input)["inputs"])
+  params, step = checkpoints.restore_params(workdir, target, step)
+  tokenizer = (data_module.load_tokenizer(workdir)
+               if data_module.load_tokenizer is not None else None)
+  return Run(config, family, model, params, step, tokenizer)

@@ -1,0 +1,50 @@
+"""Masked-language modelling (BERT / RoBERTa pretraining).
+
+Batch: "inputs" (masked token ids), "targets" (the original ids) and
+"weights" (1 at masked positions: the loss is on those only), all (B, T);
+with next-sentence prediction also "segments" (B, T), which the model reads,
+and "nsp_targets" (B,) for its "nsp" head. The model returns the MLM logits,
+or {"logits", "nsp"} with the next-sentence head. The objective is the mean
+masked-token loss plus the mean next-sentence loss, each normalised by its
+whole-batch count, so gradient accumulation stays exact. Metrics: loss and
+accuracy of the masked tokens; nsp_loss and nsp_accuracy.
+"""
+import jax.numpy as jnp
+
+from bigmodel_jax.tasks import base
+
+
+class Task(base.LossTask):
+  name = "mlm"
+  required_keys = frozenset({"inputs", "targets", "weights"})
+  optional_keys = frozenset({"segments", "nsp_targets"})
+
+  def apply(self, model, variables, batch: dict, **kwargs):
+    return model.apply(variables, batch["inputs"], batch.get("segments"),
+                       **kwargs)
+
+  def sums(self, outputs, batch: dict) -> dict:
+    if not isinstance(outputs, dict):
+      return super().sums(outputs, batch)
+    sums = super().sums(outputs["logits"], batch)
+    nsp = base.cross_entropy_sums(outputs["nsp"], batch["nsp_targets"])
+    sums.update({f"nsp_{k}": v for k, v in nsp.items()})
+    return sums
+
+  def normalizer(self, batch: dict):
+    return {"mlm": jnp.sum(batch["weights"]),
+            "nsp": (batch["nsp_targets"].shape[0] if "nsp_targets" in batch
+                    else 1)}
+
+  def objective(self, sums: dict, normalizer):
+    loss = sums["loss"] / normalizer["mlm"]
+    if "nsp_loss" in sums:
+      loss += sums["nsp_loss"] / normalizer["nsp"]
+    return loss
+
+  def train_metrics(self, sums: dict) -> dict:
+    out = super().train_metrics(sums)
+    if "nsp_loss" in sums:
+      out["nsp_loss"] = sums["nsp_loss"] / sums["nsp_count"]
+      out["nsp_accuracy"] = sums["nsp_correct"] / sums["nsp_count"]
+    return out
