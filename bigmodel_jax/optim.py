@@ -89,3 +89,22 @@ def make(config, total_steps: int, trainable_mask: Callable | None = None
       {"train": tx, "frozen": optax.set_to_zero()},
       lambda params: jax.tree.map(lambda t: "train" if t else "frozen",
                                   trainable_mask(params)))
+
+
+def per_part(tx: optax.GradientTransformation, parts: tuple
+             ) -> optax.GradientTransformation:
+  """`tx` on each top-level part of the parameters on its own ({"generator":
+  ..., "discriminator": ...}), one state per part. An update touches only
+  the parts its gradients hold, so a task can update one part at a time."""
+
+  def init(params):
+    return {part: tx.init(params[part]) for part in parts}
+
+  def update(grads, state, params=None):
+    updates, state = {}, dict(state)
+    for part in grads:
+      updates[part], state[part] = tx.update(
+          grads[part], state[part], None if params is None else params[part])
+    return updates, state
+
+  return optax.GradientTransformation(init, update)

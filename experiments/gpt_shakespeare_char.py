@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       data_dir=ml_collections.config_dict.placeholder(str),
       train_split="train",
       eval_split="validation",
+      test_split=ml_collections.config_dict.placeholder(str),  # E.g. "test".
       seq_len=seq_len,
       batch_size=12 if cpu else 64,  # Global batch.
       eval_steps=20 if cpu else 200,
