@@ -13,7 +13,7 @@ import numpy as np
 
 from bigmodel_jax.data import tfds_source
 from bigmodel_jax.data.common import (SplitCache, StepInput, lm_batch_spec,
-                                      process_rows, token_units)
+                                      token_units)
 
 
 class CharTokenizer:
@@ -77,8 +77,8 @@ class Input(StepInput):
 
   def __init__(self, config, *, seed: int, process_index: int,
                process_count: int):
-    self.config, self.seed = config, seed
-    self._rows = process_rows(config.batch_size, process_index, process_count)
+    super().__init__(config, seed=seed, process_index=process_index,
+                     process_count=process_count)
     train_text = tfds_source.load_text(config.dataset, config.train_split,
                                        config.data_dir)
     self.tokenizer = CharTokenizer.from_text(train_text)

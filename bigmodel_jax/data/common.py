@@ -67,10 +67,14 @@ def save_class_names(workdir: str, class_names: list[str]) -> None:
 
 class StepInput:
   """Base of inputs whose batches are a pure function of the step:
-  subclasses define `config`, `train_batch(step)` and
-  `eval_batches(split=None)`; by default every split is evaluated on
-  `input.eval_steps` batches."""
+  subclasses define `train_batch(step)` and `eval_batches(split=None)`; by
+  default every split is evaluated on `input.eval_steps` batches."""
   class_names = None
+
+  def __init__(self, config, *, seed: int, process_index: int,
+               process_count: int):
+    self.config, self.seed = config, seed
+    self._rows = process_rows(config.batch_size, process_index, process_count)
 
   def train_batches(self, start_step: int):
     """Batches for steps start_step, start_step + 1, ... made ahead in a thread."""

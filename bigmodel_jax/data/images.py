@@ -14,8 +14,7 @@ import numpy as np
 
 from bigmodel_jax.data import image_ops
 from bigmodel_jax.data.common import (SplitCache, StepInput, eval_positions,
-                                      process_rows, save_class_names,
-                                      shuffled_indices)
+                                      save_class_names, shuffled_indices)
 
 
 def batch_spec(config) -> dict:
@@ -45,12 +44,12 @@ class ImageInput(StepInput):
 
   def __init__(self, config, source, class_names, *, seed: int,
                process_index: int, process_count: int):
-    self.config, self.seed = config, seed
+    super().__init__(config, seed=seed, process_index=process_index,
+                     process_count=process_count)
     self.sources = SplitCache(source)
     self.train = self.sources[config.train_split]
     self.sources[config.eval_split]  # Missing data fails now, not mid-run.
     self.class_names = list(class_names)
-    self._rows = process_rows(config.batch_size, process_index, process_count)
     self.train_pp = image_ops.parse(config.train_pp)
     self.eval_pp = image_ops.parse(config.eval_pp)
     workers = config.get("num_workers", 0)

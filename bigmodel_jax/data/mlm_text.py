@@ -20,8 +20,7 @@ import jax
 import numpy as np
 
 from bigmodel_jax.data import tfds_source, wordpiece
-from bigmodel_jax.data.common import (SplitCache, StepInput, process_rows,
-                                      token_units)
+from bigmodel_jax.data.common import SplitCache, StepInput, token_units
 
 
 def batch_spec(config) -> dict:
@@ -113,8 +112,8 @@ class Input(StepInput):
 
   def __init__(self, config, *, seed: int, process_index: int,
                process_count: int):
-    self.config, self.seed = config, seed
-    self._rows = process_rows(config.batch_size, process_index, process_count)
+    super().__init__(config, seed=seed, process_index=process_index,
+                     process_count=process_count)
     train_text = self._text(config.train_split)
     self.tokenizer = wordpiece.for_input(config, train_text, process_count)
     vocab = self.tokenizer.tokenizer.token_to_id

@@ -7,19 +7,13 @@ nothing to learn, so the loss stays near ln(vocab_size).
 """
 import numpy as np
 
-from bigmodel_jax.data.common import (StepInput, lm_batch_spec, process_rows,
-                                      token_units)
+from bigmodel_jax.data.common import StepInput, lm_batch_spec, token_units
 
 batch_spec = lm_batch_spec
 units = token_units
 
 
 class Input(StepInput):
-
-  def __init__(self, config, *, seed: int, process_index: int,
-               process_count: int):
-    self.config, self.seed = config, seed
-    self._rows = process_rows(config.batch_size, process_index, process_count)
 
   def model_fields(self) -> dict:
     return {"vocab_size": self.config.vocab_size}

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from bigmodel_jax.data import wordpiece
-from bigmodel_jax.data.common import (StepInput, eval_positions, process_rows,
+from bigmodel_jax.data.common import (StepInput, eval_positions,
                                       save_class_names, shuffled_indices,
                                       token_units)
 
@@ -151,8 +151,8 @@ class Input(StepInput):
 
   def __init__(self, config, *, seed: int, process_index: int,
                process_count: int):
-    self.config, self.seed = config, seed
-    self._rows = process_rows(config.batch_size, process_index, process_count)
+    super().__init__(config, seed=seed, process_index=process_index,
+                     process_count=process_count)
     self.splits = splits(config)
     self.class_names = self.splits["train"].class_names
     self.tokenizer = wordpiece.for_input(config, self.splits["train"].texts,

@@ -57,6 +57,12 @@ def config_fields(config, config_class, choices: dict | None = None) -> dict:
   return fields
 
 
+def classification_task(config) -> str:
+  """`default_task` of the image classifier families."""
+  del config
+  return "classification"
+
+
 def num_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 

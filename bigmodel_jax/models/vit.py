@@ -159,11 +159,7 @@ def adapt_params(loaded: dict, target) -> dict:
   return layers.restart_mismatched_head(params, target)
 
 
-def default_task(config) -> str:
-  del config
-  return "classification"
-
-
+default_task = layers.classification_task
 num_params = layers.num_params
 flops_per_item = layers.xla_flops_per_item
 load_hf = export_hf = trainable_presets = None  # None yet.
