@@ -85,7 +85,7 @@ def train(config, workdir: str, devices=None) -> dict:
       writer.write_record(step, {f"{prefix}/{k}": v
                                  for k, v in records.items()})
     if text and step == config.total_steps:
-      log(f"{split or config.input.eval_split} split:\n{text}")
+      log(f"{split or config.input.get('eval_split', 'eval')} split:\n{text}")
     return scalars
 
   # --- Loop ----------------------------------------------------------------
