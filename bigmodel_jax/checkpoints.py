@@ -10,7 +10,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bigmodel_jax import sharding
 
 
 def manager(workdir: str, *, keep: int | None = None, async_save: bool = True
@@ -51,20 +52,6 @@ def steps(workdir: str) -> list[int]:
                 os.path.isdir(os.path.join(path, name, "default")))
 
 
-def _refit(sharding: NamedSharding, shape) -> NamedSharding:
-  """`sharding` for an array of another shape: mesh axes that do not divide
-  a dimension are dropped from it."""
-  mesh, fitted = sharding.mesh, []
-  for i, dim in enumerate(shape):
-    axes = sharding.spec[i] if i < len(sharding.spec) else None
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    size = 1
-    for n in names:
-      size *= mesh.shape[n]
-    fitted.append(axes if dim % size == 0 else None)
-  return NamedSharding(mesh, P(*fitted))
-
-
 def restore_params(workdir: str, abstract_params, step: int | None = None
                    ) -> tuple[dict, int]:
   """(params, step) of a run's newest (or given) checkpoint, only those the
@@ -97,7 +84,7 @@ def restore_params(workdir: str, abstract_params, step: int | None = None
         if key in saved:
           shape = tuple(saved[key].shape)
           target[key] = jax.ShapeDtypeStruct(
-              shape, want.dtype, sharding=_refit(want.sharding, shape))
+              shape, want.dtype, sharding=sharding.refit(want.sharding, shape))
       target = {"params": traverse_util.unflatten_dict(target)}
       restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
           item=target, partial_restore=True,

@@ -62,7 +62,7 @@ class Experiment:
     if init_from.workdir and init_from.get("hf_dir"):
       raise ValueError("Set one of init_from.workdir and init_from.hf_dir.")
     target = self.factory.abstract.params
-    source = init_from.workdir or init_from.hf_dir
+    source = init_from.workdir or init_from.get("hf_dir")
     if init_from.workdir:
       params, _ = checkpoints.restore_params(init_from.workdir, target,
                                              init_from.step)

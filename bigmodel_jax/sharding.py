@@ -190,6 +190,18 @@ class Layout:
     return wrapped
 
 
+def refit(target: NamedSharding, shape) -> NamedSharding:
+  """`target` for an array of another shape: mesh axes that do not divide
+  a dimension are dropped from it."""
+  mesh, spec, fitted = target.mesh, target.spec, []
+  for i, dim in enumerate(shape):
+    axes = spec[i] if i < len(spec) else None
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[n] for n in names)
+    fitted.append(axes if dim % size == 0 else None)
+  return NamedSharding(mesh, P(*fitted))
+
+
 def describe_fallbacks(fallbacks: list[Fallback], most: int = 3) -> list[str]:
   """One line per (logical axis, size, mesh axes): how many arrays fall back
   to replication, with example paths."""
