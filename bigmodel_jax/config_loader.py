@@ -1,23 +1,25 @@
 """Experiment configs: `experiments/X.py:arg` files plus `key=value` overrides.
 
   config = config_loader.load("experiments/gpt_shakespeare_char.py:cpu",
-                           {"optimizer.learning_rate": 3e-4})
+                              {"optimizer.learning_rate": 3e-4})
 
 An override must name an existing key; a misspelled one is an error that
-names the key and the closest existing ones.
+names the key and the closest existing ones. A loaded config is validated
+(`validate`): a value that would destroy checkpoints or crash later is an
+error naming the key, the value and what is allowed.
 """
 import argparse
 import ast
 import difflib
 import importlib.util
 import json
+import math
 import os
+import sys
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  pass
+from bigmodel_jax.errors import ConfigError
 
 
 def load_module(spec: str):
@@ -35,7 +37,10 @@ def load_module(spec: str):
 def load_file(spec: str) -> ml_collections.ConfigDict:
   """Calls `get_config(arg)` of the file in "path.py[:arg]"."""
   module, arg = load_module(spec)
-  return module.get_config(arg)
+  try:
+    return module.get_config(arg)
+  except ValueError as e:  # An unknown variant, most often.
+    raise ConfigError(f"{spec}: {e}") from e
 
 
 def flat_keys(config, prefix: str = "") -> list[str]:
@@ -86,8 +91,69 @@ def override(config: ml_collections.ConfigDict, overrides: dict):
   return config
 
 
+# Keys that must hold a whole number >= 1 (None allowed where marked).
+POSITIVE = ("total_steps", "log_every_steps", "eval_every_steps",
+            "checkpoint_every_steps", "grad_accum_steps", "input.batch_size",
+            "input.eval_steps", "input.seq_len")
+POSITIVE_OR_NONE = ("keep_checkpoints", "optimizer.decay_steps")
+# Keys that must hold a finite number >= 0.
+NON_NEGATIVE = ("optimizer.learning_rate", "optimizer.min_learning_rate",
+                "optimizer.weight_decay", "optimizer.eps",
+                "optimizer.warmup_steps", "optimizer.momentum")
+
+
+_ABSENT = object()
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return _ABSENT
+    node = node[part]
+  return node
+
+
+def validate(config) -> ml_collections.ConfigDict:
+  """Checks the values that would otherwise fail late or destroy work;
+  raises ConfigError naming the first bad key. A warmup as long as the
+  decay (a quick `--config.total_steps=50`) is shortened to a tenth of it,
+  with a note on stderr. Returns `config`."""
+  def bad(key, value, allowed):
+    raise ConfigError(f"config.{key}={value!r} is not allowed: {allowed}.")
+
+  for key in POSITIVE + POSITIVE_OR_NONE:
+    value = _get(config, key)
+    if value is _ABSENT or (value is None and key in POSITIVE_OR_NONE):
+      continue
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      bad(key, value, "a whole number >= 1" +
+          (" (or None)" if key in POSITIVE_OR_NONE else ""))
+  for key in NON_NEGATIVE:
+    value = _get(config, key)
+    if value is not _ABSENT and (not isinstance(value, (int, float)) or
+                                 not math.isfinite(value) or value < 0):
+      bad(key, value, "a finite number >= 0")
+  for key in ("optimizer.b1", "optimizer.b2"):
+    value = _get(config, key)
+    if value is not _ABSENT and not 0 <= value < 1:
+      bad(key, value, "a number in [0, 1)")
+  clip = _get(config, "optimizer.grad_clip_norm")
+  if clip is not _ABSENT and not (isinstance(clip, (int, float)) and clip > 0):
+    bad("optimizer.grad_clip_norm", clip, "a number > 0")
+  warmup = _get(config, "optimizer.warmup_steps")
+  if warmup is not _ABSENT and "total_steps" in config:
+    decay = config.optimizer.get("decay_steps") or config.total_steps
+    if warmup >= decay:
+      config.optimizer.warmup_steps = decay // 10
+      print(f"note: optimizer.warmup_steps={warmup} is not below the "
+            f"{decay} decay steps; using {decay // 10} (a tenth).",
+            file=sys.stderr)
+  return config
+
+
 def load(spec: str, overrides: dict | None = None):
-  return override(load_file(spec), overrides or {})
+  return validate(override(load_file(spec), overrides or {}))
 
 
 def parse_overrides(args: list[str]) -> dict:

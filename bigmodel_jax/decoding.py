@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigmodel_jax.errors import ConfigError
+
 
 def _pick(logits, rng, temperature: float, top_k: int | None):
   """Samples ids from (B, vocab) logits; temperature 0 is greedy."""
@@ -56,7 +58,7 @@ def generate(model, params, prompt: np.ndarray, max_new_tokens: int, rng, *,
   size = model.config.block_size
   tokens = np.asarray(prompt, np.int32)
   if tokens.shape[1] == 0:
-    raise ValueError("The prompt must hold at least one token.")
+    raise ConfigError("The prompt must hold at least one token.")
   produced = 0
   keep = size  # The first context may fill the cache; later ones half of it.
   while produced < max_new_tokens:

@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from bigmodel_jax import (checkpoints, optim, perf, registry, sharding, state,
                           steps)
+from bigmodel_jax.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ class Experiment:
     adapters) keep their initial values; the optimizer state starts fresh.
     """
     if init_from.workdir and init_from.get("hf_dir"):
-      raise ValueError("Set one of init_from.workdir and init_from.hf_dir.")
+      raise ConfigError("Set one of init_from.workdir and init_from.hf_dir.")
     target = self.factory.abstract.params
     source = init_from.workdir or init_from.get("hf_dir")
     if init_from.workdir:
@@ -69,7 +70,7 @@ class Experiment:
     elif self.family.load_hf is not None:
       params = self.family.load_hf(init_from.hf_dir, self.config.model)
     else:
-      raise ValueError(f"Model {self.config.model.name!r} has no Hugging "
+      raise ConfigError(f"Model {self.config.model.name!r} has no Hugging "
                        "Face importer (init_from.hf_dir).")
     if self.family.adapt_params is not None:
       params = self.family.adapt_params(params, target)
@@ -139,7 +140,7 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
   accum = config.get("grad_accum_steps", 1)
   shards = layout_.num_batch_shards()
   if config.input.batch_size % (shards * accum):
-    raise ValueError(
+    raise ConfigError(
         f"input.batch_size={config.input.batch_size} is not divisible by the "
         f"{shards} batch shards of the mesh times grad_accum_steps={accum}.")
 
@@ -160,7 +161,7 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
   missing = task.required_keys - spec.keys()
   extra = spec.keys() - task.required_keys - task.optional_keys
   if missing or extra:
-    raise ValueError(
+    raise ConfigError(
         f"Task {task.name!r} needs batch entries {sorted(task.required_keys)}"
         f" (optional {sorted(task.optional_keys)}); input "
         f"{config.input.name!r} gives {sorted(spec)}.")

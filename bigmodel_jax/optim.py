@@ -13,12 +13,14 @@ import jax
 import optax
 from flax import linen as nn
 
+from bigmodel_jax.errors import ConfigError
+
 
 def schedule(config, total_steps: int) -> optax.Schedule:
   """Linear warmup to `learning_rate`, cosine decay to `min_learning_rate`."""
   decay_steps = config.get("decay_steps") or total_steps
   if config.warmup_steps >= decay_steps:
-    raise ValueError(f"optimizer.warmup_steps={config.warmup_steps} must be "
+    raise ConfigError(f"optimizer.warmup_steps={config.warmup_steps} must be "
                      f"below the decay steps ({decay_steps}).")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate,
@@ -65,7 +67,7 @@ def trainable(config, presets: dict) -> Callable | None:
         lambda path, _: bool(pattern.search(path_name(path))), params,
         is_leaf=lambda x: isinstance(x, nn.Partitioned))
     if not any(jax.tree.leaves(out)):
-      raise ValueError(
+      raise ConfigError(
           f"optimizer.trainable={choice!r} matches no parameter; presets "
           f"{['all', *presets]}, or a regex over paths like "
           f"{path_name(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r}.")
@@ -79,7 +81,7 @@ def make(config, total_steps: int, trainable_mask: Callable | None = None
   and the warmup+cosine schedule, on the `trainable_mask` parameters."""
   name = config.get("name", "adamw")
   if name not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {name!r}; have {list(OPTIMIZERS)}.")
+    raise ConfigError(f"Unknown optimizer {name!r}; have {list(OPTIMIZERS)}.")
   tx = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       OPTIMIZERS[name](config, schedule(config, total_steps)))

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from bigmodel_jax.errors import ConfigError
+
 # Dense bf16 peak FLOP/s per device (no sparsity), by `device_kind` prefix.
 PEAK_FLOPS = {
     "NVIDIA H200": 989e12,
@@ -117,7 +119,7 @@ class Profiler:
     self.steps = tuple(steps) if steps and jax.process_index() == 0 else None
     if self.steps and not (len(self.steps) == 2 and
                            0 < self.steps[0] <= self.steps[1]):
-      raise ValueError(f"profile_steps must be (first, last), got {steps!r}.")
+      raise ConfigError(f"profile_steps must be (first, last), got {steps!r}.")
 
   def before(self, step: int) -> None:
     if self.steps and step == self.steps[0]:

@@ -17,6 +17,7 @@ import time
 import jax
 
 from bigmodel_jax import config_loader, experiment, registry, sharding
+from bigmodel_jax.errors import entrypoint
 
 
 def _per_device_bytes(tree) -> int:
@@ -78,6 +79,7 @@ def format_plan(result: dict, device_memory_gib: float | None) -> str:
   return "\n".join(lines)
 
 
+@entrypoint
 def main(argv=None) -> None:
   parser = config_loader.arg_parser(__doc__)
   parser.add_argument("--device_memory_gib", type=float, default=None)

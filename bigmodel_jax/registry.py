@@ -9,6 +9,7 @@ import pkgutil
 import typing
 
 from bigmodel_jax import contracts
+from bigmodel_jax.errors import ConfigError
 
 CONTRACTS = {"models": contracts.ModelFamily, "data": contracts.InputModule,
              "tasks": contracts.TaskModule}
@@ -33,7 +34,7 @@ def get(kind: str, name: str):
   except ModuleNotFoundError as e:
     if e.name != f"{package}.{name}":
       raise
-    raise ValueError(f"Unknown {kind} {name!r}; have {names(kind)}.") from None
+    raise ConfigError(f"Unknown {kind} {name!r}; have {names(kind)}.") from None
   lacking = [n for n in members(CONTRACTS[kind]) if not hasattr(module, n)]
   if lacking:
     raise TypeError(f"{package}.{name} does not fulfil contracts."

@@ -16,6 +16,7 @@ import ml_collections
 
 from bigmodel_jax import (checkpoints, config_loader, experiment, registry,
                           state)
+from bigmodel_jax.errors import NotFound
 
 
 @dataclasses.dataclass
@@ -33,7 +34,7 @@ def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
   """The run in `workdir` at its newest (or given) checkpoint."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir!r} is not a training run: it has no "
+    raise NotFound(f"{workdir!r} is not a training run: it has no "
                             "config.json.")
   family = registry.get("models", config_loader.load_json(path).model.name)
   config = experiment.resolve(config_loader.load_json(path), family)

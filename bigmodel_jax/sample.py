@@ -9,8 +9,21 @@ import jax
 import numpy as np
 
 from bigmodel_jax import decoding, runs
+from bigmodel_jax.errors import ConfigError, entrypoint
 
 
+def _check(args) -> None:
+  for name, low in (("max_new_tokens", 0), ("temperature", 0), ("top_k", 0),
+                    ("num_samples", 1)):
+    value = getattr(args, name)
+    if not value >= low:  # Also NaN.
+      raise ConfigError(f"--{name}={value} is not allowed: it must be >= "
+                        f"{low}.")
+  if not args.prompt:
+    raise ConfigError("--prompt is empty; give at least one character.")
+
+
+@entrypoint
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,18 +32,19 @@ def main(argv=None) -> None:
   parser.add_argument("--max_new_tokens", type=int, default=500)
   parser.add_argument("--temperature", type=float, default=0.8,
                       help="0 decodes greedily")
-  parser.add_argument("--top_k", type=int, default=200)
+  parser.add_argument("--top_k", type=int, default=200, help="0: no limit")
   parser.add_argument("--num_samples", type=int, default=1)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--step", type=int, default=None,
                       help="checkpoint step (default: newest)")
   args = parser.parse_args(argv)
+  _check(args)
 
   run = runs.load(args.workdir, args.step)
   if run.config.task.name != "lm" or run.tokenizer is None:
-    parser.exit(2, f"error: {args.workdir} is not a language model trained "
-                   f"on text (task {run.config.task.name!r}, input "
-                   f"{run.config.input.name!r}); sampling needs one.\n")
+    raise ConfigError(f"{args.workdir} is not a language model trained on "
+                      f"text (task {run.config.task.name!r}, input "
+                      f"{run.config.input.name!r}); sampling needs one.")
   prompt = np.tile(run.tokenizer.encode(args.prompt), (args.num_samples, 1))
   new = decoding.generate(run.model, run.params, prompt, args.max_new_tokens,
                           jax.random.key(args.seed),

@@ -24,6 +24,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from bigmodel_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 RULES = {
@@ -67,7 +69,7 @@ def _mesh_axes(name: str, value):
   value = tuple(value)
   unknown = [v for v in value if v not in MESH_AXES]
   if unknown:
-    raise ValueError(f"config.sharding.rules.{name}={value!r} names "
+    raise ConfigError(f"config.sharding.rules.{name}={value!r} names "
                      f"{unknown}; mesh axes are {MESH_AXES}.")
   return value[0] if len(value) == 1 else value
 
@@ -90,17 +92,17 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
   sizes = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
   unknown = set(mesh_config.keys()) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"Unknown mesh axes {sorted(unknown)}; use {MESH_AXES}.")
+    raise ConfigError(f"Unknown mesh axes {sorted(unknown)}; use {MESH_AXES}.")
   free = [a for a, s in sizes.items() if s == -1]
   if len(free) > 1:
-    raise ValueError(f"At most one mesh axis may be -1, got {free}.")
+    raise ConfigError(f"At most one mesh axis may be -1, got {free}.")
   known = math.prod(s for s in sizes.values() if s != -1)
   if free:
     if len(devices) % known:
-      raise ValueError(f"Mesh {sizes} does not divide {len(devices)} devices.")
+      raise ConfigError(f"Mesh {sizes} does not divide {len(devices)} devices.")
     sizes[free[0]] = len(devices) // known
   if math.prod(sizes.values()) != len(devices):
-    raise ValueError(
+    raise ConfigError(
         f"Mesh {sizes} needs {math.prod(sizes.values())} devices, "
         f"have {len(devices)}.")
   shape = tuple(sizes[a] for a in MESH_AXES)

@@ -16,6 +16,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from bigmodel_jax import sharding
+from bigmodel_jax.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -101,7 +102,7 @@ class StateFactory:
              for k in target.keys() & given.keys()
              if tuple(given[k].shape) != target[k].shape}
     if wrong:
-      raise ValueError(f"Loaded parameters do not match the model's shapes "
+      raise ConfigError(f"Loaded parameters do not match the model's shapes "
                        f"(loaded, model): {wrong}.")
     merged = traverse_util.flatten_dict(train_state.params)
     for k in target.keys() & given.keys():

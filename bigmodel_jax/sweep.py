@@ -30,6 +30,7 @@ import sys
 import time
 
 from bigmodel_jax import config_loader, metric_writer, perf, plots
+from bigmodel_jax.errors import entrypoint
 
 PLOTTED = ("train/loss", "val/loss", "val/accuracy")
 
@@ -191,6 +192,7 @@ def slurm_script(spec: str, workdir: str, points: list[dict],
   return "\n".join(lines)
 
 
+@entrypoint
 def main(argv=None) -> None:
   parser = config_loader.arg_parser(__doc__)
   parser.add_argument("--workdir", required=True)

@@ -4,17 +4,22 @@
       --workdir runs/shakespeare [--config.optimizer.learning_rate=3e-4 ...]
 
 Rerunning the same command resumes from the newest checkpoint in the workdir.
-Writes WORKDIR/config.json, metrics.jsonl, TensorBoard events, checkpoints/.
+Writes WORKDIR/config.json, metrics.jsonl, TensorBoard events, checkpoints/
+(with checksums/), holding WORKDIR/.lock while it runs. See
+docs/reliability.md for what survives a kill, a full disk, a corrupt
+checkpoint, a second run and a bad config.
 """
+import contextlib
+import math
 import os
 import sys
 import time
 
 import jax
-import orbax.checkpoint as ocp
 
 from bigmodel_jax import (checkpoints, config_loader, distributed, experiment,
-                          metric_writer, perf, sharding)
+                          metric_writer, perf, sharding, workdirs)
+from bigmodel_jax.errors import Diverged, entrypoint
 
 
 def log(message: str) -> None:
@@ -36,7 +41,13 @@ def _format_train(step, total, m, unit) -> str:
 def train(config, workdir: str, devices=None) -> dict:
   """Trains to `config.total_steps`, resuming from WORKDIR (saved on any
   mesh or device count); returns the last metrics. Uses all devices unless
-  `devices` is given."""
+  `devices` is given. Process 0 holds the workdir's lock throughout."""
+  with (workdirs.lock(workdir) if jax.process_index() == 0
+        else contextlib.nullcontext()), checkpoints.quiet_failed_saves():
+    return _train(config, workdir, devices)
+
+
+def _train(config, workdir: str, devices) -> dict:
   # --- Mesh, data, task, model, sharded state layout, jitted steps ---------
   began = time.perf_counter()
   exp = experiment.build(config, devices)
@@ -49,7 +60,9 @@ def train(config, workdir: str, devices=None) -> dict:
     log(f"sharding: {line}")
 
   # --- Checkpoint: resume from the newest one, else initialise -------------
-  mgr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+  good_steps = set()  # Saved steps whose evaluation was finite.
+  mgr = checkpoints.manager(workdir, keep=config.keep_checkpoints,
+                            good_steps=good_steps)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   train_state = checkpoints.restore(mgr, exp.factory.abstract)
   if train_state is None:
@@ -64,7 +77,8 @@ def train(config, workdir: str, devices=None) -> dict:
     log(f"already trained to step {start} >= total_steps; nothing to do")
 
   # --- Workdir files (process 0 writes) ------------------------------------
-  writer = metric_writer.MetricWriter(workdir)
+  writer = metric_writer.MetricWriter(workdir, start)  # Drops steps > start.
+  good_steps.update(r["step"] for r in writer.records if _good_eval(r))
   if writer.enabled:
     config_loader.save_json(config, os.path.join(workdir, "config.json"))
     exp.data.save(workdir)
@@ -102,7 +116,7 @@ def train(config, workdir: str, devices=None) -> dict:
       if not m.pop("finite"):
         losses = ", ".join(f"{k} {v}" for k, v in m.items()
                            if k.endswith("loss"))
-        raise FloatingPointError(
+        raise Diverged(
             f"Non-finite loss or gradient at step {step} ({losses}). "
             "Stopping; checkpoints before it are kept.")
       if step % config.log_every_steps == 0 or step == config.total_steps:
@@ -111,10 +125,18 @@ def train(config, workdir: str, devices=None) -> dict:
         log(_format_train(step, config.total_steps, m, unit))
         last.update({k: float(v) for k, v in m.items()})
 
+  def check_saves():
+    """Raises the error of an async save that failed (e.g. a full disk)."""
+    try:
+      mgr.check_for_errors()
+    except Exception as e:  # Orbax wraps the OSError in its own types.
+      raise checkpoints.failure(workdir, e) from e
+
   profiler = perf.Profiler(workdir, config.get("profile_steps"))
   batches = exp.data.train_batches(start)
   try:
     for step in range(start + 1, config.total_steps + 1):
+      check_saves()  # A save started earlier may have failed since.
       batch = exp.global_batch(next(batches))
       profiler.before(step)
       train_state, step_metrics = exp.train_step(train_state, batch, train_rng)
@@ -129,30 +151,56 @@ def train(config, workdir: str, devices=None) -> dict:
         pending = []
         with meter.pause():
           if evaluate_now:
-            last.update(run_eval(step, train_state))
+            scalars = run_eval(step, train_state)
+            last.update(scalars)
+            if save_now and _good_eval(scalars):  # Kept out of rotation.
+              good_steps.add(step)
           if is_last and config.input.get("test_split"):  # Held out to here.
             last.update(run_eval(step, train_state, config.input.test_split,
                                  "test"))
-          if save_now:
-            mgr.save(step, args=ocp.args.StandardSave(train_state))
+          if save_now:  # Refuses a state holding NaN or inf.
+            checkpoints.save(mgr, step, train_state)
       elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:
         flush(pending[:-1])  # Never waits for the step just dispatched.
         pending = pending[-1:]
     flush(pending)
-  finally:  # Also on errors: finish writing checkpoints already started.
-    batches.close()
-    mgr.wait_until_finished()
-    mgr.close()
-    writer.close()
+  except BaseException:  # Finish the saves already started, then re-raise.
+    _close(batches, mgr, writer)
+    raise
+  error = _close(batches, mgr, writer)
+  if error is not None:
+    raise checkpoints.failure(workdir, error) from error
   return last
 
 
+def _good_eval(record: dict) -> bool:
+  """Whether a metrics record holds a finite validation evaluation."""
+  values = [v for k, v in record.items() if k.startswith("val/")]
+  return bool(values) and all(math.isfinite(v) for v in values
+                              if isinstance(v, (int, float)))
+
+
+def _close(batches, mgr, writer) -> BaseException | None:
+  """Stops the input, waits for pending saves and closes the files; returns
+  a save's error instead of raising it (the manager is then left as it is:
+  closing it after a failed save can hang)."""
+  batches.close()
+  writer.close()
+  try:
+    mgr.wait_until_finished()
+    mgr.check_for_errors()
+  except Exception as e:  # The async save's own error, wrapped by Orbax.
+    return e
+  mgr.close()
+  return None
+
+
+@entrypoint
 def main(argv=None) -> None:
   distributed.initialize()  # Several processes, when the environment says so.
   parser = config_loader.arg_parser(__doc__)
   parser.add_argument("--workdir", required=True)
   args, config = config_loader.parse_args(parser, argv)
-  os.makedirs(args.workdir, exist_ok=True)
   train(config, args.workdir)
 
 

@@ -51,8 +51,9 @@ def test_interrupted_and_resumed_run_gives_the_same_losses(tmp_path,
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, tiny_config):
-  config = tiny_config(optimizer__learning_rate=float("nan"))
-  with pytest.raises(FloatingPointError, match="at step 2"):
+  # Warmup starts at 0: step 2 takes a 5e29 step, step 3's loss is NaN.
+  config = tiny_config(optimizer__learning_rate=1e30)
+  with pytest.raises(FloatingPointError, match="at step 3"):
     train.train(config, str(tmp_path))
 
 
@@ -64,7 +65,8 @@ def test_corrupt_checkpoint_is_a_clear_error_and_keeps_files(tmp_path,
     if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
       path.write_bytes(b"garbage")
   before = sorted(str(p) for p in ckpt.rglob("*"))
-  with pytest.raises(RuntimeError, match="Could not restore checkpoint .*4"):
+  with pytest.raises(RuntimeError,
+                     match="Checkpoint .*4 is (corrupt|unreadable).*step 2"):
     train.train(tiny_config(total_steps=6), str(tmp_path))
   assert sorted(str(p) for p in ckpt.rglob("*")) == before
 

@@ -14,6 +14,7 @@ import numpy as np
 from bigmodel_jax.data import tfds_source
 from bigmodel_jax.data.common import (SplitCache, StepInput, lm_batch_spec,
                                       token_units)
+from bigmodel_jax.errors import ConfigError
 
 
 class CharTokenizer:
@@ -34,7 +35,7 @@ class CharTokenizer:
   def encode(self, text: str) -> np.ndarray:
     unknown = sorted(set(text) - self._ids.keys())
     if unknown:
-      raise ValueError(f"Characters not in the vocabulary: {unknown!r}")
+      raise ConfigError(f"Characters not in the vocabulary: {unknown!r}")
     return np.array([self._ids[c] for c in text], dtype=np.int32)
 
   def decode(self, ids) -> str:
@@ -55,7 +56,7 @@ class TextWindows:
 
   def __init__(self, tokens: np.ndarray, seq_len: int):
     if len(tokens) <= seq_len:
-      raise ValueError(f"Text of {len(tokens)} tokens is too short for "
+      raise ConfigError(f"Text of {len(tokens)} tokens is too short for "
                        f"windows of {seq_len + 1}.")
     self.tokens, self.seq_len = tokens, seq_len
 

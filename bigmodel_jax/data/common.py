@@ -7,13 +7,14 @@ import jax
 import numpy as np
 
 from bigmodel_jax.data import prefetch
+from bigmodel_jax.errors import ConfigError
 
 
 def process_rows(batch_size: int, process_index: int, process_count: int
                  ) -> slice:
   """This process's rows of every global batch."""
   if batch_size % process_count:
-    raise ValueError(f"input.batch_size={batch_size} is not divisible by the "
+    raise ConfigError(f"input.batch_size={batch_size} is not divisible by the "
                      f"{process_count} processes.")
   local = batch_size // process_count
   return slice(process_index * local, (process_index + 1) * local)

@@ -10,6 +10,8 @@ import ast
 import numpy as np
 from PIL import Image
 
+from bigmodel_jax.errors import ConfigError
+
 
 def resize(size: int | tuple[int, int]):
   """Bilinear resize to `size` (an int for square)."""
@@ -123,7 +125,7 @@ def parse(spec: str):
       known = sorted(n for n, f in globals().items() if callable(f) and
                      getattr(f, "__module__", None) == __name__ and
                      n != "parse")
-      raise ValueError(f"Unknown preprocessing op {part!r}; have {known}.")
+      raise ConfigError(f"Unknown preprocessing op {part!r}; have {known}.")
     ops.append(fn(*[ast.literal_eval(a) for a in call.args],
                   **{k.arg: ast.literal_eval(k.value) for k in call.keywords}))
 

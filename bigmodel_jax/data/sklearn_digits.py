@@ -10,6 +10,7 @@ import functools
 import numpy as np
 
 from bigmodel_jax.data import images
+from bigmodel_jax.errors import ConfigError
 
 batch_spec = images.batch_spec
 units = images.units
@@ -34,7 +35,7 @@ def _dataset(test_fraction: float):
 def split(name: str, test_fraction: float = 0.2):
   """(images uint8 N x 8 x 8 x 1, labels int) of the fixed "train"/"test" split."""
   if name not in ("train", "test"):
-    raise ValueError(f"Unknown digits split {name!r}; use train or test.")
+    raise ConfigError(f"Unknown digits split {name!r}; use train or test.")
   pixels, labels, test = _dataset(test_fraction)
   keep = test if name == "test" else ~test
   return pixels[keep], labels[keep]

@@ -30,6 +30,7 @@ from bigmodel_jax.data import wordpiece
 from bigmodel_jax.data.common import (StepInput, eval_positions,
                                       save_class_names, shuffled_indices,
                                       token_units)
+from bigmodel_jax.errors import ConfigError, NotFound
 
 SPLITS = ("train", "validation", "test")
 
@@ -61,7 +62,7 @@ def _read_folder(path: str, encoding: str) -> tuple[list, list]:
   files = sorted(f for f in os.listdir(path) if not f.startswith(".") and
                  os.path.isfile(os.path.join(path, f)))
   if len(files) < 2:
-    raise ValueError(f"{path} holds {len(files)} file(s); a class folder needs "
+    raise ConfigError(f"{path} holds {len(files)} file(s); a class folder needs "
                      "one file per class (at least two).")
   stems = {os.path.splitext(f)[0] for f in files}
   names = [os.path.splitext(f)[1].lstrip(".") if len(stems) == 1
@@ -82,7 +83,7 @@ def _read_table(path: str, encoding: str, text_column: str,
                             else ",")
     missing = {text_column, label_column} - set(reader.fieldnames or ())
     if missing:
-      raise ValueError(f"{path} has no column(s) {sorted(missing)}; its "
+      raise ConfigError(f"{path} has no column(s) {sorted(missing)}; its "
                        f"columns are {reader.fieldnames}. Set "
                        "input.text_column / input.label_column.")
     rows = [(r[text_column], r[label_column]) for r in reader
@@ -94,16 +95,16 @@ def read(path: str, *, encoding: str = "utf-8", text_column: str = "text",
          label_column: str = "label") -> Split:
   """All examples of a class folder or a CSV/TSV file."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"No labelled text at {path!r} (input.path).")
+    raise NotFound(f"No labelled text at {path!r} (input.path).")
   try:
     if os.path.isdir(path):
       texts, names = _read_folder(path, encoding)
     elif path.endswith((".csv", ".tsv")):
       texts, names = _read_table(path, encoding, text_column, label_column)
     else:
-      raise ValueError(f"{path} is neither a folder nor a .csv/.tsv file.")
+      raise ConfigError(f"{path} is neither a folder nor a .csv/.tsv file.")
   except UnicodeDecodeError as e:
-    raise ValueError(f"{path} is not {encoding} text ({e}); set "
+    raise ConfigError(f"{path} is not {encoding} text ({e}); set "
                      "input.encoding, e.g. latin-1.") from e
   numeric = all(n.lstrip("-").isdigit() for n in names)
   class_names = sorted(set(names), key=int if numeric else str)
@@ -117,7 +118,7 @@ def split_indices(labels: np.ndarray, *, seed: int, test_fraction: float,
                   fold: int = 0) -> dict:
   """Sorted example indices of "train", "validation" and "test", stratified."""
   if num_folds and not 0 <= fold < num_folds:
-    raise ValueError(f"input.fold={fold} is not in 0..{num_folds - 1}.")
+    raise ConfigError(f"input.fold={fold} is not in 0..{num_folds - 1}.")
   parts = {name: [] for name in SPLITS}
   for c in np.unique(labels):
     members = np.random.default_rng([seed, int(c)]).permutation(
@@ -177,7 +178,7 @@ class Input(StepInput):
   def _eval_split(self, split: str | None) -> str:
     split = split or self.config.eval_split
     if split not in SPLITS or not len(self.splits[split]):
-      raise ValueError(f"No examples in split {split!r}; splits have "
+      raise ConfigError(f"No examples in split {split!r}; splits have "
                        f"{ {k: len(v) for k, v in self.splits.items()} }.")
     return split
 

@@ -3,6 +3,8 @@ import os
 
 import tensorflow_datasets as tfds
 
+from bigmodel_jax.errors import NotFound
+
 
 def source(name: str, split: str, data_dir: str | None):
   """`tfds.data_source` of a prepared split, with a clear error if missing."""
@@ -12,12 +14,12 @@ def source(name: str, split: str, data_dir: str | None):
                             download=False)
   except Exception as e:  # TFDS raises several types for a missing dataset.
     where = data_dir or "the default TFDS data dir (~/tensorflow_datasets)"
-    raise FileNotFoundError(
-        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}: "
-        f"{e}\nPrepare it once with `tfds build {name} --data_dir DIR` "
-        "(needs tensorflow and internet; imagenet2012 needs its manual "
-        "download), then point TFDS_DATA_DIR or --config.input.data_dir at "
-        "DIR.") from e
+    raise NotFound(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where} "
+        f"({type(e).__name__}). Prepare it once with `tfds build {name} "
+        "--data_dir DIR` (needs tensorflow and internet; imagenet2012 needs "
+        "its manual download), then point TFDS_DATA_DIR or "
+        "--config.input.data_dir at DIR.") from e
 
 
 def load_text(name: str, split: str, data_dir: str | None) -> str:

@@ -10,6 +10,8 @@ import numpy as np
 import tokenizers
 from tokenizers.implementations import BertWordPieceTokenizer
 
+from bigmodel_jax.errors import ConfigError
+
 
 class WordPiece:
   """[CLS] text [SEP], truncated and padded to a fixed length."""
@@ -21,7 +23,7 @@ class WordPiece:
     self.pad_id = tokenizer.token_to_id("[PAD]")
     self.sep_id = tokenizer.token_to_id("[SEP]")
     if self.pad_id is None or self.sep_id is None:
-      raise ValueError("The vocabulary has no [PAD] or [SEP] token.")
+      raise ConfigError("The vocabulary has no [PAD] or [SEP] token.")
 
   @classmethod
   def from_file(cls, path: str, lowercase: bool = True) -> "WordPiece":
@@ -67,7 +69,7 @@ def for_input(config, train_texts, process_count: int) -> WordPiece:
   if config.get("vocab_file"):
     return WordPiece.from_file(config.vocab_file)
   if process_count > 1:
-    raise ValueError(
+    raise ConfigError(
         "Several processes need one shared vocabulary: train it once (a "
         "one-process run writes WORKDIR/tokenizer.json) and pass "
         "--config.input.vocab_file=PATH.")

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import bert_hf, layers
 
 # Sizes of Google's BERT release (Turc et al. 2019 for tiny/mini/small) and
@@ -71,7 +72,7 @@ class Config:
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
   if variant not in VARIANTS:
-    raise ValueError(f"Unknown BERT variant {variant!r}; have "
+    raise ConfigError(f"Unknown BERT variant {variant!r}; have "
                      f"{list(VARIANTS)}.")
   return layers.config_block("bert", Config, VARIANTS[variant], overrides)
 
@@ -79,12 +80,13 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
 def make(config: ml_collections.ConfigDict) -> "Model":
   fields = layers.config_fields(config, Config, {
       "head": ("none", "mlm", "classifier"), "pool": ("cls", "mean")})
+  layers.check_heads(fields)
   unknown = set(fields["lora_targets"].split(",")) - set(LORA_TARGETS)
   if unknown:
-    raise ValueError(f"config.model.lora_targets has {sorted(unknown)}; "
+    raise ConfigError(f"config.model.lora_targets has {sorted(unknown)}; "
                      f"choose from {LORA_TARGETS}.")
   if fields["head"] == "classifier" and not fields.get("num_classes"):
-    raise ValueError("config.model.num_classes is not set (normally from "
+    raise ConfigError("config.model.num_classes is not set (normally from "
                      "the data) for head='classifier'.")
   return Model(Config(**fields))
 
@@ -189,7 +191,7 @@ class Model(nn.Module):
 
 def default_task(config) -> str:
   if config.head == "none":
-    raise ValueError("A BERT with head='none' has no task to train; set "
+    raise ConfigError("A BERT with head='none' has no task to train; set "
                      "config.model.head to 'mlm' or 'classifier'.")
   return {"mlm": "mlm", "classifier": "classification"}[config.head]
 
@@ -240,7 +242,7 @@ def load_hf(model_dir: str, config) -> dict:
   differ = {k: (getattr(ours, k), v) for k, v in theirs.items()
             if getattr(ours, k) != v}
   if differ:
-    raise ValueError(f"config.model differs from {model_dir}/config.json "
+    raise ConfigError(f"config.model differs from {model_dir}/config.json "
                      f"(ours, checkpoint's): {differ}.")
   shapes = jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(
       Model(ours).init, jax.random.key(0),

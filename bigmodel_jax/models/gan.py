@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import layers
 
 VARIANTS = {
@@ -41,7 +42,7 @@ class Config:
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
   if variant not in VARIANTS:
-    raise ValueError(f"Unknown GAN variant {variant!r}; have {list(VARIANTS)}.")
+    raise ConfigError(f"Unknown GAN variant {variant!r}; have {list(VARIANTS)}.")
   return layers.config_block("gan", Config, VARIANTS[variant], overrides)
 
 

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import layers
 
 _GPT2 = dict(use_bias=True, block_size=1024)
@@ -110,7 +111,7 @@ class Config:
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
   if variant not in VARIANTS:
-    raise ValueError(f"Unknown GPT variant {variant!r}; have {list(VARIANTS)}.")
+    raise ConfigError(f"Unknown GPT variant {variant!r}; have {list(VARIANTS)}.")
   return layers.config_block("gpt", Config, VARIANTS[variant], overrides)
 
 
@@ -119,9 +120,10 @@ def make(config: ml_collections.ConfigDict) -> "Model":
   fields = layers.config_fields(config, Config, {
       "position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
       "mlp": ("gelu", "swiglu"), "remat": tuple(REMAT_POLICIES)})
+  layers.check_heads(fields, fields.get("head_dim"))
   cfg = Config(**fields)
   if cfg.num_heads % cfg.kv_heads:
-    raise ValueError(f"num_heads={cfg.num_heads} is not a multiple of "
+    raise ConfigError(f"num_heads={cfg.num_heads} is not a multiple of "
                      f"num_kv_heads={cfg.kv_heads}.")
   return Model(cfg)
 

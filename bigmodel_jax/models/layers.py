@@ -11,6 +11,7 @@ from flax import linen as nn
 from ml_collections.config_dict import placeholder
 
 from bigmodel_jax import perf
+from bigmodel_jax.errors import ConfigError
 
 
 def _placeholder_type(annotation):
@@ -32,7 +33,7 @@ def config_block(name: str, config_class, *field_dicts: dict
   for more in field_dicts:
     unknown = sorted(set(more) - set(fields))
     if unknown:
-      raise ValueError(f"Unknown {name} config fields {unknown}; have "
+      raise ConfigError(f"Unknown {name} config fields {unknown}; have "
                        f"{sorted(fields)}.")
     fields.update(more)
   block = {"name": name}
@@ -48,13 +49,22 @@ def config_fields(config, config_class, choices: dict | None = None) -> dict:
   fields = {k: v for k, v in config.items() if k != "name"}
   for f in dataclasses.fields(config_class):
     if f.default is dataclasses.MISSING and fields.get(f.name) is None:
-      raise ValueError(f"config.model.{f.name} is not set (normally from "
+      raise ConfigError(f"config.model.{f.name} is not set (normally from "
                        "the data or the variant).")
   for key, allowed in (choices or {}).items():
     if fields.get(key) not in allowed:
-      raise ValueError(f"config.model.{key} must be one of {allowed}, got "
+      raise ConfigError(f"config.model.{key} must be one of {allowed}, got "
                        f"{fields.get(key)!r}.")
   return fields
+
+
+def check_heads(fields: dict, head_dim: int | None = None) -> None:
+  """`num_heads` must divide `emb_dim` unless the head size is explicit."""
+  if head_dim is None and fields["emb_dim"] % fields["num_heads"]:
+    raise ConfigError(
+        f"config.model.num_heads={fields['num_heads']} does not divide "
+        f"config.model.emb_dim={fields['emb_dim']}; choose a divisor"
+        f"{' or set config.model.head_dim' if 'head_dim' in fields else ''}.")
 
 
 def classification_task(config) -> str:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import layers
 
 # Depth -> (block type, blocks per stage), as in He et al. 2016.
@@ -48,7 +49,7 @@ class Config:
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a depth: "18", "34", "50", "101", "152"."""
   if variant not in VARIANTS:
-    raise ValueError(f"Unknown ResNet variant {variant!r}; have "
+    raise ConfigError(f"Unknown ResNet variant {variant!r}; have "
                      f"{list(VARIANTS)}.")
   block, stages = VARIANTS[variant]
   return layers.config_block("resnet", Config,

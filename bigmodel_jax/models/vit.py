@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import layers
 
 # Transformer sizes of the ViT paper (and DeiT's Ti / S).
@@ -48,15 +49,16 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for "SIZE/PATCH", e.g. "B/16"."""
   size, _, patch = variant.partition("/")
   if size not in SIZES or not patch.isdigit():
-    raise ValueError(f"Unknown ViT variant {variant!r}; use SIZE/PATCH with "
+    raise ConfigError(f"Unknown ViT variant {variant!r}; use SIZE/PATCH with "
                      f"SIZE in {list(SIZES)}, e.g. 'B/16'.")
   return layers.config_block("vit", Config, {"patch_size": int(patch)},
                              SIZES[size], overrides)
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
-  return Model(Config(**layers.config_fields(
-      config, Config, {"pool": ("token", "gap")})))
+  fields = layers.config_fields(config, Config, {"pool": ("token", "gap")})
+  layers.check_heads(fields)
+  return Model(Config(**fields))
 
 
 def _dense(cfg: Config, features, names: tuple, name: str,
@@ -102,7 +104,7 @@ def patchify(images, patch: int):
   """(B, H, W, C) -> (B, H/p * W/p, p * p * C) non-overlapping patches."""
   b, h, w, c = images.shape
   if h % patch or w % patch:
-    raise ValueError(f"Image size {h}x{w} is not divisible by patch {patch}.")
+    raise ConfigError(f"Image size {h}x{w} is not divisible by patch {patch}.")
   x = images.reshape(b, h // patch, patch, w // patch, patch, c)
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, patch * patch * c)
 
@@ -111,7 +113,7 @@ def resample_posemb(posemb, num_positions: int):
   """Bilinearly resizes an (N, D) square grid of position embeddings."""
   old, new = round(posemb.shape[0] ** 0.5), round(num_positions ** 0.5)
   if old * old != posemb.shape[0] or new * new != num_positions:
-    raise ValueError(f"Cannot resample {posemb.shape[0]} positions to "
+    raise ConfigError(f"Cannot resample {posemb.shape[0]} positions to "
                      f"{num_positions}: both must be square grids.")
   grid = posemb.reshape(old, old, -1)
   return jax.image.resize(grid, (new, new, grid.shape[-1]),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from bigmodel_jax import optim
+from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.state import TrainState
 
 NETWORKS = ("discriminator", "generator")
@@ -36,7 +37,7 @@ class Task:
 
   def optimizer(self, trainable):
     if trainable is not None:
-      raise ValueError("The gan task trains both networks; set "
+      raise ConfigError("The gan task trains both networks; set "
                        "optimizer.trainable='all'.")
     return optim.per_part(
         optim.make(self.config.optimizer, self.config.total_steps), NETWORKS)

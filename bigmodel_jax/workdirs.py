@@ -1,0 +1,59 @@
+"""A run's workdir: checked before anything is written, and locked.
+
+  with workdirs.lock("runs/x"):   # "... in use by PID 4242 on host-a" if taken
+    ...
+
+The lock is an `flock` on WORKDIR/.lock: the operating system releases it
+when its process ends however it ends (kill -9 included), so a crashed run
+never leaves a stale lock behind; the file keeps the holder's PID and host
+for the message. Only process 0 of a job takes it (the others write
+nothing). Object-store paths ("gs://...") are not locked.
+"""
+import contextlib
+import fcntl
+import os
+import socket
+
+from bigmodel_jax.errors import WorkdirError
+
+
+def prepare(path: str) -> None:
+  """Creates the workdir, or says in one line why it cannot be one."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f"--workdir {path!r} is a file, not a directory.")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"Cannot create the workdir {path!r}: "
+                       f"{e.strerror or e}.") from e
+  if not os.access(path, os.W_OK):
+    raise WorkdirError(f"The workdir {path!r} is not writable.")
+
+
+@contextlib.contextmanager
+def lock(path: str):
+  """Holds WORKDIR/.lock exclusively for the block; another holder is a
+  WorkdirError naming its PID and host."""
+  if "://" in path:
+    yield
+    return
+  prepare(path)
+  try:
+    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise WorkdirError(f"Cannot write to the workdir {path!r}: "
+                       f"{e.strerror or e}.") from e
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
+      raise WorkdirError(
+          f"The workdir {path!r} is in use by {holder or 'another process'}; "
+          "wait for that run to end or use another --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(),
+              0)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.

@@ -1,0 +1,353 @@
+"""What survives what: poisoned states, a second run, corrupt checkpoints,
+bad configs, damaged metrics, a full disk, user errors, divergence."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from bigmodel_jax import (checkpoints, config_loader, experiment, metric_writer,
+                          sample, train)
+from bigmodel_jax.errors import CheckpointError, ConfigError, Diverged
+from conftest import EXPERIMENT, TINY
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ONE = jax.devices()[:1]
+
+
+def _steps(workdir) -> list[int]:
+  return checkpoints.steps(str(workdir))
+
+
+def _main_error(capsys, main, args) -> tuple[int, str]:
+  """(exit code, stderr) of an entrypoint that must fail cleanly."""
+  with pytest.raises(SystemExit) as exit_info:
+    main(args)
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  return exit_info.value.code, err
+
+
+# 1. A non-finite state is never checkpointed.
+def test_a_state_holding_nan_is_not_saved(tmp_path, tiny_config):
+  # With eps=0 Adam's first update of the padded (never used) embedding rows
+  # is 0/0: the loss and gradient stay finite while the state holds NaN.
+  config = tiny_config(optimizer__eps=0.0, model__vocab_multiple=128,
+                       checkpoint_every_steps=1)
+  with pytest.raises(Diverged, match="hold NaN or inf after step 1; it is "
+                     "not saved"):
+    train.train(config, str(tmp_path), ONE)
+  assert _steps(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1e-3"])
+def test_a_non_finite_or_negative_learning_rate_is_refused_when_read(value):
+  with pytest.raises(ConfigError, match=r"config.optimizer.learning_rate=.* "
+                     "is not allowed: a finite number >= 0"):
+    config_loader.load(EXPERIMENT + ":cpu",
+                       {"optimizer.learning_rate": value})
+
+
+# 2. One run per workdir.
+def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path, capsys,
+                                                     tiny_config):
+  workdir = str(tmp_path / "run")
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from bigmodel_jax import "
+       "workdirs; held = workdirs.lock(sys.argv[1]); held.__enter__(); "
+       "print('locked', "
+       "flush=True); time.sleep(120)", workdir],
+      stdout=subprocess.PIPE, text=True, cwd=ROOT,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    code, err = _main_error(capsys, train.main, [
+        "--config", EXPERIMENT + ":cpu", "--workdir", workdir])
+    assert code == 2
+    assert (f"in use by PID {holder.pid} on {socket.gethostname()}" in err)
+    assert not os.path.exists(os.path.join(workdir, "config.json"))
+  finally:
+    holder.send_signal(signal.SIGKILL)  # A crash: the lock goes with it.
+    holder.wait()
+  train.train(tiny_config(total_steps=2), workdir, ONE)
+  assert _steps(workdir) == [2]
+
+
+def test_a_workdir_that_is_a_file_is_one_clear_line(tmp_path, capsys):
+  path = tmp_path / "file"
+  path.write_text("x")
+  code, err = _main_error(capsys, train.main, [
+      "--config", EXPERIMENT + ":cpu", "--workdir", str(path)])
+  assert code == 2 and err.strip() == (
+      f"error: --workdir {str(path)!r} is a file, not a directory.")
+
+
+# 3. Corrupt checkpoints are detected at restore, naming what to do.
+def test_garbage_inside_a_checkpoint_is_detected_and_nothing_is_changed(
+    tmp_path, tiny_config):
+  workdir = str(tmp_path)
+  train.train(tiny_config(total_steps=4), workdir, ONE)
+  files = [p for p in (tmp_path / "checkpoints" / "4").rglob("*")
+           if p.is_file() and "metadata" not in p.name]
+  biggest = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(biggest.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 4096] = np.random.default_rng(0).bytes(
+      len(data[middle:middle + 4096]))
+  biggest.write_bytes(bytes(data))
+  before = sorted((str(p), p.stat().st_size) for p in tmp_path.rglob("*"))
+  with pytest.raises(CheckpointError, match=r"Checkpoint .*/4 is (corrupt|"
+                     r"unreadable).*mv .*/4 .*/4.bad\) to resume from step 2"):
+    train.train(tiny_config(total_steps=6), workdir, ONE)
+  after = sorted((str(p), p.stat().st_size) for p in tmp_path.rglob("*")
+                 if p.name != "metrics.jsonl" and "tfevents" not in p.name)
+  assert after == [b for b in before if "tfevents" not in b[0] and
+                   not b[0].endswith("metrics.jsonl")]
+  os.rename(tmp_path / "checkpoints" / "4", tmp_path / "4.bad")
+  assert train.train(tiny_config(total_steps=6), workdir, ONE)[
+      "train/loss"] > 0  # Resumed from step 2.
+
+
+def test_an_array_that_differs_from_its_checksum_is_named(tmp_path,
+                                                          tiny_config):
+  workdir = str(tmp_path)
+  train.train(tiny_config(total_steps=2), workdir, ONE)
+  sums_path = tmp_path / "checksums" / "2.json"
+  sums = json.loads(sums_path.read_text())
+  sums["params/block_0/fc/kernel"][0] += 1
+  sums_path.write_text(json.dumps(sums))
+  exp = experiment.build(tiny_config(total_steps=2), ONE)
+  mgr = checkpoints.manager(workdir)
+  with pytest.raises(CheckpointError, match=r"/2 is corrupt: 1 array\(s\) "
+                     r"differ .* \(params/block_0/fc/kernel\)"):
+    checkpoints.restore(mgr, exp.factory.abstract)
+  mgr.close()
+  with pytest.raises(CheckpointError, match="params/block_0/fc/kernel"):
+    checkpoints.restore_params(workdir, exp.factory.abstract.params)
+
+
+def test_a_checkpoint_of_another_config_says_so_in_a_few_lines(
+    tmp_path, capfd, tiny_config):
+  workdir = str(tmp_path)
+  train.train(tiny_config(total_steps=2), workdir, ONE)
+  capfd.readouterr()
+  with pytest.raises(CheckpointError, match=r"saved with a different config:"
+                     r" .* is \(.*32.*\) there and \(.*64.*\) in this config"):
+    train.train(tiny_config(total_steps=4, model__emb_dim=64), workdir, ONE)
+  out, err = capfd.readouterr()
+  assert "Event loop is closed" not in out + err
+  assert len((out + err).splitlines()) < 10
+
+
+# 4. Config values that would destroy checkpoints or crash late.
+@pytest.mark.parametrize("key, value", [
+    ("keep_checkpoints", 0), ("input.eval_steps", 0), ("eval_every_steps", 0),
+    ("log_every_steps", 0), ("checkpoint_every_steps", 0),
+    ("grad_accum_steps", 0), ("input.batch_size", 0), ("input.batch_size", -8),
+    ("total_steps", 0), ("optimizer.b2", 1.0), ("optimizer.grad_clip_norm", 0.0),
+])
+def test_bad_values_are_refused_naming_the_key(key, value):
+  with pytest.raises(ConfigError, match=rf"config.{key}={value!r} is not "
+                     "allowed"):
+    config_loader.load(EXPERIMENT + ":cpu", {key: value})
+
+
+def test_num_heads_must_divide_the_width(tiny_config):
+  with pytest.raises(ConfigError, match=r"num_heads=3 does not divide "
+                     r"config.model.emb_dim=32"):
+    experiment.build(tiny_config(model__num_heads=3), ONE)
+
+
+def test_a_short_run_shortens_its_warmup_and_says_so(capsys):
+  config = config_loader.load(EXPERIMENT + ":cpu", {"total_steps": 50})
+  assert config.optimizer.warmup_steps == 5
+  assert ("optimizer.warmup_steps=100 is not below the 50 decay steps; "
+          "using 5") in capsys.readouterr().err
+
+
+# 5. metrics.jsonl: no duplicates after a resume, damaged lines tolerated.
+def test_a_resume_drops_records_past_the_restored_step(tmp_path, tiny_config):
+  workdir = str(tmp_path)
+  train.train(tiny_config(total_steps=6), workdir, ONE)
+  os.rename(tmp_path / "checkpoints" / "6", tmp_path / "lost")  # Crash at 5.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 7, "train/lo')  # A line cut off by a full disk.
+  records = metric_writer.read_jsonl(workdir)  # Skips the damaged line.
+  assert max(r["step"] for r in records) == 6
+  train.train(tiny_config(total_steps=6), workdir, ONE)  # Resumes at 4.
+  steps = [r["step"] for r in metric_writer.read_jsonl(workdir)
+           if "train/loss" in r]
+  assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# 6. A failed save stops the run at once with one clear line.
+@pytest.fixture
+def small_disk(tmp_path):
+  """A workdir whose checkpoints/ is a 600 KiB tmpfs (needs root, as in CI)."""
+  mount = tmp_path / "run" / "checkpoints"
+  mount.mkdir(parents=True)
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+  if result.returncode:
+    pytest.skip(f"cannot mount a small filesystem here: {result.stderr}")
+  yield tmp_path / "run"
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _train_process(workdir, code: str = "") -> subprocess.CompletedProcess:
+  """The tiny GPT's train entrypoint in its own process (after `code`),
+  saving every 5 steps of 400."""
+  overrides = {**TINY, "total_steps": 400, "checkpoint_every_steps": 5,
+               "keep_checkpoints": 1000, "eval_every_steps": 400,
+               "log_every_steps": 1, "mesh.data": 1}
+  args = ["--config", EXPERIMENT + ":cpu", "--workdir", str(workdir)] + [
+      f"--config.{k}={v}" for k, v in overrides.items()]
+  script = (f"import sys; {code}\nfrom bigmodel_jax import train\n"
+            f"train.main({args!r})")
+  return subprocess.run([sys.executable, "-c", script], capture_output=True,
+                        text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu",
+                             "XLA_FLAGS": ""})
+
+
+def test_a_full_disk_stops_the_run_before_writing_with_one_line(small_disk):
+  run = _train_process(small_disk)
+  assert run.returncode == 1
+  assert run.stderr.splitlines() == [
+      f"error: Not enough free space in {small_disk}/checkpoints for "
+      "checkpoint 10: it needs about 0.4 MiB, 0.2 MiB are free. Stopping; "
+      "the checkpoints before it are kept."], run.stderr[-3000:]
+  assert _steps(small_disk) == [5]
+
+
+def test_a_disk_filled_during_an_async_save_stops_the_next_step(small_disk):
+  # Free space looks plentiful, so the save of step 10 starts and fails
+  # half-way through in Orbax's background threads.
+  run = _train_process(small_disk, "from bigmodel_jax import checkpoints; "
+                       "checkpoints.free_bytes = lambda directory: 1 << 40")
+  assert run.returncode == 1
+  errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [
+      f"error: Writing a checkpoint to {small_disk}/checkpoints failed: No "
+      "space left on device. Stopping; the checkpoints before it are kept."]
+  logged = [int(l.split()[1].split("/")[0]) for l in run.stdout.splitlines()
+            if l.startswith("step ")]
+  assert max(logged) < 20  # Stopped within a few steps, not at step 400.
+  assert _steps(small_disk) == [5]
+
+
+def test_half_written_checkpoints_of_a_crashed_run_are_removed(tmp_path,
+                                                               tiny_config):
+  workdir = str(tmp_path)
+  train.train(tiny_config(total_steps=2), workdir, ONE)
+  orphan = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
+  (orphan / "default").mkdir(parents=True)
+  train.train(tiny_config(total_steps=4), workdir, ONE)
+  assert not orphan.exists() and _steps(workdir) == [2, 4]
+
+
+# 7 and 8. User errors: one line, exit 2.
+def test_entrypoint_user_errors_are_one_line(tmp_path, capsys, tiny_config):
+  workdir = str(tmp_path / "lm")
+  train.train(tiny_config(total_steps=2), workdir, ONE)
+  capsys.readouterr()
+  cases = [
+      (train.main, ["--config", EXPERIMENT + ":tpu", "--workdir", workdir],
+       "Unknown variant 'tpu'"),
+      (train.main, ["--config", EXPERIMENT + ":cpu", "--workdir", workdir,
+                    "--config.mesh.data=3"], "Mesh {'data': 3"),
+      (train.main, ["--config", EXPERIMENT + ":cpu", "--workdir", workdir,
+                    "--config.input.batch_size=4"],
+       "input.batch_size=4 is not divisible by the 8 batch shards"),
+      (train.main, ["--config", EXPERIMENT + ":cpu", "--workdir",
+                    str(tmp_path / "x"), "--config.input.batch_size=8",
+                    "--config.input.data_dir", str(tmp_path / "empty")],
+       "TFDS dataset 'tiny_shakespeare' (split 'train') is not prepared in"),
+      (sample.main, ["--workdir", workdir, "--step", "999"],
+       "No checkpoint of step 999 in"),
+      (sample.main, ["--workdir", workdir, "--prompt", "ROMEO€"],
+       "Characters not in the vocabulary: ['€']"),
+      (sample.main, ["--workdir", workdir, "--prompt", ""], "--prompt is empty"),
+      (sample.main, ["--workdir", workdir, "--temperature", "-1"],
+       "--temperature=-1.0 is not allowed"),
+      (sample.main, ["--workdir", workdir, "--top_k", "-1"],
+       "--top_k=-1 is not allowed"),
+      (sample.main, ["--workdir", workdir, "--max_new_tokens", "-5"],
+       "--max_new_tokens=-5 is not allowed"),
+      (sample.main, ["--workdir", str(tmp_path / "nothing")],
+       "is not a training run: it has no config.json"),
+  ]
+  os.makedirs(tmp_path / "empty")
+  for main, args, message in cases:
+    code, err = _main_error(capsys, main, args)
+    assert code == 2 and err.startswith("error: ") and message in err, (
+        args, err)
+    assert "prepared in another format" not in err
+
+
+def test_sampling_a_run_that_is_not_a_language_model_says_so(tmp_path, capsys):
+  workdir = str(tmp_path)
+  train.train(config_loader.load(str(ROOT / "experiments" / "gan_digits.py"),
+                                 {"total_steps": 2, "model.hidden_dim": 8}),
+              workdir, ONE)
+  code, err = _main_error(capsys, sample.main, ["--workdir", workdir])
+  assert code == 2 and "is not a language model trained on text (task 'gan'" \
+      in err
+
+
+# 9. The last checkpoint that passed an evaluation survives rotation.
+def test_divergence_keeps_the_last_good_checkpoint_out_of_rotation(
+    tmp_path, tiny_config):
+  workdir = str(tmp_path)
+  common = dict(checkpoint_every_steps=1, keep_checkpoints=1,
+                eval_every_steps=2, optimizer__decay_steps=8)
+  train.train(tiny_config(total_steps=4, **common), workdir, ONE)
+  assert _steps(workdir) == [4]
+  # Resumed with a learning rate that blows up: step 5 is saved (finite,
+  # never evaluated), step 6 is not finite.
+  with pytest.raises(Diverged, match="at step 6"):
+    train.train(tiny_config(total_steps=8, optimizer__learning_rate=1e30,
+                            **common), workdir, ONE)
+  assert _steps(workdir) == [4, 5]  # keep_checkpoints=1, yet 4 survives.
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_moment_resumes_as_an_unbroken_run(tmp_path):
+  overrides = {**TINY, "total_steps": 60, "checkpoint_every_steps": 3,
+               "eval_every_steps": 60, "log_every_steps": 1,
+               "optimizer.decay_steps": 60, "mesh.data": 1}
+  args = [f"--config.{k}={v}" for k, v in overrides.items()]
+  whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+  command = [sys.executable, "-m", "bigmodel_jax.train", "--config",
+             EXPERIMENT + ":cpu"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  subprocess.run(command + ["--workdir", whole] + args, check=True, env=env,
+                 capture_output=True)
+  # Killed right after steps that start an async save (6, 21) and between
+  # saves (35), each time resuming from what the last run left.
+  for kill_at in (7, 22, 35):
+    run = subprocess.Popen(command + ["--workdir", broken] + args, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True)
+    for line in run.stdout:
+      if line.startswith(f"step {kill_at}/60 "):
+        run.send_signal(signal.SIGKILL)
+        break
+    run.wait()
+    assert run.returncode == -signal.SIGKILL  # It really was interrupted.
+    assert _steps(broken)[-1] < 60
+  subprocess.run(command + ["--workdir", broken] + args, check=True, env=env,
+                 capture_output=True)
+  expected = {r["step"]: r["train/loss"] for r in
+              metric_writer.read_jsonl(whole) if "train/loss" in r}
+  got = [(r["step"], r["train/loss"]) for r in
+         metric_writer.read_jsonl(broken) if "train/loss" in r]
+  assert [step for step, _ in got] == list(range(1, 61))  # Once each.
+  assert dict(got) == expected  # Bitwise: the same floats.
