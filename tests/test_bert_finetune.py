@@ -177,8 +177,8 @@ def test_hugging_face_weights_initialise_the_classifier(minilm_classifiers):
   for name, value in traverse_util.flatten_dict(reference, sep="/").items():
     np.testing.assert_array_equal(ours[name], value)
   wrong = exp.config.model.copy_and_resolve_references()
-  wrong.emb_dim = 256
-  with pytest.raises(ValueError, match=r"emb_dim': \(256, 384\)"):
+  wrong.emb_dim = 240  # 12 heads of 20.
+  with pytest.raises(ValueError, match=r"emb_dim': \(240, 384\)"):
     bert.load_hf(exp.config.init_from.hf_dir, wrong)
 
 
