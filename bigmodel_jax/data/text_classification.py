@@ -1,6 +1,7 @@
 """Labelled text from local files: TFDS-style splits and classifier batches.
 
-`input.path` is either
+`input.path` (or, when it is None, the public dataset `input.dataset`
+prepared on first use in the data home: "rt-polarity") is either
   - a folder with one file per class, one example per line (e.g. rt-polarity:
     rt-polarity.pos, rt-polarity.neg); a class is named by the part of the
     file name that differs (the extension when the stems agree, else the stem);
@@ -26,7 +27,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import wordpiece
+from bigmodel_jax.data import downloads, wordpiece
 from bigmodel_jax.data.common import (StepInput, eval_positions,
                                       save_class_names, shuffled_indices,
                                       token_units)
@@ -137,8 +138,10 @@ def split_indices(labels: np.ndarray, *, seed: int, test_fraction: float,
 
 
 def splits(config) -> dict:
-  """{"train", "validation", "test"} `Split`s of `input.path`."""
-  data = read(config.path, encoding=config.encoding,
+  """{"train", "validation", "test"} `Split`s of `input.path`, or of the
+  public dataset `input.dataset` (downloaded and unpacked on first use)."""
+  path = config.path or downloads.unpacked(config.dataset)
+  data = read(path, encoding=config.encoding,
               text_column=config.text_column, label_column=config.label_column)
   indices = split_indices(
       data.labels, seed=config.split_seed, test_fraction=config.test_fraction,
