@@ -1,4 +1,6 @@
 """Config loading and overrides; the TFDS text input."""
+import os
+
 import numpy as np
 import pytest
 
@@ -97,9 +99,13 @@ def test_process_shares_split_the_global_batch():
   assert a.shape == b.shape == (6, 64) and not np.array_equal(a, b)
 
 
-def test_missing_dataset_says_how_to_prepare_it(tmp_path):
-  with pytest.raises(FileNotFoundError, match="tfds build tiny_shakespeare"):
-    _input(**{"input.data_dir": str(tmp_path)})
+def test_a_missing_dataset_is_prepared_or_says_how_to_prepare_it(tmp_path):
+  # tiny_shakespeare is prepared from the data home (../shared/data here).
+  assert _input(**{"input.data_dir": str(tmp_path)}).vocab_size == 65
+  assert os.listdir(tmp_path / "tiny_shakespeare") == ["1.0.0"]
+  with pytest.raises(FileNotFoundError, match="tfds build lm1b"):
+    _input(**{"input.data_dir": str(tmp_path / "other"),
+              "input.dataset": "lm1b"})
 
 
 @pytest.mark.parametrize("env, expected", [
