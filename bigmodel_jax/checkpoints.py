@@ -241,11 +241,16 @@ class _QuietOrbax:
     self.logger.setLevel(self.level)
 
 
-def _saved_params(path: str) -> dict:
-  """Flat {path tuple: metadata with .shape} of a checkpoint's parameters."""
+def _saved_tree(path: str) -> dict:
+  """Flat {path tuple: metadata with .shape} of a checkpoint's arrays."""
   with ocp.PyTreeCheckpointer() as checkpointer:
     tree = checkpointer.metadata(os.path.join(path, "default")).item_metadata
-  return traverse_util.flatten_dict(tree.tree["params"])
+  return traverse_util.flatten_dict(tree.tree)
+
+
+def _saved_params(path: str) -> dict:
+  """Flat {path tuple: metadata with .shape} of a checkpoint's parameters."""
+  return {k[1:]: v for k, v in _saved_tree(path).items() if k[0] == "params"}
 
 
 def _check_config(saved: dict, target: dict, path: str) -> None:
@@ -296,14 +301,24 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
 
 def restore_params(workdir: str, abstract_params, step: int | None = None
                    ) -> tuple[dict, int]:
-  """(params, step) of a run's newest (or given) checkpoint, only those the
-  target `abstract_params` (ShapeDtypeStructs with shardings) also has.
+  """(params, step): `restore_variables` of the parameters alone."""
+  variables, step = restore_variables(workdir, {"params": abstract_params},
+                                      step)
+  return variables["params"], step
+
+
+def restore_variables(workdir: str, abstract_variables: dict,
+                      step: int | None = None) -> tuple[dict, int]:
+  """(variables, step) of a run's newest (or given) checkpoint: the model's
+  collections ("params", and e.g. "batch_stats" saved in its model state)
+  that the target `abstract_variables` (ShapeDtypeStructs with shardings)
+  also has.
 
   Each array is read straight into its target sharding; one saved with
   another shape (a fine-tune at another image size or class count) is read
   in its saved shape, sharded like its target where the mesh divides it,
-  for the model family's `adapt_params`. Parameters the checkpoint lacks
-  are absent from the result. The arrays are verified like `restore`'s.
+  for the model family's `adapt_params`. Arrays the checkpoint lacks are
+  absent from the result. The arrays are verified like `restore`'s.
   """
   have = steps(workdir)
   if not have:
@@ -313,16 +328,21 @@ def restore_params(workdir: str, abstract_params, step: int | None = None
     raise NotFound(f"No checkpoint of step {step} in {workdir!r}; have steps "
                    f"{have}.")
   path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
+  # Where TrainState keeps each collection: params, model_state/NAME.
+  where = {name: ("params",) if name == "params" else ("model_state", name)
+           for name in abstract_variables}
   with _QuietOrbax():
     try:
-      saved = _saved_params(path)
+      saved = _saved_tree(path)
       target = {}
-      for key, want in traverse_util.flatten_dict(abstract_params).items():
-        if key in saved:
-          shape = tuple(saved[key].shape)
-          target[key] = jax.ShapeDtypeStruct(
-              shape, want.dtype, sharding=sharding.refit(want.sharding, shape))
-      target = {"params": traverse_util.unflatten_dict(target)}
+      for name, tree in abstract_variables.items():
+        for key, want in traverse_util.flatten_dict(tree).items():
+          if where[name] + key in saved:
+            shape = tuple(saved[where[name] + key].shape)
+            target[where[name] + key] = jax.ShapeDtypeStruct(
+                shape, want.dtype,
+                sharding=sharding.refit(want.sharding, shape))
+      target = traverse_util.unflatten_dict(target)
       with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
             os.path.join(path, "default"), args=ocp.args.PyTreeRestore(
@@ -333,4 +353,6 @@ def restore_params(workdir: str, abstract_params, step: int | None = None
       raise CheckpointError(f"Could not read the parameters of checkpoint "
                             f"{path} ({_summary(e)}).") from e
   _verify(restored, workdir, step, path, "Use another step (--step).")
-  return restored["params"], step
+  variables = {"params": restored.get("params", {}),
+               **restored.get("model_state", {})}
+  return {name: variables.get(name, {}) for name in abstract_variables}, step

@@ -48,9 +48,15 @@ class ModelFamily(Protocol):
 
   # Optional hooks (None when absent).
   load_hf: Callable[[str, ml_collections.ConfigDict], dict] | None
-  """(Hugging Face checkpoint dir, config block) -> host params."""
-  export_hf: Callable[[Any, ml_collections.ConfigDict], dict] | None
-  """(params, config block) -> Hugging Face-named host tensors."""
+  """(Hugging Face checkpoint dir, config block) -> host variables
+  ({"params": ..., and e.g. "batch_stats"}); every directory that
+  `export_hf` describes loads."""
+  export_hf: Callable[[dict, ml_collections.ConfigDict, list | None],
+                      Any] | None
+  """(variables, config block, class names) -> `models.hf_layout.HFExport`:
+  the Hugging Face directory that reproduces the model, with the reference
+  that verifies it; raises `errors.NotExportable` (one line naming the
+  setting) where transformers has no faithful equivalent."""
   adapt_params: Callable[[dict, Any], dict] | None
   """(loaded params, abstract target params) -> params fitted to the target
   (e.g. resampled position embeddings, a restarted head)."""
@@ -94,7 +100,8 @@ class InputModule(Protocol):
     """("tokens" or "images", how many a global batch holds)."""
 
   load_tokenizer: Callable[[str], Any] | None
-  """workdir -> the tokenizer the run saved; None for non-text inputs."""
+  """workdir -> the tokenizer the run saved; None for non-text inputs. Its
+  `to_hf()` gives the same ids as a `tokenizers.Tokenizer` (for exports)."""
 
 
 @runtime_checkable

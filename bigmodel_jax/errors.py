@@ -43,6 +43,15 @@ class SaveFailed(UserError, RuntimeError):
   exit_now = True
 
 
+class NotExportable(ConfigError):
+  """A model setting the export format cannot reproduce faithfully."""
+
+
+class ExportMismatch(UserError, RuntimeError):
+  """An export whose reloaded outputs differ from the run's: not kept."""
+  exit_code = 1
+
+
 def entrypoint(main):
   """`main(argv)` with user errors as one line and their exit code."""
   @functools.wraps(main)

@@ -57,18 +57,21 @@ class Experiment:
     mesh's shards and fitted by the family's `adapt_params` where it has one
     (ViT resamples position embeddings, restarts a head of another class
     count); `init_from.hf_dir`: a Hugging Face checkpoint through the
-    family's `load_hf`. Parameters the checkpoint lacks (a new head, LoRA
-    adapters) keep their initial values; the optimizer state starts fresh.
+    family's `load_hf` (with BatchNorm statistics where it has them).
+    Parameters the checkpoint lacks (a new head, LoRA adapters) keep their
+    initial values; the optimizer state starts fresh.
     """
     if init_from.workdir and init_from.get("hf_dir"):
       raise ConfigError("Set one of init_from.workdir and init_from.hf_dir.")
     target = self.factory.abstract.params
     source = init_from.workdir or init_from.get("hf_dir")
+    model_state = None
     if init_from.workdir:
       params, _ = checkpoints.restore_params(init_from.workdir, target,
                                              init_from.step)
     elif self.family.load_hf is not None:
-      params = self.family.load_hf(init_from.hf_dir, self.config.model)
+      model_state = self.family.load_hf(init_from.hf_dir, self.config.model)
+      params = model_state.pop("params")
     else:
       raise ConfigError(f"Model {self.config.model.name!r} has no Hugging "
                        "Face importer (init_from.hf_dir).")
@@ -82,7 +85,7 @@ class Experiment:
               f"parameter tensors from {source}" +
               (f"; new: {_abbreviate(fresh)}" if fresh else "") +
               (f"; not used: {_abbreviate(unused)}" if unused else ""))
-    return self.factory.with_params(train_state, params), report
+    return self.factory.with_params(train_state, params, model_state), report
 
   def units(self) -> tuple[str, int]:
     """("tokens" or "images", how many a global batch holds)."""

@@ -1,9 +1,10 @@
 """A trained run, loaded for inference: config, model, parameters, tokenizer.
 
   run = runs.load("runs/shakespeare")        # newest checkpoint
-  logits = run.model.apply({"params": run.params}, tokens)
+  logits = run.model.apply(run.variables, tokens)
 
-Only the parameters are restored (`checkpoints.restore_params`), straight
+Only the model's variables are restored (`checkpoints.restore_variables`:
+parameters and e.g. BatchNorm statistics), straight
 into their shards on a mesh over the devices at hand (`mesh` overrides the
 run's), laid out by the run's own sharding rules: never the optimizer
 moments, never an unsharded copy. Sampling, evaluation and serving use it.
@@ -21,12 +22,17 @@ from bigmodel_jax.errors import NotFound
 
 @dataclasses.dataclass
 class Run:
+  workdir: str
   config: ml_collections.ConfigDict
   family: Any  # contracts.ModelFamily.
   model: Any
-  params: Any
+  variables: dict  # "params" and the model's other collections.
   step: int
   tokenizer: Any  # None for inputs without text.
+
+  @property
+  def params(self):
+    return self.variables["params"]
 
 
 def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
@@ -42,9 +48,9 @@ def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
   layout = experiment.layout(config, devices)
   model = family.make(config.model)
   data_module = registry.get("data", config.input.name)
-  target = state.abstract_params(
+  target = state.abstract_variables(
       model, layout, data_module.batch_spec(config.input)["inputs"])
-  params, step = checkpoints.restore_params(workdir, target, step)
+  variables, step = checkpoints.restore_variables(workdir, target, step)
   tokenizer = (data_module.load_tokenizer(workdir)
                if data_module.load_tokenizer is not None else None)
-  return Run(config, family, model, params, step, tokenizer)
+  return Run(workdir, config, family, model, variables, step, tokenizer)

@@ -4,7 +4,7 @@ Parameters are never materialised unsharded: `jax.eval_shape` gives the
 abstract state with its logical axis names, the layout's rules turn those
 into shardings, and `jit(init, out_shardings=...)` creates every shard in
 place. The abstract state with shardings is also the restore target for
-checkpoints (`abstract_params` alone, for sampling and serving).
+checkpoints (`abstract_variables` alone, for sampling, export and serving).
 """
 from typing import Any
 
@@ -53,12 +53,12 @@ def _with_shardings(boxed, shardings):
       nn.unbox(boxed), shardings)
 
 
-def abstract_params(model: nn.Module, layout: sharding.Layout,
-                    example_inputs):
-  """The model's parameters as ShapeDtypeStructs with their shardings."""
+def abstract_variables(model: nn.Module, layout: sharding.Layout,
+                       example_inputs) -> dict:
+  """The model's variables ("params", "batch_stats", ...) as
+  ShapeDtypeStructs with their shardings."""
   boxed = jax.eval_shape(
-      lambda rng: _variables(model, rng, example_inputs)["params"],
-      jax.random.key(0))
+      lambda rng: _variables(model, rng, example_inputs), jax.random.key(0))
   return _with_shardings(boxed, layout.tree_shardings(boxed))
 
 
@@ -91,21 +91,30 @@ class StateFactory:
     with self.layout.context():
       return jax.jit(init_fn, out_shardings=self.shardings)(rng)
 
-  def with_params(self, train_state: TrainState, params) -> TrainState:
+  def with_params(self, train_state: TrainState, params,
+                  model_state: dict | None = None) -> TrainState:
     """`train_state` with the parameters `params` holds (host or device
     arrays, any layout, the model's shapes) put into the sharded layout
-    shard by shard; parameters it lacks keep their values, entries the model
-    lacks are ignored."""
-    target = traverse_util.flatten_dict(self.abstract.params)
-    given = traverse_util.flatten_dict(params)
+    shard by shard, and likewise the model state (BatchNorm statistics)
+    `model_state` holds; arrays they lack keep their values, entries the
+    model lacks are ignored."""
+    return train_state.replace(
+        params=self._merge(self.abstract.params, train_state.params, params),
+        model_state=self._merge(self.abstract.model_state,
+                                train_state.model_state, model_state or {}))
+
+  @staticmethod
+  def _merge(abstract, current, given):
+    target = traverse_util.flatten_dict(abstract)
+    given = traverse_util.flatten_dict(given)
     wrong = {"/".join(k): (tuple(given[k].shape), target[k].shape)
              for k in target.keys() & given.keys()
              if tuple(given[k].shape) != target[k].shape}
     if wrong:
       raise ConfigError(f"Loaded parameters do not match the model's shapes "
                        f"(loaded, model): {wrong}.")
-    merged = traverse_util.flatten_dict(train_state.params)
+    merged = traverse_util.flatten_dict(current)
     for k in target.keys() & given.keys():
       merged[k] = jax.device_put(given[k].astype(target[k].dtype),
                                  target[k].sharding)
-    return train_state.replace(params=traverse_util.unflatten_dict(merged))
+    return traverse_util.unflatten_dict(merged)

@@ -66,7 +66,7 @@ def test_padding_does_not_change_real_tokens(minilm_model):
 def test_export_gives_back_the_hugging_face_tensors(minilm_model):
   model, params, _ = minilm_model
   original = load_file(os.path.join(MODEL_DIR, "model.safetensors"))
-  exported = bert_hf.export(params, model.config)
+  exported = bert_hf.to_tensors(params, model.config)
   assert len(exported) == 5 + 16 * 6
   for name, value in exported.items():
     np.testing.assert_array_equal(value, original[name])
@@ -201,3 +201,12 @@ def test_next_sentence_head_trains_with_accumulation_equal_to_big_batch(
     assert results[1][key] == pytest.approx(results[0][key], rel=2e-5), key
   totals = exp.eval_totals(state)
   assert 0 <= exp.task.summarize(totals)["nsp_accuracy"] <= 1
+
+
+def test_a_newly_trained_vocabulary_keeps_every_word_between_cls_and_sep():
+  lines = ["hear me speak", "the cat sat on the mat"] * 40
+  tok = WordPiece.train(lines, vocab_size=80)
+  tokens = tok.tokenizer.encode("hear me speak").tokens
+  assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+  assert tok.decode(tok.encode_batch(["hear me speak"], 8)[0]).replace(
+      "[CLS]", "").replace("[SEP]", "").split() == ["hear", "me", "speak"]

@@ -230,7 +230,7 @@ def test_lora_merged_into_the_kernels_computes_the_same(minilm_classifiers):
                              adapted, atol=1e-5)
   assert np.abs(adapted - lora_exp.model.apply(lora.variables, batch)).max(
   ) > 1e-3  # The perturbation matters.
-  exported = bert_hf.export(params, cfg)
+  exported = bert_hf.to_tensors(params, cfg)
   np.testing.assert_array_equal(
       exported["encoder.layer.3.attention.self.query.weight"],
       merged["layer_3"]["query"]["kernel"].reshape(384, 384).T)

@@ -50,6 +50,17 @@ class CharTokenizer:
     with open(path) as f:
       return cls(json.load(f)["chars"])
 
+  def to_hf(self):
+    """The same ids as a Hugging Face `tokenizers.Tokenizer` (one token per
+    character, decoded by joining), for exported models."""
+    import tokenizers
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+        dict(self._ids), unk_token=None))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split(
+        tokenizers.Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = tokenizers.decoders.Fuse()
+    return tokenizer
+
 
 class TextWindows:
   """Random (inputs, targets) windows over a token array."""

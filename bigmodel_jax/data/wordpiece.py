@@ -22,8 +22,12 @@ class WordPiece:
     self.tokenizer = tokenizer
     self.pad_id = tokenizer.token_to_id("[PAD]")
     self.sep_id = tokenizer.token_to_id("[SEP]")
-    if self.pad_id is None or self.sep_id is None:
-      raise ConfigError("The vocabulary has no [PAD] or [SEP] token.")
+    cls_id = tokenizer.token_to_id("[CLS]")
+    if None in (self.pad_id, self.sep_id, cls_id):
+      raise ConfigError("The vocabulary has no [PAD], [CLS] or [SEP] token.")
+    if tokenizer.post_processor is None:  # A newly trained vocabulary.
+      tokenizer.post_processor = tokenizers.processors.BertProcessing(
+          ("[SEP]", self.sep_id), ("[CLS]", cls_id))
 
   @classmethod
   def from_file(cls, path: str, lowercase: bool = True) -> "WordPiece":
@@ -60,6 +64,10 @@ class WordPiece:
 
   def save(self, path: str) -> None:
     self.tokenizer.save(path)
+
+  def to_hf(self) -> tokenizers.Tokenizer:
+    """The Hugging Face tokenizer (for exported models)."""
+    return self.tokenizer
 
 
 def for_input(config, train_texts, process_count: int) -> WordPiece:

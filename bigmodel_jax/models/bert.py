@@ -24,7 +24,7 @@ import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import bert_hf, layers
+from bigmodel_jax.models import bert_hf, hf_layout, layers
 
 # Sizes of Google's BERT release (Turc et al. 2019 for tiny/mini/small) and
 # Microsoft's MiniLM-L6-H384 (all-MiniLM-L6-v2).
@@ -230,29 +230,23 @@ def from_hf(model_dir: str, variant: str = "base", **overrides):
   """(config block, params as numpy) of a Hugging Face BERT checkpoint."""
   config = model_config(variant, **{**bert_hf.config_fields(model_dir),
                                     **overrides})
-  return config, load_hf(model_dir, config)
+  return config, load_hf(model_dir, config)["params"]
 
 
 def load_hf(model_dir: str, config) -> dict:
-  """Params (numpy) of a Hugging Face checkpoint for our `config.model`
+  """Variables (numpy) of a Hugging Face checkpoint for our `config.model`
   block, whose architecture must be the checkpoint's; a head the checkpoint
   lacks, or one of another class count, is left out (it keeps its init)."""
   ours = make(config).config
-  theirs = bert_hf.config_fields(model_dir)
-  differ = {k: (getattr(ours, k), v) for k, v in theirs.items()
-            if getattr(ours, k) != v}
-  if differ:
-    raise ConfigError(f"config.model differs from {model_dir}/config.json "
-                     f"(ours, checkpoint's): {differ}.")
-  shapes = jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(
-      Model(ours).init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, 8), jnp.int32)))["params"])
-  return bert_hf.read_params(model_dir, ours, shapes)
+  hf_layout.check_fields(dataclasses.asdict(ours),
+                         bert_hf.config_fields(model_dir), model_dir)
+  shapes = layers.variable_shapes(Model(ours), (1, 8), jnp.int32)
+  return {"params": bert_hf.read_params(model_dir, ours, shapes["params"])}
 
 
-def export_hf(params, config) -> dict:
-  """Hugging Face-named tensors (numpy) of our parameters, LoRA merged."""
-  return bert_hf.export(params, make(config).config)
+def export_hf(variables, config, class_names) -> hf_layout.HFExport:
+  """The Hugging Face directory of our model (see `bert_hf.export`)."""
+  return bert_hf.export(variables["params"], make(config).config, class_names)
 
 
 adapt_params = None  # Hugging Face checkpoints need no fitting.

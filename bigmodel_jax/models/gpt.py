@@ -23,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import layers
+from bigmodel_jax.models import gpt_hf, hf_layout, layers
 
 _GPT2 = dict(use_bias=True, block_size=1024)
 _GPT3 = dict(use_bias=True, block_size=2048)
@@ -318,4 +318,23 @@ def flops_per_item_causal(model: Model, params, input_shape) -> float:
           _attention_flops(model.config, input_shape) / 2)
 
 
-load_hf = export_hf = adapt_params = trainable_presets = None  # None yet.
+def load_hf(model_dir: str, config) -> dict:
+  """Variables (numpy) of a Hugging Face GPT-2 or LLaMA checkpoint for our
+  `config.model` block, whose architecture must be the checkpoint's."""
+  hf = hf_layout.read_config(model_dir, ("gpt2", "llama"))
+  cfg = make(config).config
+  ours = {**dataclasses.asdict(cfg), "mlp_dim": cfg.hidden,
+          "head_dim": cfg.head_size, "num_kv_heads": cfg.kv_heads}
+  hf_layout.check_fields(ours, {"vocab_size": hf["vocab_size"],
+                                **gpt_hf.config_fields(hf)}, model_dir)
+  shapes = layers.variable_shapes(Model(cfg), (1, 8), jnp.int32)
+  return {"params": gpt_hf.read_params(model_dir, cfg, shapes["params"])}
+
+
+def export_hf(variables, config, class_names) -> hf_layout.HFExport:
+  """The Hugging Face directory of our model (see `gpt_hf.export`)."""
+  del class_names
+  return gpt_hf.export(variables["params"], make(config).config)
+
+
+adapt_params = trainable_presets = None  # None yet.

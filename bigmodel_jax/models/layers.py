@@ -83,6 +83,13 @@ def xla_flops_per_item(model: nn.Module, params, input_shape) -> float:
   return perf.training_flops_per_example(model, input_shape)
 
 
+def variable_shapes(model: nn.Module, example_shape: tuple, dtype) -> dict:
+  """The shapes of a model's variables ({"params": ..., ...}), unbuilt."""
+  return jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(
+      model.init, jax.random.key(0),
+      jax.ShapeDtypeStruct(example_shape, dtype))))
+
+
 def normal_init(std: float, names: tuple):
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
@@ -94,7 +101,7 @@ def zeros_init(names: tuple):
 def restart_mismatched_head(params: dict, target) -> dict:
   """params["head"] set to zeros when its shapes differ from the target's
   (fine-tuning on another number of classes)."""
-  if (jax.tree.map(jnp.shape, params["head"]) !=
+  if "head" in params and (jax.tree.map(jnp.shape, params["head"]) !=
       jax.tree.map(lambda t: t.shape, target["head"])):
     params["head"] = jax.tree.map(lambda t: np.zeros(t.shape, t.dtype),
                                   target["head"])

@@ -19,7 +19,7 @@ import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import layers
+from bigmodel_jax.models import hf_layout, layers, resnet_hf
 
 # Depth -> (block type, blocks per stage), as in He et al. 2016.
 VARIANTS = {
@@ -161,7 +161,25 @@ def adapt_params(loaded: dict, target) -> dict:
   return layers.restart_mismatched_head(dict(loaded), target)
 
 
+def load_hf(model_dir: str, config) -> dict:
+  """Variables (numpy: params and BatchNorm statistics) of a Hugging Face
+  ResNet checkpoint for our `config.model` block, whose architecture must be
+  the checkpoint's; a head of another class count is left out."""
+  hf = hf_layout.read_config(model_dir, "resnet")
+  ours = make(config).config
+  hf_layout.check_fields(dataclasses.asdict(ours), resnet_hf.config_fields(hf),
+                         model_dir)
+  shapes = layers.variable_shapes(Model(ours), (1, 32, 32, hf["num_channels"]),
+                                  jnp.float32)
+  return resnet_hf.read_variables(model_dir, ours, shapes)
+
+
+def export_hf(variables, config, class_names) -> hf_layout.HFExport:
+  """The Hugging Face directory of our model (see `resnet_hf.export`)."""
+  return resnet_hf.export(variables, make(config).config, class_names)
+
+
 default_task = layers.classification_task
 num_params = layers.num_params
 flops_per_item = layers.xla_flops_per_item
-load_hf = export_hf = trainable_presets = None  # None yet.
+trainable_presets = None  # None yet.

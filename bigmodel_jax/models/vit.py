@@ -17,7 +17,7 @@ import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import layers
+from bigmodel_jax.models import hf_layout, layers, vit_hf
 
 # Transformer sizes of the ViT paper (and DeiT's Ti / S).
 SIZES = {
@@ -161,7 +161,27 @@ def adapt_params(loaded: dict, target) -> dict:
   return layers.restart_mismatched_head(params, target)
 
 
+def load_hf(model_dir: str, config) -> dict:
+  """Variables (numpy) of a Hugging Face ViT checkpoint for our `config.model`
+  block, whose architecture must be the checkpoint's; at the checkpoint's
+  image size (`adapt_params` resamples the positions) and without a head of
+  another class count."""
+  hf = hf_layout.read_config(model_dir, "vit")
+  ours = make(config).config
+  hf_layout.check_fields(dataclasses.asdict(ours), vit_hf.config_fields(hf),
+                         model_dir)
+  size = hf["image_size"]
+  shapes = layers.variable_shapes(
+      Model(ours), (1, size, size, hf["num_channels"]), jnp.float32)
+  return {"params": vit_hf.read_params(model_dir, ours, shapes["params"])}
+
+
+def export_hf(variables, config, class_names) -> hf_layout.HFExport:
+  """The Hugging Face directory of our model (see `vit_hf.export`)."""
+  return vit_hf.export(variables["params"], make(config).config, class_names)
+
+
 default_task = layers.classification_task
 num_params = layers.num_params
 flops_per_item = layers.xla_flops_per_item
-load_hf = export_hf = trainable_presets = None  # None yet.
+trainable_presets = None  # None yet.
