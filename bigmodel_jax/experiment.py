@@ -44,7 +44,8 @@ class Experiment:
     """Eval outputs summed over a split (default `input.eval_split`)."""
     batches = perf.progress(self.data.eval_batches(split),
                             self.data.num_eval_batches(split), "eval batch")
-    return steps.evaluate(self.eval_step, train_state, batches, self.layout)
+    return steps.evaluate(self.eval_step, train_state.variables, batches,
+                          self.layout)
 
   def evaluate(self, train_state, split: str | None = None) -> dict:
     """Scalar eval metrics of the task (e.g. loss, accuracy)."""

@@ -17,8 +17,9 @@ def series(records: list[dict], metric: str) -> tuple[list, list]:
 
 
 def plot(runs: dict[str, list[dict]], metrics, path: str,
-         title: str | None = None) -> None:
-  """One line per run (name -> records) and metric, against step."""
+         title: str | None = None, xlabel: str = "step") -> None:
+  """One line per run (name -> records) and metric, against each record's
+  "step" (labelled `xlabel`)."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
@@ -32,7 +33,7 @@ def plot(runs: dict[str, list[dict]], metrics, path: str,
       if steps:
         ax.plot(steps, values, label=label or None,
                 marker="." if len(steps) < 30 else "")
-  ax.set_xlabel("step")
+  ax.set_xlabel(xlabel)
   ax.set_ylabel(", ".join(metrics))
   ax.set_title(title or ", ".join(metrics))
   ax.grid(alpha=0.3)

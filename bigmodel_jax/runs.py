@@ -17,6 +17,7 @@ import ml_collections
 
 from bigmodel_jax import (checkpoints, config_loader, experiment, registry,
                           state)
+from bigmodel_jax.data import chat
 from bigmodel_jax.errors import NotFound
 
 
@@ -28,7 +29,9 @@ class Run:
   model: Any
   variables: dict  # "params" and the model's other collections.
   step: int
+  layout: Any  # sharding.Layout: the mesh the variables are sharded over.
   tokenizer: Any  # None for inputs without text.
+  chat_template: Any = None  # data.chat.Template of conversation runs.
 
   @property
   def params(self):
@@ -53,4 +56,5 @@ def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
   variables, step = checkpoints.restore_variables(workdir, target, step)
   tokenizer = (data_module.load_tokenizer(workdir)
                if data_module.load_tokenizer is not None else None)
-  return Run(workdir, config, family, model, variables, step, tokenizer)
+  return Run(workdir, config, family, model, variables, step, layout,
+             tokenizer, chat.load(workdir))

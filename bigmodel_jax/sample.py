@@ -2,6 +2,10 @@
 
   python -m bigmodel_jax.sample --workdir runs/shakespeare --prompt "ROMEO:" \\
       --max_new_tokens 300 --temperature 0.8 --top_k 200
+
+A run fine-tuned on conversations (it has a chat template) takes the prompt
+as the user's message and prints the assistant's reply, up to the
+end-of-document token; `--raw` continues the prompt text as it is.
 """
 import argparse
 
@@ -37,6 +41,8 @@ def main(argv=None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--step", type=int, default=None,
                       help="checkpoint step (default: newest)")
+  parser.add_argument("--raw", action="store_true",
+                      help="ignore the run's chat template")
   args = parser.parse_args(argv)
   _check(args)
 
@@ -45,12 +51,20 @@ def main(argv=None) -> None:
     raise ConfigError(f"{args.workdir} is not a language model trained on "
                       f"text (task {run.config.task.name!r}, input "
                       f"{run.config.input.name!r}); sampling needs one.")
-  prompt = np.tile(run.tokenizer.encode(args.prompt), (args.num_samples, 1))
-  new = decoding.generate(run.model, run.params, prompt, args.max_new_tokens,
-                          jax.random.key(args.seed),
+  chat = run.chat_template if not args.raw else None
+  ids = (chat.prompt_ids(run.tokenizer, [{"role": "user",
+                                          "content": args.prompt}])
+         if chat else run.tokenizer.encode(args.prompt))
+  new = decoding.generate(run.model, run.params,
+                          np.tile(ids, (args.num_samples, 1)),
+                          args.max_new_tokens, jax.random.key(args.seed),
                           temperature=args.temperature, top_k=args.top_k)
   for row in new:
-    print(args.prompt + run.tokenizer.decode(row))
+    if chat:  # The reply ends at the end-of-document token.
+      ends = np.flatnonzero(row == run.tokenizer.eos_id)
+      print(run.tokenizer.decode(row[:ends[0] if len(ends) else len(row)]))
+    else:
+      print(args.prompt + run.tokenizer.decode(row))
     print("-" * 40)
 
 

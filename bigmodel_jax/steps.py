@@ -118,10 +118,18 @@ def jit_steps(factory, train_step, eval_step):
   return train, evaluate
 
 
-def evaluate(eval_step, state: TrainState, batches, layout) -> dict:
+def jit_eval_step(eval_step, variables, layout):
+  """`eval_step` jitted for `variables` as they are sharded (a loaded run)."""
+  return layout.in_context(jax.jit(
+      eval_step, in_shardings=(jax.tree.map(lambda x: x.sharding, variables),
+                               layout.batch_sharding()),
+      out_shardings=NamedSharding(layout.mesh, P())))
+
+
+def evaluate(eval_step, variables, batches, layout) -> dict:
   """Summed eval outputs (numpy) over an iterable of host-local batches."""
   total = None
   for batch in batches:
-    sums = eval_step(state.variables, layout.global_batch(batch))
+    sums = eval_step(variables, layout.global_batch(batch))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   return jax.device_get(total)

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 
 from bigmodel_jax import config_loader, experiment, export, runs, train
 from bigmodel_jax.errors import NotExportable
-from bigmodel_jax.models import bert, gpt, hf_layout, resnet, vit
+from bigmodel_jax.models import gpt, hf_layout, resnet, vit
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 SHORT = {"total_steps": 2, "log_every_steps": 1, "eval_every_steps": 2,
@@ -35,6 +35,12 @@ RUNS = {
                        "sentence-transformers"),
     "bert_mlm_nsp": ("bert_mlm.py:cpu-bert", {**BERT, "input.vocab_size": 300},
                      "BertForPreTraining"),
+    "albert_mlm_sop": ("bert_mlm.py:cpu-bert", {
+        **BERT, "input.vocab_size": 300, "model.embed_dim": 16,
+        "model.share_layers": True}, "AlbertForPreTraining"),
+    "albert_classifier": ("bert_finetune.py:full", {
+        **SMALL_TEXT, "model.pool": "cls", "model.share_layers": True},
+                          "AlbertForSequenceClassification"),
     "vit": ("vit_digits.py:cpu", {
         "model.emb_dim": 32, "model.num_layers": 2, "model.num_heads": 2,
         "model.mlp_dim": 64, "model.pool": "token", "input.batch_size": 32},
@@ -161,8 +167,6 @@ def test_jax_artifact_runs_without_this_package(trained, tmp_path):
      "model.stem"),
     (resnet, resnet.model_config("18", num_classes=10, norm="group"),
      "model.norm"),
-    (bert, bert.model_config("tiny", vocab_size=100, share_layers=True),
-     "share_layers"),
     (gpt, gpt.model_config("nano", vocab_size=65, position="rope"),
      "match neither GPT-2"),
 ])

@@ -12,8 +12,8 @@ import os
 import numpy as np
 
 from bigmodel_jax.data import tfds_source
-from bigmodel_jax.data.common import (SplitCache, StepInput, lm_batch_spec,
-                                      token_units)
+from bigmodel_jax.data.common import (SplitCache, TextWindows, WindowInput,
+                                      lm_batch_spec, token_units)
 from bigmodel_jax.errors import ConfigError
 
 
@@ -41,6 +41,10 @@ class CharTokenizer:
   def decode(self, ids) -> str:
     return "".join(self.chars[i] for i in np.asarray(ids).tolist())
 
+  def token_bytes(self) -> np.ndarray:
+    """The UTF-8 bytes each id stands for."""
+    return np.array([len(c.encode("utf-8")) for c in self.chars], np.int64)
+
   def save(self, path: str) -> None:
     with open(path, "w") as f:
       json.dump({"type": "char", "chars": self.chars}, f)
@@ -62,29 +66,11 @@ class CharTokenizer:
     return tokenizer
 
 
-class TextWindows:
-  """Random (inputs, targets) windows over a token array."""
-
-  def __init__(self, tokens: np.ndarray, seq_len: int):
-    if len(tokens) <= seq_len:
-      raise ConfigError(f"Text of {len(tokens)} tokens is too short for "
-                       f"windows of {seq_len + 1}.")
-    self.tokens, self.seq_len = tokens, seq_len
-
-  def batch(self, rng: np.random.Generator, batch_size: int,
-            rows: slice = slice(None)) -> dict:
-    """`rows` of a batch of `batch_size` windows drawn with `rng`."""
-    starts = rng.integers(0, len(self.tokens) - self.seq_len,
-                          size=batch_size)[rows]
-    windows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)]
-    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
-
-
 batch_spec = lm_batch_spec
 units = token_units
 
 
-class Input(StepInput):
+class Input(WindowInput):
   """Train and eval batches for one process (its share of the global batch)."""
 
   def __init__(self, config, *, seed: int, process_index: int,
@@ -103,27 +89,6 @@ class Input(StepInput):
   @property
   def vocab_size(self) -> int:
     return self.tokenizer.vocab_size
-
-  def model_fields(self) -> dict:
-    """Model config fields that come from the data."""
-    return {"vocab_size": self.vocab_size}
-
-  def train_batch(self, step: int) -> dict:
-    """This process's rows of global batch `step` (the same global batch
-    for any number of processes)."""
-    rng = np.random.default_rng([self.seed, step])
-    return self.train.batch(rng, self.config.batch_size, self._rows)
-
-  def eval_batches(self, split: str | None = None):
-    """The same `eval_steps` batches of a split every time."""
-    windows = self.windows[split or self.config.eval_split]
-    for i in range(self.config.eval_steps):
-      rng = np.random.default_rng([self.seed, 1 << 30, i])
-      yield windows.batch(rng, self.config.batch_size, self._rows)
-
-  def save(self, workdir: str) -> None:
-    """Writes what decoding needs (the tokenizer) into the workdir."""
-    self.tokenizer.save(os.path.join(workdir, "tokenizer.json"))
 
 
 def load_tokenizer(workdir: str) -> CharTokenizer:

@@ -21,10 +21,24 @@ def process_rows(batch_size: int, process_index: int, process_count: int
 
 
 def lm_batch_spec(config) -> dict:
-  """Language-model batches: (B, seq_len) int32 "inputs" and "targets"."""
+  """Language-model batches: (B, seq_len) int32 "inputs" and "targets";
+  with `input.segment_ids` also "segments" and "positions"."""
   shape = (config.batch_size, config.seq_len)
-  return {"inputs": jax.ShapeDtypeStruct(shape, np.int32),
-          "targets": jax.ShapeDtypeStruct(shape, np.int32)}
+  keys = ["inputs", "targets"]
+  if config.get("segment_ids"):
+    keys += ["segments", "positions"]
+  return {key: jax.ShapeDtypeStruct(shape, np.int32) for key in keys}
+
+
+def segments_of(inputs: np.ndarray, eos_id: int) -> dict:
+  """"segments" and "positions" (B, T) of packed token rows: each
+  end-of-document token starts a new segment (it is the next document's
+  first input, as at sampling), and positions count from it."""
+  starts = inputs == eos_id
+  index = np.broadcast_to(np.arange(inputs.shape[1]), inputs.shape)
+  first = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+  return {"segments": (1 + np.cumsum(starts, axis=1)).astype(np.int32),
+          "positions": (index - first).astype(np.int32)}
 
 
 def token_units(config) -> tuple[str, int]:
@@ -66,6 +80,31 @@ def save_class_names(workdir: str, class_names: list[str]) -> None:
     json.dump(list(class_names), f)
 
 
+class TextWindows:
+  """Random (inputs, targets) windows over a token array (in memory or
+  memory-mapped: a batch reads only its windows); with an `eos_id`, also
+  the segments and positions that keep its documents apart."""
+
+  def __init__(self, tokens: np.ndarray, seq_len: int,
+               eos_id: int | None = None):
+    if len(tokens) <= seq_len:
+      raise ConfigError(f"Text of {len(tokens)} tokens is too short for "
+                       f"windows of {seq_len + 1}.")
+    self.tokens, self.seq_len, self.eos_id = tokens, seq_len, eos_id
+
+  def batch(self, rng: np.random.Generator, batch_size: int,
+            rows: slice = slice(None)) -> dict:
+    """`rows` of a batch of `batch_size` windows drawn with `rng`."""
+    starts = rng.integers(0, len(self.tokens) - self.seq_len,
+                          size=batch_size)[rows]
+    windows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)
+                          ].astype(np.int32)
+    batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+    if self.eos_id is not None:
+      batch.update(segments_of(batch["inputs"], self.eos_id))
+    return batch
+
+
 class StepInput:
   """Base of inputs whose batches are a pure function of the step:
   subclasses define `train_batch(step)` and `eval_batches(split=None)`; by
@@ -84,6 +123,33 @@ class StepInput:
   def num_eval_batches(self, split: str | None = None) -> int:
     del split
     return self.config.eval_steps
+
+
+class WindowInput(StepInput):
+  """Language-model inputs over token arrays: subclasses set `tokenizer`,
+  `train` (the training split's `TextWindows`) and `windows` (split ->
+  `TextWindows`, e.g. a `SplitCache`); the tokenizer is saved with the run."""
+
+  def model_fields(self) -> dict:
+    """Model config fields that come from the data."""
+    return {"vocab_size": self.tokenizer.vocab_size}
+
+  def train_batch(self, step: int) -> dict:
+    """This process's rows of global batch `step` (the same global batch
+    for any number of processes)."""
+    rng = np.random.default_rng([self.seed, step])
+    return self.train.batch(rng, self.config.batch_size, self._rows)
+
+  def eval_batches(self, split: str | None = None):
+    """The same `eval_steps` batches of a split every time."""
+    windows = self.windows[split or self.config.eval_split]
+    for i in range(self.config.eval_steps):
+      rng = np.random.default_rng([self.seed, 1 << 30, i])
+      yield windows.batch(rng, self.config.batch_size, self._rows)
+
+  def save(self, workdir: str) -> None:
+    """Writes what decoding needs (the tokenizer) into the workdir."""
+    self.tokenizer.save(os.path.join(workdir, "tokenizer.json"))
 
 
 class SplitCache(dict):

@@ -81,10 +81,7 @@ def make(config: ml_collections.ConfigDict) -> "Model":
   fields = layers.config_fields(config, Config, {
       "head": ("none", "mlm", "classifier"), "pool": ("cls", "mean")})
   layers.check_heads(fields)
-  unknown = set(fields["lora_targets"].split(",")) - set(LORA_TARGETS)
-  if unknown:
-    raise ConfigError(f"config.model.lora_targets has {sorted(unknown)}; "
-                     f"choose from {LORA_TARGETS}.")
+  layers.check_lora_targets(fields, LORA_TARGETS)
   if fields["head"] == "classifier" and not fields.get("num_classes"):
     raise ConfigError("config.model.num_classes is not set (normally from "
                      "the data) for head='classifier'.")

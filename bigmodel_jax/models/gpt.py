@@ -8,6 +8,10 @@ biases on or off, vocabulary padded to a multiple of `vocab_multiple` (the
 padded logits are masked). Layers are unrolled or stacked with `nn.scan`
 (`scan_layers`: compile time flat in depth), with a rematerialisation policy
 (`remat`: none, full, dots_saveable, minimal). A KV cache serves decoding.
+Packed sequences: with `segments` (B, T) ids a token attends only to earlier
+tokens of its own segment, and `positions` (B, T) restart in each. LoRA:
+`lora_rank` > 0 adds low-rank adapters to the `lora_targets` projections of
+every block (trainable preset "lora").
 
   model = gpt.make(gpt.model_config("124M", vocab_size=50257))
   logits = model.apply({"params": params}, tokens)          # (B, T, padded vocab)
@@ -56,6 +60,9 @@ VARIANTS = {
                      mlp_dim=11008, **_LLAMA),
 }
 
+# Projections of a block that can carry LoRA adapters (`lora_targets`).
+LORA_TARGETS = ("query", "key", "value", "out", "fc", "gate", "proj")
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -90,6 +97,9 @@ class Config:
   attention_impl: str | None = None  # None (XLA picks), "xla" or "cudnn".
   scan_layers: bool = False
   remat: str = "none"  # See REMAT_POLICIES.
+  lora_rank: int = 0  # > 0: LoRA adapters of this rank.
+  lora_alpha: float = 16.0
+  lora_targets: str = "query,value"  # Of LORA_TARGETS.
 
   @property
   def padded_vocab(self) -> int:
@@ -121,6 +131,7 @@ def make(config: ml_collections.ConfigDict) -> "Model":
       "position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
       "mlp": ("gelu", "swiglu"), "remat": tuple(REMAT_POLICIES)})
   layers.check_heads(fields, fields.get("head_dim"))
+  layers.check_lora_targets(fields, LORA_TARGETS)
   cfg = Config(**fields)
   if cfg.num_heads % cfg.kv_heads:
     raise ConfigError(f"num_heads={cfg.num_heads} is not a multiple of "
@@ -140,29 +151,32 @@ def _norm(cfg: Config, name: str) -> nn.Module:
 
 
 def _dense(cfg: Config, features, names: tuple, std: float, name: str):
+  """A projection; a LoRA target gets adapters."""
+  rank = cfg.lora_rank if name in cfg.lora_targets.split(",") else 0
   return layers.Linear(tuple(np.atleast_1d(features)), names, std,
-                       cfg.use_bias, cfg.dtype, cfg.param_dtype, name=name)
+                       cfg.use_bias, cfg.dtype, cfg.param_dtype,
+                       lora_rank=rank, lora_alpha=cfg.lora_alpha, name=name)
 
 
 def rope(x, positions, theta: float):
-  """Rotary position embedding of x (B, T, heads, D) at `positions` (T,),
-  rotating the two halves of each head (GPT-NeoX / LLaMA layout)."""
+  """Rotary position embedding of x (B, T, heads, D) at `positions` (T,) or
+  (B, T), rotating the two halves of each head (GPT-NeoX / LLaMA layout)."""
   half = x.shape[-1] // 2
   freqs = theta ** (-np.arange(half, dtype=np.float32) / half)
-  angles = positions[:, None].astype(jnp.float32) * freqs  # (T, half)
-  sin, cos = jnp.sin(angles)[:, None], jnp.cos(angles)[:, None]
+  angles = positions[..., None].astype(jnp.float32) * freqs  # (..., T, half)
+  sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin],
                          -1).astype(x.dtype)
 
 
 class Attention(nn.Module):
-  """Causal self-attention (MHA/GQA/MQA); with `decode=True` reads and
-  extends a KV cache."""
+  """Causal self-attention (MHA/GQA/MQA), within segments when `where`
+  holds a mask; with `decode=True` reads and extends a KV cache."""
   config: Config
 
   @nn.compact
-  def __call__(self, x, start, *, decode: bool):
+  def __call__(self, x, where: dict, *, decode: bool):
     cfg = self.config
     act_names = ("batch", "length", "act_heads", "act_kv")
     q = _dense(cfg, (cfg.num_heads, cfg.head_size), ("embed", "heads", "kv"),
@@ -171,15 +185,15 @@ class Attention(nn.Module):
                    ("embed", "kv_heads", "kv"), 0.02, name)(x)
             for name in ("key", "value"))
     if cfg.position == "rope":
-      positions = start + jnp.arange(x.shape[1])
-      q, k = (rope(t, positions, cfg.rope_theta) for t in (q, k))
+      q, k = (rope(t, where["positions"], cfg.rope_theta) for t in (q, k))
     q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
     if decode:
-      k, v, mask = self._update_cache(k, v, start)
+      k, v, mask = self._update_cache(k, v, where["start"])
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     else:
       out = jax.nn.dot_product_attention(
-          q, k, v, is_causal=True, implementation=cfg.attention_impl)
+          q, k, v, mask=where["mask"], is_causal=True,
+          implementation=cfg.attention_impl)
     out = nn.with_logical_constraint(out, act_names)
     return _dense(cfg, cfg.emb_dim, ("heads", "kv", "embed"), _out_std(cfg),
                   "out")(out)
@@ -205,17 +219,18 @@ def _out_std(cfg: Config) -> float:
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: (x, start) -> (x, None), scan-compatible."""
+  """Pre-norm transformer block: (x, where) -> (x, None), scan-compatible;
+  `where`: "start" (cache index), "positions", "mask" (None: causal only)."""
   config: Config
   train: bool = False
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, start):
+  def __call__(self, x, where):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
     x = x + dropout(Attention(cfg, name="attn")(
-        _norm(cfg, "ln_1")(x), start, decode=self.decode))
+        _norm(cfg, "ln_1")(x), where, decode=self.decode))
     x = x + dropout(self.mlp(_norm(cfg, "ln_2")(x)))
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
 
@@ -254,8 +269,11 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, tokens, *, train: bool = False, decode: bool = False):
-    """With `decode=True`, tokens continue the sequence held in the cache."""
+  def __call__(self, tokens, segments=None, positions=None, *,
+               train: bool = False, decode: bool = False):
+    """With `decode=True`, tokens continue the sequence held in the cache;
+    `segments` (B, T) keep packed documents apart, `positions` (B, T) (by
+    default 0, 1, ...) place their tokens."""
     cfg = self.config
     length = tokens.shape[1]
     if decode:
@@ -271,12 +289,16 @@ class Model(nn.Module):
     if cfg.position == "learned":
       wpe = self.param("wpe", layers.normal_init(0.02, ("position", "embed")),
                        (cfg.block_size, cfg.emb_dim), cfg.param_dtype)
-      x = x + jax.lax.dynamic_slice_in_dim(wpe, start, length).astype(
-          cfg.dtype)
+      x = x + (jax.lax.dynamic_slice_in_dim(wpe, start, length)
+               if positions is None else wpe[positions]).astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    where = {"start": start, "mask": None, "positions": (
+        start + jnp.arange(length) if positions is None else positions)}
+    if segments is not None:
+      where["mask"] = (segments[:, :, None] == segments[:, None, :])[:, None]
     for block in _blocks(cfg, train, decode):
-      x, _ = block(x, start)
+      x, _ = block(x, where)
     x = _norm(cfg, "ln_f")(x)
     if cfg.tie_embeddings:
       logits = wte.attend(x)
@@ -305,6 +327,12 @@ def num_params(params, *, embeddings: bool = False) -> int:
 
 def _attention_flops(cfg: Config, input_shape) -> float:
   return 12 * cfg.num_layers * cfg.num_heads * cfg.head_size * input_shape[1]
+
+
+def trainable_presets(config) -> dict:
+  """Names for `optimizer.trainable`: "lora", the LoRA adapters only."""
+  del config
+  return {"lora": r"lora_"}
 
 
 def flops_per_item(model: Model, params, input_shape) -> float:
@@ -337,4 +365,4 @@ def export_hf(variables, config, class_names) -> hf_layout.HFExport:
   return gpt_hf.export(variables["params"], make(config).config)
 
 
-adapt_params = trainable_presets = None  # None yet.
+adapt_params = None  # Hugging Face checkpoints need no fitting.

@@ -67,6 +67,14 @@ def check_heads(fields: dict, head_dim: int | None = None) -> None:
         f"{' or set config.model.head_dim' if 'head_dim' in fields else ''}.")
 
 
+def check_lora_targets(fields: dict, allowed: tuple) -> None:
+  """`lora_targets` must name projections that can carry adapters."""
+  unknown = set(fields.get("lora_targets", "query").split(",")) - set(allowed)
+  if unknown:
+    raise ConfigError(f"config.model.lora_targets has {sorted(unknown)}; "
+                      f"choose from {allowed}.")
+
+
 def classification_task(config) -> str:
   """`default_task` of the image classifier families."""
   del config
@@ -119,6 +127,14 @@ def merge_lora(params, scale: float):
     out["kernel"] = params["kernel"] + scale * jnp.tensordot(
         params["lora_a"], params["lora_b"], 1)
   return out
+
+
+def merged(params, cfg):
+  """`params` of a model config `cfg` with its LoRA adapters (if any)
+  merged."""
+  if not cfg.lora_rank:
+    return params
+  return merge_lora(params, cfg.lora_alpha / cfg.lora_rank)
 
 
 def _kernel_init(init: str, std: float, num_in: int, ndim: int):

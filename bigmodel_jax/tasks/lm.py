@@ -1,9 +1,10 @@
 """Language modelling: predict each next token (GPT-family decoders).
 
 Batch: "inputs" and "targets" (B, T) token ids, targets shifted by one;
-optional "weights" (B, T) masks tokens out of the loss. Metrics: loss (mean
-cross-entropy per token, nats), accuracy (next-token), and on evaluation
-perplexity.
+optional "weights" (B, T) masks tokens out of the loss (e.g. the prompts of
+supervised fine-tuning), "segments" and "positions" (B, T) keep packed
+documents apart (see `models/gpt.py`). Metrics: loss (mean cross-entropy
+per token, nats), accuracy (next-token), and on evaluation perplexity.
 """
 import math
 
@@ -12,6 +13,11 @@ from bigmodel_jax.tasks import base
 
 class Task(base.LossTask):
   name = "lm"
+  optional_keys = frozenset({"weights", "segments", "positions"})
+
+  def apply(self, model, variables, batch: dict, **kwargs):
+    return model.apply(variables, batch["inputs"], batch.get("segments"),
+                       batch.get("positions"), **kwargs)
 
   def summarize(self, totals: dict) -> dict:
     out = super().summarize(totals)

@@ -1,0 +1,155 @@
+"""Scores a run on a split of its data or, for language models, a text file.
+
+  python -m bigmodel_jax.evaluate --workdir runs/shakespeare --split test
+  python -m bigmodel_jax.evaluate --workdir runs/shakespeare \\
+      --text ../shared/data/tinyshakespeare/input.txt --tail 0.1
+
+Prints the task's metrics (loss, accuracy, perplexity, ...) and, for
+language models, bits per byte: the summed loss in bits over the UTF-8
+bytes of the predicted text, comparable between tokenizers (characters,
+BPE). `--text` cuts the file (or its last `--tail` fraction, nanoGPT's
+validation text for 0.1) into non-overlapping windows of the run's sequence
+length; each token is predicted from the tokens before it in its window.
+The variables are read into their shards on all devices; progress and an
+ETA are printed for long evaluations. `--json FILE` writes the figures.
+"""
+import argparse
+import json
+import math
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from bigmodel_jax import perf, registry, runs, steps
+from bigmodel_jax.errors import ConfigError, NotFound, entrypoint
+
+
+def text_batches(run, text: str, batch_size: int):
+  """(number of batches, batches) of non-overlapping windows of `text`:
+  inputs, next-token targets and weights (0 on padding rows)."""
+  tokens = run.tokenizer.encode(text)
+  length = run.config.input.seq_len
+  count = (len(tokens) - 1) // length
+  if count < 1:
+    raise ConfigError(f"The text has {len(tokens)} tokens: too few for one "
+                      f"window of {length} + 1.")
+  starts = np.arange(count) * length
+  total = -(-count // batch_size)
+
+  def batches():
+    for first in range(0, count, batch_size):
+      rows = starts[first:first + batch_size]
+      pad = batch_size - len(rows)
+      index = np.concatenate([rows, np.zeros(pad, int)])[:, None] + np.arange(
+          length)
+      weights = np.ones((batch_size, length), np.float32)
+      weights[len(rows):] = 0
+      local = slice(jax.process_index() * batch_size // jax.process_count(),
+                    (jax.process_index() + 1) * batch_size //
+                    jax.process_count())  # This process's rows.
+      yield {"inputs": tokens[index][local],
+             "targets": tokens[index + 1][local], "weights": weights[local]}
+  return total, batches()
+
+
+def split_batches(run, split: str):
+  """(number of batches, batches) of one process's share of a split, read
+  with the run's saved tokenizer (never one trained anew)."""
+  config = run.config.input
+  saved = os.path.join(run.workdir, "tokenizer.json")
+  if "tokenizer_file" in config and os.path.exists(saved):
+    config = config.copy_and_resolve_references()
+    config.tokenizer_file = saved
+  data = registry.get("data", config.name).Input(
+      config, seed=run.config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  return data.num_eval_batches(split), data.eval_batches(split)
+
+
+def _bytes(token_bytes: np.ndarray, batch: dict) -> int:
+  """UTF-8 bytes of the batch's weighted targets."""
+  weights = batch.get("weights", np.ones(batch["targets"].shape))
+  return int(np.sum(token_bytes[np.asarray(batch["targets"])] *
+                    (np.asarray(weights) > 0)))
+
+
+def evaluate(run, total: int, batches) -> dict:
+  """The task's summary metrics over the batches (and, for language models
+  with a tokenizer, "bits_per_byte" and "bytes")."""
+  task = registry.get("tasks", run.config.task.name).Task(run.config)
+  step = steps.jit_eval_step(task.eval_step(run.model), run.variables,
+                             run.layout)
+  count_bytes = task.name == "lm" and run.tokenizer is not None
+  token_bytes = run.tokenizer.token_bytes() if count_bytes else None
+  num_bytes = []
+
+  def counted(batches):
+    for batch in perf.progress(batches, total, "eval batch"):
+      num_bytes.append(_bytes(token_bytes, batch) if count_bytes else 0)
+      yield batch
+
+  totals = steps.evaluate(step, run.variables, counted(batches), run.layout)
+  if totals is None:
+    raise NotFound("Nothing to evaluate: the split has no batches.")
+  metrics = task.summarize(totals)
+  if count_bytes:
+    metrics["bytes"] = int(np.sum(multihost_utils.process_allgather(
+        np.array(sum(num_bytes)))))
+    metrics["bits_per_byte"] = (float(totals["loss"]) / math.log(2) /
+                                metrics["bytes"])
+  metrics["tokens" if task.name == "lm" else "examples"] = float(
+      totals["count"])
+  return metrics
+
+
+@entrypoint
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True)
+  where = parser.add_mutually_exclusive_group(required=True)
+  where.add_argument("--split", help="a split of the run's data")
+  where.add_argument("--text", help="a UTF-8 text file (language models)")
+  parser.add_argument("--tail", type=float, default=1.0,
+                      help="--text: score its last fraction (0, 1]")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="--text windows per batch (default: the run's)")
+  parser.add_argument("--step", type=int, default=None,
+                      help="checkpoint step (default: newest)")
+  parser.add_argument("--json", help="also write the figures to this file")
+  args = parser.parse_args(argv)
+  if not 0 < args.tail <= 1:
+    raise ConfigError(f"--tail={args.tail}: it must be in (0, 1].")
+
+  run = runs.load(args.workdir, args.step)
+  if args.text:
+    if run.config.task.name != "lm" or run.tokenizer is None:
+      raise ConfigError(f"{args.workdir} is not a language model of text "
+                        f"(task {run.config.task.name!r}); --text needs one.")
+    try:
+      with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+      raise NotFound(f"Cannot read --text {args.text}: {e}.") from None
+    text = text[int(len(text) * (1 - args.tail)):]
+    batch_size = args.batch_size or run.config.input.batch_size
+    shards = run.layout.num_batch_shards()
+    batch_size = -(-batch_size // shards) * shards
+    total, batches = text_batches(run, text, batch_size)
+  else:
+    total, batches = split_batches(run, args.split)
+  metrics = evaluate(run, total, batches)
+  print(f"{args.workdir} step {run.step} on "
+        f"{args.text or 'split ' + args.split}: " +
+        " | ".join(f"{k} {v:,.0f}" if k in ("bytes", "tokens", "examples")
+                   else f"{k} {v:.4f}" for k, v in metrics.items()))
+  if args.json and jax.process_index() == 0:
+    with open(args.json, "w") as f:
+      json.dump({"workdir": args.workdir, "step": run.step,
+                 "on": args.text or args.split, **metrics}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
