@@ -23,6 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from bigmodel_jax import perf, registry, runs, steps
+from bigmodel_jax.data.common import eval_positions, process_rows
 from bigmodel_jax.errors import ConfigError, NotFound, entrypoint
 
 
@@ -35,22 +36,14 @@ def text_batches(run, text: str, batch_size: int):
   if count < 1:
     raise ConfigError(f"The text has {len(tokens)} tokens: too few for one "
                       f"window of {length} + 1.")
-  starts = np.arange(count) * length
   total = -(-count // batch_size)
+  rows = process_rows(batch_size, jax.process_index(), jax.process_count())
 
   def batches():
-    for first in range(0, count, batch_size):
-      rows = starts[first:first + batch_size]
-      pad = batch_size - len(rows)
-      index = np.concatenate([rows, np.zeros(pad, int)])[:, None] + np.arange(
-          length)
-      weights = np.ones((batch_size, length), np.float32)
-      weights[len(rows):] = 0
-      local = slice(jax.process_index() * batch_size // jax.process_count(),
-                    (jax.process_index() + 1) * batch_size //
-                    jax.process_count())  # This process's rows.
-      yield {"inputs": tokens[index][local],
-             "targets": tokens[index + 1][local], "weights": weights[local]}
+    for windows, real in eval_positions(count, batch_size, rows):
+      index = (windows * length)[:, None] + np.arange(length)
+      yield {"inputs": tokens[index], "targets": tokens[index + 1],
+             "weights": np.repeat(real[:, None], length, axis=1)}
   return total, batches()
 
 
