@@ -32,6 +32,17 @@ def base(*, total_steps: int, log_every_steps: int = 50,
   # Logical axis -> mesh axes: None (replicated), "fsdp", "data,fsdp", ...
   config.sharding = ml_collections.ConfigDict({"rules": dict(sharding.RULES)})
   config.grad_accum_steps = 1  # Microbatches per update (same global batch).
+  # Quantization-aware training: "int8", "int4", "w8a8" (quantization.py).
+  config.quantization = ml_collections.ConfigDict(dict(
+      method=placeholder(str), group_size=placeholder(int)))
+  # Gradual magnitude pruning to `sparsity` (pruning.py); 0: off.
+  config.pruning = ml_collections.ConfigDict(dict(
+      sparsity=0.0, scope="global", pattern=placeholder(str), begin_step=0,
+      end_step=placeholder(int), frequency=100))
+  # Knowledge distillation from a trained teacher run (tasks/distill.py).
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher_workdir=placeholder(str), teacher_step=placeholder(int),
+      temperature=2.0, alpha=0.5))
   return config
 
 

@@ -15,8 +15,8 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from bigmodel_jax import (checkpoints, optim, perf, registry, sharding, state,
-                          steps)
+from bigmodel_jax import (checkpoints, optim, perf, pruning, quantization,
+                          registry, sharding, state, steps)
 from bigmodel_jax.errors import ConfigError
 
 
@@ -171,11 +171,14 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
         f"{config.input.name!r} gives {sorted(spec)}.")
 
   # Model and optimizer (on the trainable parameters).
-  model = family.make(config.model)
+  model = quantization.configured(family.make(config.model), config,
+                                  spec["inputs"])
   presets = (family.trainable_presets(config.model)
              if family.trainable_presets is not None else {})
   trainable = optim.trainable(config.optimizer, presets)
   tx = task.optimizer(trainable)
+  if config.get("pruning") and config.pruning.sparsity:
+    tx = optax.chain(tx, pruning.transform(config.pruning, config.total_steps))
 
   # Sharded state layout, then the jitted steps with explicit shardings.
   factory = state.StateFactory(model, tx, layout_, spec["inputs"])

@@ -21,17 +21,16 @@ examples of the run's own evaluation data compared with the run's; a
 difference above --tolerance (relative to the outputs' scale) is an error
 and nothing is kept. The run itself is only read.
 """
-import argparse
 import json
 import os
 import shutil
 import sys
-import tempfile
 
 import jax
 import numpy as np
 
-from bigmodel_jax import jax_loader, metric_writer, registry, runs
+from bigmodel_jax import (jax_loader, metric_writer, quantization, registry,
+                          runs, workdirs)
 from bigmodel_jax.errors import (ConfigError, ExportMismatch, NotExportable,
                                  entrypoint)
 
@@ -91,6 +90,11 @@ def write_hf(run, out: str, batch: dict) -> tuple[str, dict]:
     raise NotExportable(
         f"Model family {run.config.model.name!r} has no Hugging Face export "
         "(export_hf); --format jax exports any model.")
+  method = (run.config.get("compression") or {}).get("method")
+  if method in quantization.METHODS:
+    raise NotExportable(
+        f"{run.workdir} holds {method} weights, which Hugging Face layouts "
+        "do not; export the float run (or --format jax, which keeps them).")
   hf = run.family.export_hf(jax.device_get(run.variables), run.config.model,
                             _class_names(run))
   _write_tensors(os.path.join(out, "model.safetensors"), hf.tensors)
@@ -167,8 +171,9 @@ FORMATS = {"hf": write_hf, "jax": write_jax}
 
 # --- Model card ---------------------------------------------------------------
 def model_card(run, fmt: str, usage: str, verified: str) -> str:
-  latest = {}
-  for record in metric_writer.read_jsonl(run.workdir):
+  latest = {}  # A compressed run has none: `evaluate` scores it.
+  has_metrics = os.path.exists(os.path.join(run.workdir, "metrics.jsonl"))
+  for record in metric_writer.read_jsonl(run.workdir) if has_metrics else []:
     latest.update({k: v for k, v in record.items()
                    if k.startswith(("val/", "test/")) and
                    isinstance(v, (int, float))})
@@ -209,33 +214,19 @@ bigmodel_jax run `{run.workdir}` at step {run.step} (model
 # --- Command ------------------------------------------------------------------
 @entrypoint
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--out", required=True, help="a new directory")
+  parser = runs.arg_parser(__doc__)
   parser.add_argument("--format", choices=sorted(FORMATS), default="hf")
-  parser.add_argument("--step", type=int, default=None,
-                      help="checkpoint step (default: newest)")
   parser.add_argument("--examples", type=int, default=8,
                       help="evaluation examples to verify on")
   parser.add_argument("--tolerance", type=float, default=1e-4,
                       help="largest difference allowed, times the scale")
   args = parser.parse_args(argv)
-  if os.path.exists(args.out) and os.listdir(args.out):
-    raise ConfigError(f"--out {args.out} exists and is not empty; choose a "
-                      "new directory.")
   if args.examples < 1:
     raise ConfigError(f"--examples={args.examples}: it must be >= 1.")
 
-  run = runs.load(args.workdir, args.step, devices=jax.devices()[:1])
-  batch = example_batch(run, args.examples)
-  parent = os.path.dirname(os.path.abspath(args.out))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(staging, 0o777 & ~umask)  # As a plain mkdir would (not 0700).
-  try:
+  with workdirs.new_directory(args.out) as staging:
+    run = runs.load(args.workdir, args.step, devices=jax.devices()[:1])
+    batch = example_batch(run, args.examples)
     usage, (ours, theirs) = FORMATS[args.format](run, staging, batch)
     if theirs is None:
       verified = "Not verified: the reference library was not installed."
@@ -246,11 +237,6 @@ def main(argv=None) -> None:
                       f"{k} {v:.2g}" for k, v in diffs.items()) + ".")
     with open(os.path.join(staging, "README.md"), "w") as f:
       f.write(model_card(run, args.format, usage, verified))
-    if os.path.exists(args.out):
-      os.rmdir(args.out)
-    os.rename(staging, args.out)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   print(f"exported {args.workdir} (step {run.step}) as {args.format} to "
         f"{args.out}\n{verified}")
   sys.stdout.flush()

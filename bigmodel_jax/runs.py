@@ -3,20 +3,22 @@
   run = runs.load("runs/shakespeare")        # newest checkpoint
   logits = run.model.apply(run.variables, tokens)
 
-Only the model's variables are restored (`checkpoints.restore_variables`:
+A compressed run (`compress.py`) comes back as its quantized model and
+weights. Only the model's variables are restored (`checkpoints.restore_variables`:
 parameters and e.g. BatchNorm statistics), straight
 into their shards on a mesh over the devices at hand (`mesh` overrides the
 run's), laid out by the run's own sharding rules: never the optimizer
 moments, never an unsharded copy. Sampling, evaluation and serving use it.
 """
+import argparse
 import dataclasses
 import os
 from typing import Any
 
 import ml_collections
 
-from bigmodel_jax import (checkpoints, config_loader, experiment, registry,
-                          state)
+from bigmodel_jax import (checkpoints, config_loader, experiment,
+                          quantization, registry, state)
 from bigmodel_jax.data import chat
 from bigmodel_jax.errors import NotFound
 
@@ -49,12 +51,26 @@ def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
   config = experiment.resolve(config_loader.load_json(path), family)
   config.mesh = mesh or {"data": -1}
   layout = experiment.layout(config, devices)
-  model = family.make(config.model)
   data_module = registry.get("data", config.input.name)
-  target = state.abstract_variables(
-      model, layout, data_module.batch_spec(config.input)["inputs"])
-  variables, step = checkpoints.restore_variables(workdir, target, step)
+  example = data_module.batch_spec(config.input)["inputs"]
+  model = quantization.configured(family.make(config.model), config, example)
+  target = state.abstract_variables(model, layout, example)
+  variables, step = checkpoints.restore_variables(
+      workdir, quantization.to_pure(target), step)
+  variables = quantization.from_pure(variables, target)
   tokenizer = (data_module.load_tokenizer(workdir)
                if data_module.load_tokenizer is not None else None)
   return Run(workdir, config, family, model, variables, step, layout,
              tokenizer, chat.load(workdir))
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+  """The parser of a command that turns a run into a new directory:
+  --workdir, --out, --step."""
+  parser = argparse.ArgumentParser(
+      description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--out", required=True, help="a new directory")
+  parser.add_argument("--step", type=int, default=None,
+                      help="checkpoint step (default: newest)")
+  return parser

@@ -12,9 +12,11 @@ nothing). Object-store paths ("gs://...") are not locked.
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
+import tempfile
 
-from bigmodel_jax.errors import WorkdirError
+from bigmodel_jax.errors import ConfigError, WorkdirError
 
 
 def prepare(path: str) -> None:
@@ -57,3 +59,26 @@ def lock(path: str):
     yield
   finally:
     os.close(fd)  # Releases the lock.
+
+
+@contextlib.contextmanager
+def new_directory(out: str):
+  """Yields a staging directory beside `out` that becomes `out` when the
+  block ends without error (removed otherwise): a half-written result never
+  appears under `out`. `out` must not exist or be empty."""
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise ConfigError(f"--out {out} exists and is not empty; choose a new "
+                      "directory.")
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(staging, 0o777 & ~umask)  # As a plain mkdir would (not 0700).
+  try:
+    yield staging
+    if os.path.exists(out):
+      os.rmdir(out)
+    os.rename(staging, out)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)

@@ -23,7 +23,7 @@ PLUGINS = {
     "models": ["bert", "gan", "gpt", "resnet", "vit"],
     "data": ["char_lm", "mlm_text", "sklearn_digits", "synthetic_tokens",
              "text_classification", "tfds_images"],
-    "tasks": ["classification", "gan", "lm", "mlm"],
+    "tasks": ["classification", "distill", "gan", "lm", "mlm"],
 }
 
 

@@ -50,6 +50,7 @@ class Config:
   emb_dim: int
   num_heads: int
   mlp_dim: int
+  head_dim: int | None = None  # None: emb_dim // num_heads.
   max_positions: int = 512
   type_vocab_size: int = 2
   pad_id: int = 0
@@ -80,7 +81,7 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
 def make(config: ml_collections.ConfigDict) -> "Model":
   fields = layers.config_fields(config, Config, {
       "head": ("none", "mlm", "classifier"), "pool": ("cls", "mean")})
-  layers.check_heads(fields)
+  layers.check_heads(fields, fields.get("head_dim"))
   layers.check_lora_targets(fields, LORA_TARGETS)
   if fields["head"] == "classifier" and not fields.get("num_classes"):
     raise ConfigError("config.model.num_classes is not set (normally from "
@@ -113,7 +114,7 @@ class Layer(nn.Module):
   def __call__(self, x, mask):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
-    heads = (cfg.num_heads, cfg.emb_dim // cfg.num_heads)
+    heads = (cfg.num_heads, cfg.head_dim or cfg.emb_dim // cfg.num_heads)
     q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), name)(x)
                for name in ("query", "key", "value"))
     y = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],

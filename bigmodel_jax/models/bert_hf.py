@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from bigmodel_jax.errors import ConfigError, NotFound
+from bigmodel_jax.errors import ConfigError, NotExportable, NotFound
 from bigmodel_jax.models import hf_layout, layers
 
 # config.json key -> our config key.
@@ -179,6 +179,11 @@ def export(params, cfg, class_names) -> hf_layout.HFExport:
   (first-token pooling) — Albert* for ALBERT settings — or a
   sentence-transformers model whose Dense modules are our pooler and
   classifier (mean pooling, which *ForSequenceClassification lacks)."""
+  if cfg.head_dim and cfg.head_dim * cfg.num_heads != cfg.emb_dim:
+    raise NotExportable(
+        f"model.head_dim={cfg.head_dim} x num_heads={cfg.num_heads} != "
+        f"emb_dim={cfg.emb_dim} (heads pruned): BERT in transformers needs "
+        "them equal.")
   albert = is_albert(cfg)
   family = "Albert" if albert else "Bert"
   tensors = to_tensors(params, cfg)

@@ -179,7 +179,11 @@ class Linear(nn.Module):
     init = nn.with_logical_partitioning(
         _kernel_init(self.init, self.std, num_in, len(shape)), self.names)
     kernel = self.param("kernel", init, shape, self.param_dtype)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), num_in)
+    # promote_dtype and lax.dot_general: the calls qwix intercepts to run
+    # this layer quantized (compress.py, config.quantization).
+    x_in, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
+    y = jax.lax.dot_general(x_in, kernel, (contract, ((), ())))
     if self.use_bias:
       bias = self.param("bias", zeros_init(self.names[num_in:]),
                         tuple(self.features), self.param_dtype)

@@ -38,6 +38,7 @@ class Config:
   num_layers: int
   num_heads: int
   mlp_dim: int
+  head_dim: int | None = None  # None: emb_dim // num_heads.
   pool: str = "token"  # "token" (class token) or "gap" (global average pool).
   dropout: float = 0.0
   dtype: Any = "float32"
@@ -57,7 +58,7 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
 
 def make(config: ml_collections.ConfigDict) -> "Model":
   fields = layers.config_fields(config, Config, {"pool": ("token", "gap")})
-  layers.check_heads(fields)
+  layers.check_heads(fields, fields.get("head_dim"))
   return Model(Config(**fields))
 
 
@@ -83,7 +84,7 @@ class EncoderBlock(nn.Module):
   def __call__(self, x, *, train: bool):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout, deterministic=not train)
-    heads = (cfg.num_heads, cfg.emb_dim // cfg.num_heads)
+    heads = (cfg.num_heads, cfg.head_dim or cfg.emb_dim // cfg.num_heads)
     y = _layer_norm(cfg, "ln_1")(x)
     q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), name)(y)
                for name in ("query", "key", "value"))

@@ -55,6 +55,11 @@ def read_params(model_dir: str, cfg, shapes) -> dict:
 
 def export(params, cfg, class_names) -> hf_layout.HFExport:
   """The ViTForImageClassification directory of a `vit.Config` model."""
+  if cfg.head_dim and cfg.head_dim * cfg.num_heads != cfg.emb_dim:
+    raise NotExportable(
+        f"model.head_dim={cfg.head_dim} x num_heads={cfg.num_heads} != "
+        f"emb_dim={cfg.emb_dim} (heads pruned): ViT in transformers needs "
+        "them equal.")
   if cfg.pool != "token":
     raise NotExportable(
         f"model.pool={cfg.pool!r} (global average pooling) has no "
