@@ -7,7 +7,8 @@
 For a recipe (gpt: `gpt_shakespeare_char.py:cpu`; vit: `vit_digits.py:cpu`;
 bert: `bert_finetune.py:full` on rt-polarity) it trains the model (or
 resumes it: WORKDIR/RECIPE/teacher), compresses it with each method
-(`python -m bigmodel_jax.compress`), fine-tunes it with gradual pruning to
+(`python -m bigmodel_jax.compress`), fine-tunes it quantization-aware
+(int4, then compressed to int4) and with gradual pruning to
 50% and 90% (`config.pruning`), trains a student half as deep twice,
 distilled from the model and from scratch, and measures each variant in a
 fresh process: parameters (nonzero), checkpoint size on disk (parameters
@@ -121,23 +122,27 @@ def report(recipe: str, root: str) -> str:
     rows.append((name, out))
   _, students, steps, columns = RECIPES[recipe]
   base = _config(recipe, {})
-  trained = [  # (row, directory, overrides)
+  fine_tune = {"init_from.workdir": teacher, "init_from.hf_dir": None,
+               "total_steps": steps,
+               "optimizer.learning_rate": base.optimizer.learning_rate / 3,
+               "optimizer.warmup_steps": steps // 10}
+  trained = [  # (row, directory, overrides, compress method)
+      ("int4, QAT fine-tune", "qat_int4",
+       {**fine_tune, "quantization.method": "int4"}, "int4")] + [
       (f"{p}% sparse, gradual fine-tune", f"gradual_{p}", {
-          "init_from.workdir": teacher, "init_from.hf_dir": None,
-          "total_steps": steps, "pruning.sparsity": p / 100,
-          "pruning.end_step": steps * 3 // 4, "pruning.frequency": 25,
-          "optimizer.learning_rate": base.optimizer.learning_rate / 3,
-          "optimizer.warmup_steps": steps // 10}) for p in (50, 90)] + [
+          **fine_tune, "pruning.sparsity": p / 100,
+          "pruning.end_step": steps * 3 // 4, "pruning.frequency": 25},
+       "float32") for p in (50, 90)] + [
       ("student, distilled", "distilled", {
           **students, "task.name": "distill",
-          "distill.teacher_workdir": teacher}),
-      ("student, from scratch", "scratch", students)]
-  for name, directory, overrides in trained:
+          "distill.teacher_workdir": teacher}, "float32"),
+      ("student, from scratch", "scratch", students, "float32")]
+  for name, directory, overrides, method in trained:
     path = os.path.join(root, directory)
     train.train(_config(recipe, overrides), path)
-    out = path + "_float32"
+    out = f"{path}_{method}"
     if not os.path.isdir(out):
-      compress.main(["--workdir", path, "--out", out, "--method", "float32"])
+      compress.main(["--workdir", path, "--out", out, "--method", method])
     rows.append((name, out))
   lines = ["| variant | parameters (nonzero) | disk MiB | in memory MiB | "
            "ms b=1 | ms b=32 | peak RSS MiB | " + " | ".join(columns) + " |",
