@@ -122,10 +122,9 @@ def compress(run, args) -> tuple[dict, dict, dict, tuple]:
     block.update(keep_heads=args.keep_heads, keep_mlp=args.keep_mlp)
   counts = pruning.nonzero(params)
   if args.method in quantization.METHODS:
-    block["group_size"] = quantization.check(args.method, args.group_size)
-    if args.group_size is None and block["group_size"]:
-      block["group_size"] = quantization.fitting_group(
-          run.family.make(config), block, params, _example(run))
+    block["group_size"] = quantization.group_size(
+        run.family.make(config), {**block, "group_size": args.group_size},
+        params, _example(run))
     params = _quantized(run, config, params, block)
   return config, {"params": params, **others}, block, counts
 

@@ -104,6 +104,14 @@ def fitting_group(model: nn.Module, block, float_params, example_inputs
   return 0
 
 
+def group_size(model: nn.Module, block, float_params, example_inputs
+               ) -> int:
+  """`block`'s group size when set (checked), else `fitting_group`'s."""
+  if block.get("group_size") is not None:
+    return check(block["method"], block["group_size"])
+  return fitting_group(model, block, float_params, example_inputs)
+
+
 def qat_model(model: nn.Module, block, float_params, example_inputs
               ) -> nn.Module:
   """`model` training with fake quantization (straight-through)."""
@@ -126,9 +134,7 @@ def configured(model: nn.Module, config, example_inputs) -> nn.Module:
   float_params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0),
                                          example_inputs)["params"])
   block = dict(block)
-  if block.get("group_size") is None:
-    block["group_size"] = fitting_group(model, block, float_params,
-                                        example_inputs)
+  block["group_size"] = group_size(model, block, float_params, example_inputs)
   return wrap(model, block, float_params, example_inputs)
 
 
