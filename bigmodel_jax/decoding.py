@@ -14,15 +14,32 @@ import numpy as np
 from bigmodel_jax.errors import ConfigError
 
 
+def sample(logits, keys, temperature, top_k, top_p):
+  """Ids (B,) from logits (B, V), each row under its own settings, arrays
+  (B,): `keys` one PRNG key per row; `temperature` 0 decodes greedily;
+  `top_k` 0 and `top_p` 1 do not limit. Top-k applies first, then top-p
+  (the fewest most likely ids whose probability reaches it)."""
+  vocab = logits.shape[-1]
+  greedy = jnp.argmax(logits, -1)
+  scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+  ranked = jnp.sort(scaled, -1)[:, ::-1]
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+  ranked = jnp.where(jnp.arange(vocab) < k[:, None], ranked, -jnp.inf)
+  probs = jax.nn.softmax(ranked, -1)
+  kept = jnp.sum(jnp.cumsum(probs, -1) - probs < top_p[:, None], -1)
+  threshold = jnp.take_along_axis(ranked, jnp.maximum(kept, 1)[:, None] - 1,
+                                  -1)
+  sampled = jax.vmap(jax.random.categorical)(
+      keys, jnp.where(scaled >= threshold, scaled, -jnp.inf))
+  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
 def _pick(logits, rng, temperature: float, top_k: int | None):
-  """Samples ids from (B, vocab) logits; temperature 0 is greedy."""
-  if temperature == 0:
-    return jnp.argmax(logits, -1).astype(jnp.int32)
-  logits = logits / temperature
-  if top_k:
-    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  return jax.random.categorical(rng, logits).astype(jnp.int32)
+  """`sample` with one setting for every row."""
+  rows = logits.shape[0]
+  return sample(logits, jax.random.split(rng, rows),
+                jnp.full((rows,), temperature), jnp.full((rows,), top_k or 0),
+                jnp.ones((rows,)))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
@@ -35,7 +52,8 @@ def _segment(model, params, context, length, rng, num_steps, temperature,
           jax.random.key(0), context, decode=True))["cache"])
   logits, variables = model.apply({"params": params, "cache": cache}, context,
                                   decode=True, mutable=["cache"])
-  cache = {**variables["cache"], "index": length.astype(jnp.int32)}
+  cache = {**variables["cache"],
+           "index": jnp.full(context.shape[:1], length, jnp.int32)}
   rngs = jax.random.split(rng, num_steps + 1)
   first = _pick(jnp.take(logits, length - 1, axis=1), rngs[0], temperature,
                 top_k)

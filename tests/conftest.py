@@ -97,3 +97,42 @@ def server(tmp_path):
   yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
   httpd.shutdown()
   httpd.server_close()
+
+
+_EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+_SHORT = {"total_steps": 3, "log_every_steps": 1, "eval_every_steps": 3,
+          "checkpoint_every_steps": 3, "optimizer.warmup_steps": 1}
+# Tiny runs of each servable kind: (experiment, overrides).
+SERVABLE = {
+    "char": ("gpt_shakespeare_char.py:cpu", {
+        "model.num_layers": 2, "model.num_heads": 2, "model.emb_dim": 32,
+        "input.seq_len": 32, "input.batch_size": 8, "input.eval_steps": 1}),
+    "chat": ("gpt_text.py:sft", {
+        "model.num_layers": 1, "model.emb_dim": 32, "model.num_heads": 2,
+        "model.block_size": 64, "input.seq_len": 64, "input.vocab_size": 400,
+        "input.batch_size": 8}),
+    "bert": ("bert_finetune.py:full", {
+        "model.num_layers": 2, "model.emb_dim": 32, "model.num_heads": 2,
+        "model.mlp_dim": 64, "model.dropout": 0.0, "model.max_positions": 16,
+        "init_from.hf_dir": None, "input.seq_len": 16, "input.batch_size": 8}),
+    "vit": ("vit_digits.py:cpu", {
+        "model.emb_dim": 32, "model.num_layers": 1, "model.num_heads": 2,
+        "model.mlp_dim": 64, "input.batch_size": 32}),
+}
+
+
+@pytest.fixture(scope="session")
+def servable(tmp_path_factory):
+  """name -> workdir of a tiny trained run (see SERVABLE), made on first use."""
+  from bigmodel_jax import train
+  cache = {}
+
+  def get(name):
+    if name not in cache:
+      spec, overrides = SERVABLE[name]
+      workdir = str(tmp_path_factory.mktemp(name))
+      train.train(config_loader.load(str(_EXPERIMENTS / spec),
+                                     {**_SHORT, **overrides}), workdir)
+      cache[name] = workdir
+    return cache[name]
+  return get

@@ -188,8 +188,7 @@ class Attention(nn.Module):
       q, k = (rope(t, where["positions"], cfg.rope_theta) for t in (q, k))
     q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
     if decode:
-      k, v, mask = self._update_cache(k, v, where["start"])
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      out = self._cached_attention(q, k, v, where["start"])
     else:
       out = jax.nn.dot_product_attention(
           q, k, v, mask=where["mask"], is_causal=True,
@@ -198,19 +197,28 @@ class Attention(nn.Module):
     return _dense(cfg, cfg.emb_dim, ("heads", "kv", "embed"), _out_std(cfg),
                   "out")(out)
 
-  def _update_cache(self, k, v, index):
-    """Writes k, v at `index`; returns the whole cache and the causal mask."""
-    batch, length, heads, head_dim = k.shape
+  def _cached_attention(self, q, k, v, index):
+    """Writes each row's k, v at its own cache `index` (B,) and attends over
+    the cache. The cache is heads-major (B, kv_heads, block_size, D), so a
+    one-position step reads it without transposing it."""
+    batch, length, kv_heads, head_dim = k.shape
     size = self.config.block_size
-    shape = (batch, size, heads, head_dim)
+    shape = (batch, kv_heads, size, head_dim)
     cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
     cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
-    start = (0, index, 0, 0)
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, start)
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, start)
-    query_pos = index + jnp.arange(length)
-    mask = jnp.arange(size)[None, :] <= query_pos[:, None]
-    return cached_k.value, cached_v.value, mask[None, None]
+    write = jax.vmap(lambda cache, new, i: jax.lax.dynamic_update_slice(
+        cache, new.swapaxes(0, 1), (0, i, 0)))
+    cached_k.value = write(cached_k.value, k, index)
+    cached_v.value = write(cached_v.value, v, index)
+    query = q.reshape(batch, length, kv_heads, -1, head_dim)  # Groups (GQA).
+    scores = jnp.einsum("btkgd,bksd->bkgts", query, cached_k.value,
+                        preferred_element_type=jnp.float32)
+    seen = jnp.arange(size) <= (index[:, None] + jnp.arange(length))[..., None]
+    scores = jnp.where(seen[:, None, None], scores / np.sqrt(head_dim),
+                       -1e30)
+    weights = jax.nn.softmax(scores, -1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", weights, cached_v.value)
+    return out.reshape(q.shape)
 
 
 def _out_std(cfg: Config) -> float:
@@ -220,7 +228,8 @@ def _out_std(cfg: Config) -> float:
 
 class Block(nn.Module):
   """Pre-norm transformer block: (x, where) -> (x, None), scan-compatible;
-  `where`: "start" (cache index), "positions", "mask" (None: causal only)."""
+  `where`: "start" (cache index per row), "positions", "mask" (None: causal
+  only)."""
   config: Config
   train: bool = False
   decode: bool = False
@@ -276,12 +285,15 @@ class Model(nn.Module):
     default 0, 1, ...) place their tokens."""
     cfg = self.config
     length = tokens.shape[1]
-    if decode:
-      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if decode:  # Each row continues from its own position.
+      index = self.variable("cache", "index", jnp.zeros, tokens.shape[:1],
+                            jnp.int32)
       start = index.value
       index.value = start + length
+      if positions is None:
+        positions = start[:, None] + jnp.arange(length)
     else:
-      start = jnp.zeros((), jnp.int32)
+      start = None
     wte = nn.Embed(cfg.padded_vocab, cfg.emb_dim, dtype=cfg.dtype,
                    param_dtype=cfg.param_dtype, name="wte",
                    embedding_init=layers.normal_init(0.02, ("vocab", "embed")))
@@ -289,12 +301,12 @@ class Model(nn.Module):
     if cfg.position == "learned":
       wpe = self.param("wpe", layers.normal_init(0.02, ("position", "embed")),
                        (cfg.block_size, cfg.emb_dim), cfg.param_dtype)
-      x = x + (jax.lax.dynamic_slice_in_dim(wpe, start, length)
-               if positions is None else wpe[positions]).astype(cfg.dtype)
+      x = x + (wpe[:length] if positions is None else
+               wpe[positions]).astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     where = {"start": start, "mask": None, "positions": (
-        start + jnp.arange(length) if positions is None else positions)}
+        jnp.arange(length) if positions is None else positions)}
     if segments is not None:
       where["mask"] = (segments[:, :, None] == segments[:, None, :])[:, None]
     for block in _blocks(cfg, train, decode):

@@ -1,0 +1,246 @@
+"""/v1/completions and /v1/chat/completions: requests to the generator,
+tokens back as text, whole or as server-sent events.
+
+Each choice is one generator request (its own slot and seed). Text is
+decoded from all of a choice's ids so far, so a multi-byte character split
+over tokens comes out whole; text that could be the start of a `stop`
+string is held back until it is not, and a stop string ends the choice
+(not included in the text).
+"""
+import asyncio
+import json
+import secrets
+import threading
+import time
+import weakref
+
+import numpy as np
+
+from bigmodel_jax.serving.gate import ApiError
+from bigmodel_jax.serving.generation import Request
+
+
+class Inbox:
+  """Hands the generator's tokens to the event loop: one wake-up per
+  decode step for every stream, not one per stream."""
+  _of_loop = weakref.WeakKeyDictionary()
+
+  def __init__(self, loop):
+    self.loop, self.items, self.lock = loop, [], threading.Lock()
+
+  @classmethod
+  def of(cls, loop) -> "Inbox":
+    if loop not in cls._of_loop:
+      cls._of_loop[loop] = cls(loop)
+    return cls._of_loop[loop]
+
+  def put(self, queue: asyncio.Queue, item) -> None:
+    with self.lock:
+      self.items.append((queue, item))
+      if len(self.items) > 1:  # A wake-up is on its way.
+        return
+    self.loop.call_soon_threadsafe(self._drain)
+
+  def _drain(self) -> None:
+    with self.lock:
+      items, self.items = self.items, []
+    for queue, item in items:
+      queue.put_nowait(item)
+
+
+class Choice:
+  """The text of one choice, as its tokens arrive."""
+
+  def __init__(self, served, stops: list[str]):
+    self.served, self.stops = served, stops
+    self.ids, self.text, self.shown = [], "", 0
+    self.whole, self.whole_ids = "", 0  # Text of ids that end a character.
+    self.finish = None
+    self.sent_tokens = 0  # Tokens whose text has left (abandoned streams).
+
+  def add(self, tokens: list, finish: str | None) -> str:
+    """New text to show; sets `finish` when the choice is done."""
+    self.ids.extend(tokens)
+    tail = self.served.decode(self.ids[self.whole_ids:])
+    text = self.whole + tail
+    if not tail.endswith("\ufffd"):
+      self.whole, self.whole_ids = text, len(self.ids)
+    cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0),
+              default=-1)
+    if cut >= 0:
+      text, finish = text[:cut], "stop"
+    self.text, self.finish = text, finish
+    end = len(text)
+    if not finish:  # Hold back a possible start of a stop string or char.
+      end -= max([k for s in self.stops for k in range(1, len(s))
+                  if text.endswith(s[:k])] + [0])
+      end -= text.endswith("\ufffd")
+    delta, self.shown = text[self.shown:max(end, self.shown)], max(end,
+                                                                 self.shown)
+    return delta
+
+
+def check_length(served, prompt_ids: np.ndarray, max_tokens: int) -> None:
+  """400 for a prompt or max_tokens the context cannot hold."""
+  context, prompt = served.context, len(prompt_ids)
+  if prompt == 0:
+    raise ApiError(400, "The prompt is empty.", "invalid_request_error",
+                   "empty_prompt")
+  if prompt >= context:
+    raise ApiError(400, f"The prompt has {prompt} tokens; model "
+                   f"{served.name!r} has a context of {context}, so at most "
+                   f"{context - 1}.", "invalid_request_error",
+                   "context_length_exceeded")
+  if prompt + max_tokens > context:
+    raise ApiError(400, f"max_tokens={max_tokens} with a {prompt}-token "
+                   f"prompt exceeds the context of {context}; at most "
+                   f"{context - prompt}.", "invalid_request_error",
+                   "max_tokens_exceeded")
+
+
+def _sse(payload) -> str:
+  return f"data: {json.dumps(payload)}\n\n"
+
+
+class Generation:
+  """One API call: its choices in flight on the generator."""
+
+  def __init__(self, served, body, prompts: list[np.ndarray],
+               max_tokens: int, *, chat: bool, call):
+    self.served, self.body, self.chat, self.call = served, body, chat, call
+    self.prompts, self.max_tokens = prompts, max_tokens
+    self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+    self.created = int(time.time())
+    self.prompt_tokens = sum(len(p) for p in prompts)
+    self.choices = [Choice(served, body.stops())
+                    for _ in range(len(prompts) * body.n)]
+    self.requests = []
+    self.events = asyncio.Queue()
+
+  def start(self) -> None:
+    inbox = Inbox.of(asyncio.get_running_loop())
+    seed = (self.body.seed if self.body.seed is not None
+            else secrets.randbits(32))
+    eos = getattr(self.served.run.tokenizer, "eos_id", None)
+    for i, choice in enumerate(self.choices):
+      request = Request(
+          self.prompts[i // self.body.n], self.max_tokens,
+          lambda tokens, finish, i=i: inbox.put(self.events,
+                                                (i, tokens, finish)),
+          temperature=self.body.temperature, top_k=self.body.top_k,
+          top_p=self.body.top_p, seed=(seed + i) % 2**32, eos_id=eos)
+      self.requests.append(request)
+      self.served.generator.submit(request)
+
+  def cancel(self) -> None:
+    for request in self.requests:
+      self.served.generator.cancel(request)
+
+  async def next_text(self) -> tuple[int, str, str | None]:
+    """(choice, new text, finish reason) of the next tokens: all that have
+    arrived for that choice, so a slow reader gets fewer, longer chunks."""
+    while True:
+      i, tokens, finish = await self.events.get()
+      waiting = []
+      while not finish and not self.events.empty():
+        item = self.events.get_nowait()
+        if item[0] == i:
+          tokens, finish = tokens + item[1], item[2]
+        else:
+          waiting.append(item)
+      for item in waiting:  # Other choices' tokens keep their order.
+        self.events.put_nowait(item)
+      choice = self.choices[i]
+      if choice.finish:  # Ended by a stop string already.
+        continue
+      delta = choice.add(tokens, finish)
+      if choice.finish and not finish:
+        self.served.generator.cancel(self.requests[i])
+      if choice.finish == "error":
+        raise ApiError(500, "Generation failed on the server; nothing was "
+                       "charged.", "server_error")
+      if choice.finish == "cancelled":
+        raise ApiError(503, "The server is shutting down; nothing was "
+                       "charged.", "server_error")
+      return i, delta, choice.finish
+
+  @property
+  def done(self) -> bool:
+    return all(c.finish for c in self.choices)
+
+  def usage(self, completion_tokens: int | None = None) -> dict:
+    completion = (sum(len(c.ids) for c in self.choices)
+                  if completion_tokens is None else completion_tokens)
+    return {"prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion}
+
+  def _choice(self, i: int, text: str, finish: str | None) -> dict:
+    finish = {"stop": "stop", "length": "length"}.get(finish, finish)
+    if self.chat:
+      return {"index": i, "message": {"role": "assistant", "content": text},
+              "finish_reason": finish}
+    return {"index": i, "text": text, "logprobs": None,
+            "finish_reason": finish}
+
+  def _head(self, chunk: bool) -> dict:
+    kind = "chat.completion" if self.chat else "text_completion"
+    return {"id": self.id, "object": kind + (".chunk" if chunk and self.chat
+                                             else ""),
+            "created": self.created, "model": self.served.name}
+
+  async def whole(self, disconnected) -> dict:
+    """Waits for every choice; commits the ledger row; the response."""
+    while not self.done:
+      await self.next_text()
+    if await disconnected():  # Nothing was delivered: nothing is charged.
+      raise ApiError(499, "The client left.", "client_closed")
+    usage = self.usage()
+    await self.call.commit(usage["prompt_tokens"], usage["completion_tokens"])
+    return {**self._head(False), "usage": usage, "choices": [
+        self._choice(i, c.text, c.finish) for i, c in enumerate(self.choices)]}
+
+  def _delta(self, i: int, text: str | None, finish: str | None,
+             role: bool = False) -> dict:
+    if self.chat:
+      delta = {"role": "assistant", "content": ""} if role else (
+          {"content": text} if text else {})
+      return {"index": i, "delta": delta, "finish_reason": finish}
+    return {"index": i, "text": text or "", "logprobs": None,
+            "finish_reason": finish}
+
+  async def stream(self, first_token_seconds):
+    """Server-sent events; the ledger row commits before the last event."""
+    include_usage = bool(self.body.stream_options and
+                         self.body.stream_options.include_usage)
+    first, failed = True, False
+    try:
+      if self.chat:
+        yield _sse({**self._head(True), "choices": [
+            self._delta(i, None, None, role=True)
+            for i in range(len(self.choices))]})
+      while not self.done:
+        i, delta, finish = await self.next_text()
+        if not (delta or finish):
+          continue
+        if first:
+          first_token_seconds(time.monotonic() - self.call.started)
+          first = False
+        yield _sse({**self._head(True),
+                    "choices": [self._delta(i, delta, finish)]})
+        self.choices[i].sent_tokens = len(self.choices[i].ids)
+      usage = self.usage()
+      await self.call.commit(usage["prompt_tokens"],
+                             usage["completion_tokens"])
+      if include_usage:
+        yield _sse({**self._head(True), "choices": [], "usage": usage})
+      yield "data: [DONE]\n\n"
+    except ApiError as e:  # A failed call is not charged.
+      failed = True
+      yield _sse({"error": {"message": e.message, "type": e.kind,
+                            "code": e.code}})
+    finally:
+      self.cancel()
+      sent = sum(c.sent_tokens for c in self.choices)
+      if not (self.call.recorded or failed) and sent:  # The client left.
+        self.call.commit_abandoned(self.prompt_tokens, sent)

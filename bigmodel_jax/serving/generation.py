@@ -1,0 +1,322 @@
+"""Continuous batching: concurrent generation requests share one decode step.
+
+The KV cache has a fixed number of slots (rows). A request waits in a queue
+until a slot is free, takes the lowest free one and is prefilled into it
+with the others admitted at the same time (up to 16 prompts per call, padded
+to the smallest length bucket that holds them: one program per bucket and
+row count), then advances one token per decode step together with
+every other active slot (`steps` tokens per call, to pay the host round
+trip once for several tokens), and leaves the slot when done. A decode step runs
+over the first 1, 2, 4, ... slots, enough to cover the active ones, so a
+lightly loaded server does not pay for idle rows; these programs are all
+compiled at warm-up, and no request mix compiles another. Every slot keeps
+its own position in the cache and its own sampling settings and seed (a
+request's tokens do not depend on what else is running). With one slot it
+serves one request at a time.
+
+  generator = Generator(run.model, run.variables, run.layout, slots=32)
+  generator.submit(Request(prompt_ids, max_tokens=64, deliver=callback))
+
+`deliver(tokens, finish)` is called from the generator's thread with the new
+ids and, at the end, the finish reason: "length", "stop" (end of document),
+"cancelled" or "error".
+"""
+import collections
+import dataclasses
+import logging
+import threading
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bigmodel_jax import decoding
+
+CACHE_AXES = {"cached_key": ("batch", "act_heads", "length", "act_kv"),
+              "cached_value": ("batch", "act_heads", "length", "act_kv"),
+              "index": ("batch",)}
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+  prompt: np.ndarray  # Token ids (T,).
+  max_tokens: int
+  deliver: Callable[[list, str | None], None]
+  temperature: float = 1.0
+  top_k: int = 0  # 0: no limit.
+  top_p: float = 1.0
+  seed: int = 0
+  eos_id: int | None = None  # Generation stops after it ("stop").
+  generated: int = 0
+  cancelled: bool = False
+
+
+def buckets(block_size: int, smallest: int = 16) -> tuple:
+  """Prefill lengths: powers of two from `smallest`, then the block size."""
+  sizes = [smallest]
+  while sizes[-1] * 2 < block_size:
+    sizes.append(sizes[-1] * 2)
+  return tuple(s for s in sizes if s < block_size) + (block_size,)
+
+
+class Generator:
+  """Slots, compiled steps and the thread that runs them (see module doc)."""
+
+  def __init__(self, model, variables, layout, *, slots: int,
+               steps: int = 1, prefill_buckets: tuple | None = None):
+    self.model, self.variables, self.slots = model, variables, slots
+    self.steps = steps  # Decode steps per call (fewer host round trips).
+    self.block_size = model.config.block_size
+    self.buckets = prefill_buckets or buckets(self.block_size)
+    cache = self._abstract_cache(slots)
+    self._batch_axis = jax.tree.map(
+        lambda many, one: next(i for i, (a, b) in enumerate(
+            zip(many.shape, one.shape)) if a != b) if slots > 1 else 0,
+        cache, self._abstract_cache(1))
+    cache_sharding = _cache_shardings(layout, cache)
+    var_sharding = jax.tree.map(lambda x: x.sharding, variables)
+    replicated = NamedSharding(layout.mesh, P())
+    self.cache = jax.jit(
+        lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache),
+        out_shardings=cache_sharding)()
+    self._decode = layout.in_context(jax.jit(
+        self._decode_step, donate_argnums=1, static_argnums=8,
+        in_shardings=(var_sharding, cache_sharding) + (replicated,) * 6,
+        out_shardings=(cache_sharding, replicated)))
+    self.row_buckets = tuple(sorted({min(b, slots) for b in buckets(
+        slots, smallest=1)}))
+    self.prefill_rows = tuple(sorted({min(r, slots) for r in (1, 4, 16)}))
+    self._prefill = layout.in_context(jax.jit(
+        self._prefill_step, donate_argnums=1,
+        in_shardings=(var_sharding, cache_sharding) + (replicated,) * 7,
+        out_shardings=(cache_sharding, replicated)))
+    self._active = [None] * slots
+    self._tokens = np.zeros(slots, np.int32)
+    self._settings = {"temperature": np.zeros(slots, np.float32),
+                      "top_k": np.zeros(slots, np.int32),
+                      "top_p": np.ones(slots, np.float32),
+                      "seed": np.zeros(slots, np.uint32)}
+    self._counts = np.zeros(slots, np.int32)
+    self._pending = collections.deque()
+    self._cond = threading.Condition()
+    self._closed = False
+    self.tokens_generated = 0
+    self._thread = threading.Thread(target=self._loop, daemon=True,
+                                    name="generator")
+    self._thread.start()
+
+  # Compiled steps.
+
+  def _abstract_cache(self, rows: int):
+    tokens = jax.ShapeDtypeStruct((rows, 1), jnp.int32)
+    return jax.eval_shape(lambda v, t: self.model.apply(
+        v, t, decode=True, mutable=["cache"])[1]["cache"],
+        self.variables, tokens)
+
+  def _keys(self, seed, count):
+    return jax.vmap(lambda s, c: jax.random.fold_in(jax.random.key(s), c))(
+        seed, count)
+
+  def _decode_step(self, variables, cache, tokens, temperature, top_k, top_p,
+                   seed, count, rows: int):
+    """The first `rows` slots advance `steps` tokens (idle ones among them
+    compute unused values); the rest of the cache is left as it is. Token
+    j of a request is drawn with the key (seed, j) whatever the grouping."""
+    head = cache if rows == self.slots else jax.tree.map(
+        lambda x, axis: jax.lax.slice_in_dim(x, 0, rows, axis=axis), cache,
+        self._batch_axis)
+
+    def step(carry, offset):
+      head, tokens = carry
+      head = {**head, "index": jnp.minimum(head["index"],
+                                           self.block_size - 1)}
+      logits, new = self.model.apply({**variables, "cache": head},
+                                     tokens[:, None], decode=True,
+                                     mutable=["cache"])
+      tokens = decoding.sample(logits[:, 0], self._keys(seed, count + offset),
+                               temperature, top_k, top_p)
+      return (new["cache"], tokens), tokens
+
+    (head, _), out = jax.lax.scan(step, (head, tokens),
+                                  jnp.arange(self.steps))
+    cache = head if rows == self.slots else jax.tree.map(
+        lambda big, part, axis: jax.lax.dynamic_update_slice_in_dim(
+            big, part, 0, axis), cache, head, self._batch_axis)
+    return cache, out.T  # (rows, steps)
+
+  def _prefill_step(self, variables, cache, tokens, lengths, slots,
+                    temperature, top_k, top_p, seed):
+    """Runs prompts (rows, bucket) into their `slots` (a slot past the last
+    one: a padding row, dropped); returns their first ids."""
+    logits, new = self.model.apply({**variables}, tokens, decode=True,
+                                   mutable=["cache"])
+    rows = {**new["cache"], "index": lengths}
+    cache = jax.tree.map(
+        lambda big, part, axis: big.at[(slice(None),) * axis + (slots,)].set(
+            part.astype(big.dtype), mode="drop"),
+        cache, rows, self._batch_axis)
+    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], 1)[:, 0]
+    first = decoding.sample(last, self._keys(seed, jnp.zeros_like(lengths)),
+                            temperature, top_k, top_p)
+    return cache, first
+
+  def warm_up(self) -> None:
+    """Compiles every decode and prefill program now."""
+    for rows in self.prefill_rows:
+      for bucket in self.buckets:
+        self._run_prefill([(self.slots, Request(np.zeros(1, np.int32), 1,
+                                                None))] * rows, bucket)
+    for rows in self.row_buckets:
+      self._run_decode(rows)
+
+  def _run_prefill(self, started: list, bucket: int) -> list:
+    """Prefills (slot, request) pairs in one call; their first ids."""
+    rows = next(r for r in self.prefill_rows if r >= len(started))
+    tokens = np.zeros((rows, bucket), np.int32)
+    lengths = np.ones(rows, np.int32)
+    slots = np.full(rows, self.slots, np.int32)  # Padding rows: dropped.
+    settings = np.zeros((rows, 4), np.float64)
+    settings[:, 2] = 1.0
+    for row, (slot, request) in enumerate(started):
+      tokens[row, :len(request.prompt)] = request.prompt
+      lengths[row], slots[row] = len(request.prompt), slot
+      settings[row] = (request.temperature, request.top_k, request.top_p,
+                       request.seed)
+    self.cache, first = self._prefill(
+        self.variables, self.cache, tokens, lengths, slots,
+        settings[:, 0].astype(np.float32), settings[:, 1].astype(np.int32),
+        settings[:, 2].astype(np.float32), settings[:, 3].astype(np.uint32))
+    return np.asarray(first)[:len(started)].tolist()
+
+  def _run_decode(self, rows: int):
+    s = {k: v[:rows] for k, v in self._settings.items()}
+    self.cache, tokens = self._decode(
+        self.variables, self.cache, self._tokens[:rows], s["temperature"],
+        s["top_k"], s["top_p"], s["seed"], self._counts[:rows], rows)
+    return np.asarray(tokens)
+
+  def compiled(self) -> dict:
+    """How many programs each step has compiled (tests: no recompiles)."""
+    return {"decode": self._decode.__wrapped__._cache_size(),
+            "prefill": self._prefill.__wrapped__._cache_size()}
+
+  # Requests.
+
+  def submit(self, request: Request) -> None:
+    if len(request.prompt) + request.max_tokens > self.block_size:
+      raise ValueError(f"{len(request.prompt)} prompt tokens + max_tokens "
+                       f"{request.max_tokens} exceed the context of "
+                       f"{self.block_size}.")
+    with self._cond:
+      if self._closed:
+        raise RuntimeError("The generator is closed.")
+      self._pending.append(request)
+      self._cond.notify()
+
+  def cancel(self, request: Request) -> None:
+    """Stops a request; its slot is freed before the next step."""
+    request.cancelled = True
+
+  @property
+  def queued(self) -> int:
+    return len(self._pending)
+
+  @property
+  def active(self) -> int:
+    return sum(r is not None for r in self._active)
+
+  def close(self) -> None:
+    with self._cond:
+      self._closed = True
+      self._cond.notify()
+    self._thread.join()
+
+  # The loop.
+
+  def _loop(self) -> None:
+    while True:
+      with self._cond:
+        while not (self._closed or self._pending or self.active):
+          self._cond.wait()
+        if self._closed:
+          break
+        admitted = []
+        free = [i for i, r in enumerate(self._active) if r is None]
+        while self._pending and free:
+          request = self._pending.popleft()
+          if not request.cancelled:
+            admitted.append((free.pop(0), request))
+      try:
+        for first in range(0, len(admitted), self.prefill_rows[-1]):
+          self._start(admitted[first:first + self.prefill_rows[-1]])
+        for slot, request in enumerate(self._active):
+          if request is not None and request.cancelled:
+            self._finish(slot, [], "cancelled")
+        if self.active:
+          last = max(i for i, r in enumerate(self._active) if r is not None)
+          self._advance(self._run_decode(
+              next(b for b in self.row_buckets if b > last)))
+      except Exception:  # noqa: BLE001 — fail the requests, keep serving.
+        logging.exception("Generation step failed")
+        for slot, request in enumerate(self._active):
+          if request is not None:
+            self._finish(slot, [], "error")
+    for request in list(self._pending) + [r for r in self._active if r]:
+      _deliver(request, [], "cancelled")
+
+  def _start(self, started: list) -> None:
+    """Prefills newly admitted (slot, request) pairs together."""
+    bucket = next(b for b in self.buckets
+                  if b >= max(len(r.prompt) for _, r in started))
+    for slot, request in started:
+      for array, value in zip(self._settings.values(), (
+          request.temperature, request.top_k, request.top_p, request.seed)):
+        array[slot] = value
+      self._counts[slot] = 1
+      self._active[slot] = request
+    for (slot, _), first in zip(started, self._run_prefill(started, bucket)):
+      self._emit(slot, [first])
+
+  def _advance(self, tokens: np.ndarray) -> None:
+    """Hands each active slot its new tokens (rows, steps), up to its end."""
+    for slot, request in enumerate(self._active[:len(tokens)]):
+      if request is not None:
+        self._counts[slot] += self.steps
+        self._emit(slot, tokens[slot].tolist())
+
+  def _emit(self, slot: int, tokens: list) -> None:
+    request = self._active[slot]
+    self._tokens[slot] = tokens[-1]
+    for n, token in enumerate(tokens, 1):
+      request.generated += 1
+      if token == request.eos_id or request.generated >= request.max_tokens:
+        self.tokens_generated += n
+        return self._finish(slot, tokens[:n], "stop" if token ==
+                            request.eos_id else "length")
+    self.tokens_generated += len(tokens)
+    _deliver(request, tokens, None)
+
+  def _finish(self, slot: int, tokens: list, reason: str) -> None:
+    request, self._active[slot] = self._active[slot], None
+    _deliver(request, tokens, reason)
+
+
+def _deliver(request: Request, tokens: list, finish: str | None) -> None:
+  """Hands tokens over; a failing receiver cancels its request only."""
+  try:
+    request.deliver(tokens, finish)
+  except Exception:  # noqa: BLE001
+    logging.exception("A request's receiver failed; cancelling it")
+    request.cancelled = True
+
+
+def _cache_shardings(layout, cache):
+  """The cache laid out like the activations it holds: slots over the batch
+  rule, heads over the tensor rule (a leading stacked-layers axis: none)."""
+  def one(path, leaf):
+    names = CACHE_AXES[jax.tree_util.keystr(path[-1:], simple=True)]
+    names = ("layers",) * (leaf.ndim - len(names)) + names
+    return NamedSharding(layout.mesh, layout.fit(names, leaf.shape))
+  return jax.tree_util.tree_map_with_path(one, cache)

@@ -1,0 +1,54 @@
+"""Request bodies of the API, in OpenAI's schema (unknown fields ignored)."""
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+  model_config = ConfigDict(extra="ignore")
+  model: str
+
+
+class StreamOptions(BaseModel):
+  include_usage: bool = False
+
+
+class _Sampling(_Body):
+  max_tokens: int | None = Field(None, ge=1)
+  temperature: float = Field(1.0, ge=0, le=2)
+  top_p: float = Field(1.0, gt=0, le=1)
+  top_k: int = Field(0, ge=0)  # Not OpenAI's; 0: no limit.
+  n: int = Field(1, ge=1)
+  stream: bool = False
+  stream_options: StreamOptions | None = None
+  stop: str | list[str] | None = None
+  seed: int | None = Field(None, ge=0, lt=2**32)
+
+  def stops(self) -> list[str]:
+    stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+    return [s for s in stops if s]
+
+
+class Completion(_Sampling):
+  prompt: str | list[str]
+
+
+class Message(BaseModel):
+  role: Literal["system", "user", "assistant"]
+  content: str
+
+
+class ChatCompletion(_Sampling):
+  messages: list[Message] = Field(min_length=1)
+  max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class Embeddings(_Body):
+  input: str | list[str]
+  encoding_format: Literal["float", "base64"] = "float"
+
+
+class Classify(_Body):
+  """Texts (`input`) for text classifiers, base64 `images` for image ones."""
+  input: str | list[str] | None = None
+  images: list[str] | None = None
