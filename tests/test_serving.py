@@ -52,6 +52,17 @@ PROMPTS = [[5], [7, 8, 9], list(range(1, 20)), [3, 3], list(range(10, 27)),
 LENGTHS = [12, 5, 13, 9, 1, 15, 8]
 
 
+def _greedy_without_cache(run, forward, prompt, length) -> list:
+  """Greedy ids from whole forward passes over the text so far (no cache:
+  the reference continuous batching must equal)."""
+  size = run.model.config.block_size
+  text = list(prompt)
+  for _ in range(length):
+    logits = forward(np.array([text + [0] * (size - len(text))]))
+    text.append(int(np.argmax(logits[0, len(text) - 1])))
+  return text[len(prompt):]
+
+
 def test_continuous_batching_equals_one_sequence_at_a_time(char_run):
   run = runs.load(char_run)
   generator = Generator(run.model, run.variables, run.layout, slots=3,
@@ -59,10 +70,9 @@ def test_continuous_batching_equals_one_sequence_at_a_time(char_run):
   generator.warm_up()
   compiled = generator.compiled()
   got = _generate(generator, PROMPTS, LENGTHS, temperature=0.0)
+  forward = jax.jit(lambda tokens: run.model.apply(run.variables, tokens))
   for prompt, length, ids in zip(PROMPTS, LENGTHS, got):
-    expected = decoding.generate(run.model, run.params, np.array([prompt]),
-                                 length, jax.random.key(0), temperature=0)
-    assert ids == expected[0].tolist()
+    assert ids == _greedy_without_cache(run, forward, prompt, length)
   # Seven requests of every length through three slots compiled nothing new.
   assert generator.compiled() == compiled == {
       "decode": len(generator.row_buckets),
@@ -140,6 +150,7 @@ def server(servable, tmp_path_factory):
   with process.Server([servable(n) for n in names], names=names, db=db,
                       log=str(folder / "server.log"),
                       args=["--config.slots=4", "--config.max_body_bytes=20000",
+                            "--config.encoder_window_ms=50",
                             "--config.prices.default.per_call=0.001"]) as s:
     s.db = db
     s.key = process.create_key(db, "tests")
@@ -318,17 +329,30 @@ def test_classifiers_answer_labels_and_probabilities(server, servable):
   assert _rows(server)[-1]["unit"] == "images"
 
 
-def test_concurrent_encoder_calls_give_what_single_calls_give(server):
+def _encoder_calls(server) -> tuple[float, float]:
+  """(inputs, calls) of the embedder so far, from /metrics."""
+  values = {line.split()[0]: float(line.split()[1]) for line in httpx.get(
+      server.url + "/metrics").text.splitlines()
+            if line.startswith("bmj_encoder_batch_size_")}
+  key = '{model="bert",route="embedder"}'
+  return (values["bmj_encoder_batch_size_sum" + key],
+          values["bmj_encoder_batch_size_count" + key])
+
+
+def test_concurrent_encoder_calls_are_batched_and_unchanged(server):
   texts = [f"review number {i} was {'great' if i % 2 else 'dull'}"
            for i in range(12)]
   single = [_post(server, "/v1/embeddings", {"model": "bert", "input": t})
             .json()["data"][0]["embedding"] for t in texts]
+  inputs, calls = _encoder_calls(server)
   with concurrent.futures.ThreadPoolExecutor(12) as pool:
     together = list(pool.map(lambda t: _post(
         server, "/v1/embeddings", {"model": "bert", "input": t}).json(),
                              texts))
   np.testing.assert_allclose([t["data"][0]["embedding"] for t in together],
                              single, atol=1e-5)
+  more_inputs, more_calls = _encoder_calls(server)
+  assert more_inputs - inputs == 12 and more_calls - calls < 12
 
 
 def test_an_abandoned_stream_is_charged_for_the_tokens_sent(server):

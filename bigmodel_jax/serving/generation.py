@@ -65,11 +65,11 @@ class Generator:
   """Slots, compiled steps and the thread that runs them (see module doc)."""
 
   def __init__(self, model, variables, layout, *, slots: int,
-               steps: int = 1, prefill_buckets: tuple | None = None):
+               steps: int = 1):
     self.model, self.variables, self.slots = model, variables, slots
     self.steps = steps  # Decode steps per call (fewer host round trips).
     self.block_size = model.config.block_size
-    self.buckets = prefill_buckets or buckets(self.block_size)
+    self.buckets = buckets(self.block_size)
     cache = self._abstract_cache(slots)
     self._batch_axis = jax.tree.map(
         lambda many, one: next(i for i, (a, b) in enumerate(
@@ -102,7 +102,6 @@ class Generator:
     self._pending = collections.deque()
     self._cond = threading.Condition()
     self._closed = False
-    self.tokens_generated = 0
     self._thread = threading.Thread(target=self._loop, daemon=True,
                                     name="generator")
     self._thread.start()
@@ -292,10 +291,8 @@ class Generator:
     for n, token in enumerate(tokens, 1):
       request.generated += 1
       if token == request.eos_id or request.generated >= request.max_tokens:
-        self.tokens_generated += n
         return self._finish(slot, tokens[:n], "stop" if token ==
                             request.eos_id else "length")
-    self.tokens_generated += len(tokens)
     _deliver(request, tokens, None)
 
   def _finish(self, slot: int, tokens: list, reason: str) -> None:

@@ -27,7 +27,13 @@ class Metrics:
                            registry=r)
     depth = prom.Gauge("bmj_queue_depth", "Requests waiting for a slot",
                        ["model"], registry=r)
+    batch = prom.Histogram("bmj_encoder_batch_size",
+                           "Inputs per encoder call", ["model", "route"],
+                           buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
     for name, model in served.items():
+      for route in ("embedder", "classifier"):
+        if getattr(model, route):
+          getattr(model, route).on_batch = batch.labels(name, route).observe
       if model.generator:
         generator = model.generator
         occupancy.labels(name).set_function(

@@ -41,6 +41,7 @@ class Batcher:
 
   def __init__(self, fn, *, max_batch: int, window: float):
     self.fn, self.max_batch, self.window = fn, max_batch, window
+    self.on_batch = lambda size: None  # E.g. a metric of batch sizes.
     self._queue = queue.SimpleQueue()
     threading.Thread(target=self._loop, daemon=True, name="batcher").start()
 
@@ -59,6 +60,7 @@ class Batcher:
               0.0, deadline - time.monotonic())))
         except queue.Empty:
           break
+      self.on_batch(len(batch))
       try:
         results = self.fn([item for item, _ in batch])
         for (_, future), result in zip(batch, results):
