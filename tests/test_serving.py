@@ -157,10 +157,10 @@ def server(servable, tmp_path_factory):
     yield s
 
 
-def _post(server, path, body, key=None, **kwargs):
-  headers = {"Authorization": f"Bearer {key or server.key}"}
+def _post(server, path, body, key=None, headers=None):
+  headers = {"Authorization": f"Bearer {key or server.key}", **(headers or {})}
   return httpx.post(server.url + path, json=body, headers=headers,
-                    timeout=60, **kwargs)
+                    timeout=60)
 
 
 def _rows(server) -> list:
@@ -385,3 +385,15 @@ def test_metrics_count_calls_tokens_and_slots(server):
                "bmj_request_seconds_bucket",
                "bmj_time_to_first_token_seconds_bucket"):
     assert name in text
+
+
+def test_a_reused_request_id_is_refused_and_not_charged_twice(server):
+  body = {"model": "char", "prompt": "A", "max_tokens": 2}
+  headers = {"X-Request-Id": "client-order-17"}
+  first = _post(server, "/v1/completions", body, headers=headers)
+  again = _post(server, "/v1/completions", body, headers=headers)
+  assert first.status_code == 200
+  assert first.headers["x-request-id"] == "client-order-17"
+  assert again.status_code == 409
+  assert again.json()["error"]["code"] == "duplicate_request_id"
+  assert [r["request_id"] for r in _rows(server)].count("client-order-17") == 1
