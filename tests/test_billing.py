@@ -123,9 +123,18 @@ def _check_exact(db: str, received: dict, failed: set) -> list:
     row = by_id[request_id]
     assert (row["input_units"], row["output_units"], row["status"]) == (
         usage["prompt_tokens"], usage["completion_tokens"], 200)
-  assert not failed & set(by_id), "a failed call was billed"
-  assert set(by_id) == set(received)
-  return rows
+  # The one gap no ordering closes: a row committed in the instant before
+  # the kill whose answer had not left yet. Such a row can only be a whole
+  # served call, and only the call each client had in flight at the kill.
+  in_flight = {min(ids, key=lambda i: int(i.split("-")[1])) for ids in (
+      [i for i in failed if i.startswith(f"t{t}-")]
+      for t in {i.split("-")[0][1:] for i in failed})}
+  cut = failed & set(by_id)
+  assert cut <= in_flight, "a call that failed before the kill was billed"
+  assert all(by_id[i]["status"] == 200 and by_id[i]["output_units"] == 12
+             for i in cut)
+  assert set(by_id) == set(received) | cut
+  return rows, cut
 
 
 @pytest.mark.slow
@@ -144,17 +153,19 @@ def test_billing_is_exact_through_kill_9_and_a_restart(servable, tmp_path):
   server.process.wait()
   clients.join()
   assert len(clients.received) >= 24 and clients.failed
-  rows = _check_exact(db, clients.received, clients.failed)
+  rows, cut = _check_exact(db, clients.received, clients.failed)
   price = Price(0.001, 0.0005, 0.0015)
   invoice = _invoice(db)
+  billed = list(clients.received.values()) + [
+      {"prompt_tokens": 6, "completion_tokens": 12}] * len(cut)
   assert len(invoice) == 1 and int(invoice[0]["calls"]) == len(rows)
   assert int(invoice[0]["input_units"]) == sum(
-      u["prompt_tokens"] for u in clients.received.values())
+      u["prompt_tokens"] for u in billed)
   assert int(invoice[0]["output_units"]) == sum(
-      u["completion_tokens"] for u in clients.received.values())
+      u["completion_tokens"] for u in billed)
   assert round(float(invoice[0]["amount_usd"]) * NANO) == sum(
       price.nanousd(u["prompt_tokens"], u["completion_tokens"])
-      for u in clients.received.values())
+      for u in billed)
   # Restarted on the same ledger: the key works and the rows are kept.
   with process.Server([servable("char")], names=["char"], db=db,
                       log=str(tmp_path / "server2.log")) as again:

@@ -3,6 +3,7 @@ bad configs, damaged metrics, a full disk, user errors, divergence."""
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -219,10 +220,13 @@ def _train_process(workdir, code: str = "") -> subprocess.CompletedProcess:
 def test_a_full_disk_stops_the_run_before_writing_with_one_line(small_disk):
   run = _train_process(small_disk)
   assert run.returncode == 1
-  assert run.stderr.splitlines() == [
-      f"error: Not enough free space in {small_disk}/checkpoints for "
-      "checkpoint 10: it needs about 0.4 MiB, 0.2 MiB are free. Stopping; "
-      "the checkpoints before it are kept."], run.stderr[-3000:]
+  # The sizes depend on the checkpoint library's version: only their form.
+  assert len(run.stderr.splitlines()) == 1, run.stderr[-3000:]
+  assert re.fullmatch(
+      re.escape(f"error: Not enough free space in {small_disk}/checkpoints "
+                "for checkpoint 10: it needs about ") +
+      r"[0-9.]+ MiB, [0-9.]+ MiB are free\. Stopping; the checkpoints "
+      r"before it are kept\.", run.stderr.strip()), run.stderr[-3000:]
   assert _steps(small_disk) == [5]
 
 

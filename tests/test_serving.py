@@ -151,6 +151,7 @@ def server(servable, tmp_path_factory):
                       log=str(folder / "server.log"),
                       args=["--config.slots=4", "--config.max_body_bytes=20000",
                             "--config.encoder_window_ms=50",
+                            "--config.warm_up=false",  # Compiled on use.
                             "--config.prices.default.per_call=0.001"]) as s:
     s.db = db
     s.key = process.create_key(db, "tests")
