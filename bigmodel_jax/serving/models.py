@@ -177,24 +177,18 @@ def _encoders(served: Served, max_batch: int, window: float) -> None:
                bert.mean_pool(hidden, tokens, pad_id))
     return vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
 
-  def tokens_of(texts):
-    tokens = run.tokenizer.encode_batch(texts, seq_len)
-    return tokens, (tokens != pad_id).sum(1)
+  def on_texts(fn) -> Batcher:
+    """Batches texts into `fn(variables, tokens)`; (output, tokens) each."""
+    call = _padded_call(run, fn, max_batch)
 
-  embed_call = _padded_call(run, embed, max_batch)
+    def batch(texts):
+      tokens = run.tokenizer.encode_batch(texts, seq_len)
+      return list(zip(call(tokens), (tokens != pad_id).sum(1).tolist()))
+    return Batcher(batch, max_batch=max_batch, window=window)
 
-  def embed_batch(texts):
-    tokens, counts = tokens_of(texts)
-    return list(zip(embed_call(tokens), counts.tolist()))
-  served.embedder = Batcher(embed_batch, max_batch=max_batch, window=window)
+  served.embedder = on_texts(embed)
   if run.config.task.name == "classification":
-    classify_call = _padded_call(run, _probabilities(run.model), max_batch)
-
-    def classify_batch(texts):
-      tokens, counts = tokens_of(texts)
-      return list(zip(classify_call(tokens), counts.tolist()))
-    served.classifier = Batcher(classify_batch, max_batch=max_batch,
-                                window=window)
+    served.classifier = on_texts(_probabilities(run.model))
     served.class_names = _class_names(run.workdir)
 
 
