@@ -32,6 +32,9 @@ RULES = {
     # Activations.
     "batch": "data,fsdp",  # Several mesh axes: comma-separated.
     "length": None,
+    # The residual stream's length between transformer blocks: "tensor" turns
+    # on sequence parallelism (norms and residuals split over the tensor axis).
+    "act_seq": None,
     "act_embed": None,
     "act_heads": "tensor",
     "act_mlp": "tensor",

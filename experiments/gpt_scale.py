@@ -7,9 +7,11 @@ devices (FSDP), compute is bf16 with float32 parameters, and each layer is
 rematerialised. Data is synthetic tokens, for throughput and planning; swap
 `config.input` for a tokenized corpus to train for real.
 
-  # Does GPT-3 175B fit? Plan it on 8 forced CPU devices (nothing allocated):
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m bigmodel_jax.plan \\
-      --config experiments/gpt_scale.py:gpt3-175B --device_memory_gib 80
+  # Does GPT-3 175B fit 512 80-GiB GPUs as FSDP 64 x tensor 8? (Nothing is
+  # allocated; 23.1 GiB per device with sequence parallelism, 114.6 without.)
+  python -m bigmodel_jax.plan --config experiments/gpt_scale.py:gpt3-175B \\
+      --devices 512 --config.mesh.fsdp=64 --config.mesh.tensor=8 \\
+      --config.input.batch_size=512 --device_memory_gib 80
   # Measure GPT-2 124M on one GPU (context 1024, bf16, cuDNN attention):
   python scripts/benchmark.py --config experiments/gpt_scale.py:124M --synthetic \\
       --config.model.attention_impl=cudnn --config.model.remat=none
@@ -32,6 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         log_every_steps=10, eval_every_steps=50 if cpu else 1000,
                         checkpoint_every_steps=50 if cpu else 1000)
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  # Sequence parallelism wherever a tensor axis is set (--config.mesh.tensor).
+  config.sharding.rules.act_seq = "tensor"
   model = gpt.model_config("nano" if cpu else variant)
   config.input = ml_collections.ConfigDict(dict(
       name="synthetic_tokens",

@@ -1,5 +1,8 @@
 """GPT at scale: variant sizes, model options, scan/remat, meshes, accumulation."""
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +113,25 @@ def test_every_mesh_gives_the_single_device_losses(mesh, tiny_config):
   np.testing.assert_allclose(sharded, single, rtol=2e-5)
 
 
+def test_sequence_parallelism_keeps_the_losses_and_splits_activations(
+    tiny_config):
+  """The residual stream's length over "tensor": the same losses as one
+  device, and less compiled activation memory per device than without."""
+  single, _, _ = run_steps(tiny_config(mesh__data=1, model__num_heads=4),
+                           jax.devices()[:1])
+  mesh = dict(mesh__data=2, mesh__fsdp=1, mesh__tensor=4, model__num_heads=4)
+  sharded, _, _ = run_steps(tiny_config(**mesh,
+                                        sharding__rules__act_seq="tensor"))
+  np.testing.assert_allclose(sharded, single, rtol=2e-5)
+  temporaries = []
+  for rule in ("None", "tensor"):
+    config = tiny_config(**mesh, sharding__rules__act_seq=rule,
+                         model__remat="full", input__batch_size=64)
+    config.model.vocab_size = 65
+    temporaries.append(plan.plan(config)["temp_bytes"])
+  assert temporaries[1] < 0.8 * temporaries[0]
+
+
 def test_fsdp_shrinks_the_compiled_per_device_state(tiny_config):
   argument_bytes = []
   for fsdp in (1, 2, 4, 8):
@@ -138,3 +160,15 @@ def test_the_planner_handles_gpt3_175b_without_allocating_it():
   assert result["parameters"] == pytest.approx(175e9, rel=0.01)
   assert result["params_bytes"] == pytest.approx(175e9 * 4 / 8, rel=0.01)
   assert result["total_bytes"] > 80 * 2**30  # Does not fit one 80 GiB GPU.
+
+
+def test_the_planner_plans_for_devices_that_are_not_here():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = subprocess.run(
+      [sys.executable, "-m", "bigmodel_jax.plan", "--config", SCALE + ":cpu",
+       "--devices", "32", "--config.mesh.fsdp=8", "--config.mesh.tensor=4",
+       "--config.input.batch_size=16", "--device_memory_gib", "0.001"],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "{'data': 1, 'fsdp': 8, 'tensor': 4} on 32x cpu" in run.stdout
+  assert "fits 0.001 GiB per device: NO" in run.stdout

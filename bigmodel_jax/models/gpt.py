@@ -221,6 +221,15 @@ class Attention(nn.Module):
     return out.reshape(q.shape)
 
 
+def _residual(decode: bool) -> tuple:
+  """Logical axes of the residual stream between blocks. Its length axis is
+  "act_seq": sharding it (sequence parallelism, e.g. over "tensor") splits
+  the norms, residual adds and the activations a layer keeps for the
+  backward pass; attention and the MLP gather it back. Decoding steps
+  (often one position) keep it whole."""
+  return ("batch", "length" if decode else "act_seq", "act_embed")
+
+
 def _out_std(cfg: Config) -> float:
   """GPT-2's scaled init of the projections that write to the residual."""
   return 0.02 / math.sqrt(2 * cfg.num_layers)
@@ -241,7 +250,7 @@ class Block(nn.Module):
     x = x + dropout(Attention(cfg, name="attn")(
         _norm(cfg, "ln_1")(x), where, decode=self.decode))
     x = x + dropout(self.mlp(_norm(cfg, "ln_2")(x)))
-    return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+    return nn.with_logical_constraint(x, _residual(self.decode)), None
 
   def mlp(self, x):
     """GELU MLP, or SwiGLU with a "gate" projection beside "fc"."""
@@ -304,7 +313,7 @@ class Model(nn.Module):
       x = x + (wpe[:length] if positions is None else
                wpe[positions]).astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
-    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    x = nn.with_logical_constraint(x, _residual(decode))
     where = {"start": start, "mask": None, "positions": (
         jnp.arange(length) if positions is None else positions)}
     if segments is not None:
@@ -313,7 +322,9 @@ class Model(nn.Module):
       x, _ = block(x, where)
     x = _norm(cfg, "ln_f")(x)
     if cfg.tie_embeddings:
-      logits = wte.attend(x)
+      # Flat tokens, as in layers.Linear: one contraction for the gradient.
+      logits = wte.attend(x.reshape(-1, x.shape[-1])).reshape(
+          x.shape[:-1] + (cfg.padded_vocab,))
     else:
       logits = layers.Linear((cfg.padded_vocab,), ("embed", "vocab"), 0.02,
                              False, cfg.dtype, cfg.param_dtype,
