@@ -309,13 +309,15 @@ def test_distillation_between_resnets_keeps_batch_statistics(tmp_path):
   spec = str(EXPERIMENTS / "resnet_digits.py") + ":cpu"
   tiny = {"total_steps": 3, "log_every_steps": 1, "eval_every_steps": 3,
           "checkpoint_every_steps": 3, "input.batch_size": 16,
-          "optimizer.warmup_steps": 1}
+          "optimizer.warmup_steps": 1, "model.stage_sizes": (1, 1)}
   teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
-  train.train(config_loader.load(spec, {**tiny, "model.width": 8}), teacher)
+  one = jax.devices()[:1]  # Convolutions compile slowly for 8 CPU devices.
+  train.train(config_loader.load(spec, {**tiny, "model.width": 8}), teacher,
+              one)
   before = runs.load(teacher).variables["batch_stats"]
   train.train(config_loader.load(spec, {
       **tiny, "model.width": 4, "task.name": "distill",
-      "distill.teacher_workdir": teacher}), student)
+      "distill.teacher_workdir": teacher}), student, one)
   records = metric_writer.read_jsonl(student)
   assert all(np.isfinite(r["train/loss"]) for r in records
              if "train/loss" in r)

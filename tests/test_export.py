@@ -208,7 +208,9 @@ def test_the_real_minilm_sentiment_classifier_exports_faithfully(tmp_path,
   """The recipe's mean-pooled MiniLM: sentence-transformers reproduces it."""
   workdir = _train(tmp_path / "run", "bert_finetune.py:full",
                    {"input.batch_size": 8, "total_steps": 1,
-                    "eval_every_steps": 1, "checkpoint_every_steps": 1})
+                    "eval_every_steps": 1, "checkpoint_every_steps": 1,
+                    "input.test_split": None,
+                    "input.validation_fraction": 0.02})
   _export(workdir, tmp_path / "hf", "--examples", "16")
   printed = capsys.readouterr().out
   assert "max |difference| logits" in printed

@@ -18,8 +18,8 @@ from conftest import run_steps
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
-# A narrow ResNet-18 and a 2-layer ViT that train in seconds.
-TINY_RESNET = {"model.width": 8, "model.stage_sizes": (1, 1, 1, 1),
+# A narrow two-stage ResNet and a 2-layer ViT that train in seconds.
+TINY_RESNET = {"model.width": 8, "model.stage_sizes": (1, 1),
                "input.batch_size": 32, "total_steps": 4, "log_every_steps": 1,
                "eval_every_steps": 4, "checkpoint_every_steps": 2,
                "optimizer.warmup_steps": 1}
@@ -120,7 +120,8 @@ def test_resume_restores_batchnorm_statistics(tmp_path):
 
 def test_a_short_resnet_training_on_digits_learns(tmp_path):
   config = _config("resnet_digits", **{
-      **TINY_RESNET, "model.width": 16, "total_steps": 60,
+      **TINY_RESNET, "model.width": 16, "model.stage_sizes": (1, 1, 1, 1),
+      "total_steps": 60,
       "eval_every_steps": 60, "checkpoint_every_steps": 60,
       "input.batch_size": 64, "optimizer.learning_rate": 1e-2,
       "optimizer.warmup_steps": 10})
