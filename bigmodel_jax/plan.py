@@ -26,6 +26,8 @@ import jax
 from bigmodel_jax import config_loader, experiment, registry, sharding
 from bigmodel_jax.errors import entrypoint
 
+MAX_CPU_DEVICES = 2048  # 4,096 fail in XLA:CPU (JAX 0.10.2).
+
 
 def _per_device_bytes(tree) -> int:
   """Bytes of one device's shards of an abstract tree with shardings."""
@@ -94,6 +96,9 @@ def main(argv=None) -> None:
                       help="plan for this many (CPU) devices")
   args, config = config_loader.parse_args(parser, argv)
   devices = None
+  if args.devices is not None and not 1 <= args.devices <= MAX_CPU_DEVICES:
+    parser.error(f"--devices must be 1 to {MAX_CPU_DEVICES:,} (XLA:CPU "
+                 "compiles for at most that many here).")
   if args.devices:  # Before anything starts the CPU backend.
     jax.config.update("jax_num_cpu_devices", args.devices)
     devices = jax.devices("cpu")

@@ -172,3 +172,11 @@ def test_the_planner_plans_for_devices_that_are_not_here():
   assert run.returncode == 0, run.stderr[-2000:]
   assert "{'data': 1, 'fsdp': 8, 'tensor': 4} on 32x cpu" in run.stdout
   assert "fits 0.001 GiB per device: NO" in run.stdout
+  too_many = subprocess.run(
+      [sys.executable, "-m", "bigmodel_jax.plan", "--config", SCALE + ":cpu",
+       "--devices", "4096"], env=env, capture_output=True, text=True,
+      timeout=300)
+  assert too_many.returncode == 2
+  assert too_many.stderr.strip().splitlines()[-1].endswith(
+      "--devices must be 1 to 2,048 (XLA:CPU compiles for at most that many "
+      "here).")
