@@ -17,20 +17,27 @@ from bigmodel_jax.errors import ConfigError
 
 
 def schedule(config, total_steps: int) -> optax.Schedule:
-  """Linear warmup to `learning_rate`, cosine decay to `min_learning_rate`."""
+  """Linear warmup to `learning_rate`, cosine decay to `min_learning_rate`.
+
+  Step s < warmup_steps uses learning_rate * (s + 1) / (warmup_steps + 1), as
+  nanoGPT does: the first step already learns."""
   decay_steps = config.get("decay_steps") or total_steps
   if config.warmup_steps >= decay_steps:
     raise ConfigError(f"optimizer.warmup_steps={config.warmup_steps} must be "
                      f"below the decay steps ({decay_steps}).")
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate,
+      init_value=config.learning_rate / (config.warmup_steps + 1),
+      peak_value=config.learning_rate,
       warmup_steps=config.warmup_steps, decay_steps=decay_steps,
       end_value=config.min_learning_rate)
 
 
 def decay_mask(params):
-  """Weight decay on weight matrices and embeddings only, as nanoGPT does."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on weight matrices and embeddings only, as nanoGPT does:
+  tensors of two or more axes, except biases (a per-head bias has two)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim >= 2 and getattr(path[-1], "key", "") != "bias",
+      params)
 
 
 def adamw(config, lr) -> optax.GradientTransformation:

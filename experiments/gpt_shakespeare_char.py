@@ -1,6 +1,6 @@
 """Character-level GPT on tiny_shakespeare (nanoGPT's shakespeare_char recipes).
 
-  # Laptop / CI-class CPU: nanoGPT's CPU recipe (val loss ~1.88 at step 2000).
+  # Laptop / CI-class CPU: nanoGPT's CPU recipe (val loss ~1.90 at step 2000).
   python -m bigmodel_jax.train --config experiments/gpt_shakespeare_char.py:cpu \\
       --workdir runs/shakespeare
   # One GPU: nanoGPT's "baby GPT" (val loss ~1.47 at step 5000 on an A100).

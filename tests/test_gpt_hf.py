@@ -1,14 +1,21 @@
 """GPT-2 and LLaMA checkpoints <-> our GPT: parity with transformers on tiny
-random models, both directions."""
+random models, both directions, and training steps equal to nanoGPT's."""
+import math
+
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
 import transformers
 from flax import linen as nn
 
-from bigmodel_jax import decoding
+from bigmodel_jax import config_blocks, decoding, optim, steps
+from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import gpt
+from bigmodel_jax.state import TrainState
+from bigmodel_jax.tasks import lm
 
 # (transformers model, our config fields) of tiny random checkpoints.
 CASES = {
@@ -16,6 +23,12 @@ CASES = {
         n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=101)),
              dict(num_layers=2, num_heads=2, emb_dim=32, block_size=64,
                   vocab_size=101, use_bias=True)),
+    "gpt2_exact_gelu": (  # nanoGPT's erf GELU is HF's "gelu".
+        lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=101,
+            activation_function="gelu")),
+        dict(num_layers=1, num_heads=2, emb_dim=32, block_size=64,
+             vocab_size=101, use_bias=True, mlp="gelu_exact")),
     "llama_gqa_untied": (
         lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -97,3 +110,76 @@ def test_gpt2_without_biases_is_gpt2_with_zero_biases(tmp_path):
   _random(reference).save_pretrained(tmp_path)
   with pytest.raises(ValueError, match="nonzero biases .*use_bias=True"):
     gpt.load_hf(str(tmp_path), config)
+
+
+def test_a_gpt2_activation_that_differs_from_ours_is_refused_by_name(
+    tmp_path):
+  config = gpt.model_config("nano", num_layers=1, num_heads=2, emb_dim=32,
+                            block_size=64, vocab_size=101, use_bias=True)
+  for activation, message in [("gelu", r"'mlp': \('gelu', 'gelu_exact'\)"),
+                              ("relu", "activation_function='relu'")]:
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=101,
+        activation_function=activation)).save_pretrained(tmp_path / activation)
+    with pytest.raises(ConfigError, match=message):
+      gpt.load_hf(str(tmp_path / activation), config)
+
+
+def _nanogpt_lr(it: int, peak: float, floor: float, warmup: int, decay: int):
+  """nanoGPT's train.py `get_lr`."""
+  if it < warmup:
+    return peak * (it + 1) / (warmup + 1)
+  ratio = (it - warmup) / (decay - warmup)
+  return floor + 0.5 * (1 + math.cos(math.pi * ratio)) * (peak - floor)
+
+
+def test_training_steps_are_nanogpts_adamw_steps(tmp_path):
+  """Same weights, same batches: our train step (GPT, lm task, optim.make)
+  and torch's AdamW as nanoGPT configures it (decay on >= 2-D tensors only,
+  clipping at 1.0, its warmup + cosine) keep equal losses and weights."""
+  reference = _random(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      n_layer=2, n_head=2, n_embd=32, n_positions=16, vocab_size=61,
+      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)))
+  reference.save_pretrained(tmp_path)
+  total, warmup, peak, floor = 12, 3, 1e-2, 1e-3
+  config = ml_collections.ConfigDict({
+      "total_steps": total,
+      "model": gpt.model_config("nano", num_layers=2, num_heads=2,
+                                emb_dim=32, block_size=16, vocab_size=61,
+                                use_bias=True),
+      "optimizer": config_blocks.adamw(learning_rate=peak, warmup_steps=warmup,
+                                       min_learning_rate=floor, b2=0.99)})
+  params = jax.tree.map(jnp.asarray,
+                        gpt.load_hf(str(tmp_path), config.model)["params"])
+  tx = optim.make(config.optimizer, total)
+  step = jax.jit(steps.make_train_step(
+      lm.Task(config), gpt.make(config.model), tx,
+      optim.schedule(config.optimizer, total)))
+  state = TrainState(step=jnp.int32(0), params=params, model_state={},
+                     opt_state=tx.init(params))
+  torch_tx = torch.optim.AdamW(
+      [{"params": [p for p in reference.parameters() if p.dim() >= 2]},
+       {"params": [p for p in reference.parameters() if p.dim() < 2],
+        "weight_decay": 0.0}], lr=peak, betas=(0.9, 0.99), weight_decay=0.1)
+  rng = np.random.default_rng(0)
+  for it in range(total):
+    tokens = rng.integers(0, 61, (4, 17))
+    for group in torch_tx.param_groups:
+      group["lr"] = _nanogpt_lr(it, peak, floor, warmup, total)
+    logits = reference(input_ids=torch.tensor(tokens[:, :-1])).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 61), torch.tensor(tokens[:, 1:]).reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+    torch_tx.step()
+    torch_tx.zero_grad()
+    state, metrics = step(state, {"inputs": tokens[:, :-1],
+                                  "targets": tokens[:, 1:]}, jax.random.key(0))
+    assert abs(float(metrics["train/loss"]) - loss.item()) < 1e-5, it
+  # Adam turns float32 rounding in tiny gradients into ~1e-5 differences;
+  # one step of another learning rate or decay moves weights by >= 1e-4.
+  theirs = reference.state_dict()
+  for key, value in gpt.export_hf({"params": state.params}, config.model,
+                                  None).tensors.items():
+    np.testing.assert_allclose(value, theirs[key].numpy(), atol=1e-4,
+                               err_msg=key)

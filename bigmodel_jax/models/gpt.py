@@ -1,17 +1,17 @@
 """GPT-family decoder (GPT-2, GPT-3, LLaMA shapes) with logical axis names.
 
 One module, options from the config: learned or rotary (RoPE) positions,
-LayerNorm or RMSNorm, GELU or SwiGLU MLP, multi-head / grouped-query /
-multi-query attention (`num_kv_heads`) through `jax.nn.dot_product_attention`
-(`attention_impl`: None, "xla" or "cudnn"), tied or untied output embedding,
-biases on or off, vocabulary padded to a multiple of `vocab_multiple` (the
-padded logits are masked). Layers are unrolled or stacked with `nn.scan`
-(`scan_layers`: compile time flat in depth), with a rematerialisation policy
-(`remat`: none, full, dots_saveable, minimal). A KV cache serves decoding.
-Packed sequences: with `segments` (B, T) ids a token attends only to earlier
-tokens of its own segment, and `positions` (B, T) restart in each. LoRA:
-`lora_rank` > 0 adds low-rank adapters to the `lora_targets` projections of
-every block (trainable preset "lora").
+LayerNorm or RMSNorm, GELU (tanh or erf) or SwiGLU MLP, multi-head /
+grouped-query / multi-query attention (`num_kv_heads`) through
+`jax.nn.dot_product_attention` (`attention_impl`: None, "xla" or "cudnn"), tied
+or untied output embedding, biases on or off, vocabulary padded to a multiple
+of `vocab_multiple` (the padded logits are masked). Layers are unrolled or
+stacked with `nn.scan` (`scan_layers`: compile time flat in depth), with a
+rematerialisation policy (`remat`: none, full, dots_saveable, minimal). A KV
+cache serves decoding. Packed sequences: with `segments` (B, T) ids a token
+attends only to earlier tokens of its own segment, and `positions` (B, T)
+restart in each. LoRA: `lora_rank` > 0 adds low-rank adapters to the
+`lora_targets` projections of every block (trainable preset "lora").
 
   model = gpt.make(gpt.model_config("124M", vocab_size=50257))
   logits = model.apply({"params": params}, tokens)          # (B, T, padded vocab)
@@ -87,7 +87,7 @@ class Config:
   position: str = "learned"  # "learned" or "rope".
   rope_theta: float = 10000.0
   norm: str = "layernorm"  # "layernorm" or "rmsnorm".
-  mlp: str = "gelu"  # "gelu" or "swiglu".
+  mlp: str = "gelu"  # "gelu" (tanh, GPT-2's), "gelu_exact" (erf) or "swiglu".
   tie_embeddings: bool = True
   vocab_multiple: int = 128  # The embedding table is padded to a multiple.
   dropout: float = 0.0
@@ -129,7 +129,7 @@ def make(config: ml_collections.ConfigDict) -> "Model":
   """Builds the Linen module from a `config.model` block."""
   fields = layers.config_fields(config, Config, {
       "position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-      "mlp": ("gelu", "swiglu"), "remat": tuple(REMAT_POLICIES)})
+      "mlp": ("gelu", "gelu_exact", "swiglu"), "remat": tuple(REMAT_POLICIES)})
   layers.check_heads(fields, fields.get("head_dim"))
   layers.check_lora_targets(fields, LORA_TARGETS)
   cfg = Config(**fields)
@@ -253,14 +253,14 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x, _residual(self.decode)), None
 
   def mlp(self, x):
-    """GELU MLP, or SwiGLU with a "gate" projection beside "fc"."""
+    """GELU MLP (tanh or erf), or SwiGLU with a "gate" projection beside "fc"."""
     cfg = self.config
     hidden = _dense(cfg, cfg.hidden, ("embed", "mlp"), 0.02, "fc")(x)
     if cfg.mlp == "swiglu":
       gate = _dense(cfg, cfg.hidden, ("embed", "mlp"), 0.02, "gate")(x)
       hidden = jax.nn.silu(gate) * hidden
     else:
-      hidden = jax.nn.gelu(hidden)
+      hidden = jax.nn.gelu(hidden, approximate=cfg.mlp == "gelu")
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
     return _dense(cfg, cfg.emb_dim, ("mlp", "embed"), _out_std(cfg),
                   "proj")(hidden)

@@ -30,21 +30,34 @@ LLAMA_CONFIG = {"num_hidden_layers": "num_layers",
                 "tie_word_embeddings": "tie_embeddings"}
 
 
+GPT2_ACTIVATION = {"gelu": "gelu_new", "gelu_exact": "gelu"}  # Ours: HF's.
+
+
+def _gpt2_mlp(activation: str) -> str:
+  """Our `model.mlp` for a GPT-2 config's `activation_function`."""
+  ours = {"gelu_pytorch_tanh": "gelu",
+          **{hf: mlp for mlp, hf in GPT2_ACTIVATION.items()}}
+  if activation not in ours:
+    raise ConfigError(f"GPT-2 activation_function={activation!r} has no "
+                      f"equivalent here; have {sorted(ours)}.")
+  return ours[activation]
+
+
 def kind(cfg) -> str:
   """"gpt2" or "llama": the HF architecture a `gpt.Config` is; raises
   NotExportable naming the settings that fit neither."""
-  settings = (cfg.position, cfg.norm, cfg.mlp)
-  if (settings == ("learned", "layernorm", "gelu") and cfg.tie_embeddings and
+  if ((cfg.position, cfg.norm) == ("learned", "layernorm") and
+      cfg.mlp in GPT2_ACTIVATION and cfg.tie_embeddings and
       cfg.kv_heads == cfg.num_heads and
       cfg.head_size * cfg.num_heads == cfg.emb_dim):
     return "gpt2"
-  if settings == ("rope", "rmsnorm", "swiglu"):
+  if (cfg.position, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu"):
     return "llama"
   raise NotExportable(
       f"model.position={cfg.position!r}, norm={cfg.norm!r}, mlp={cfg.mlp!r} "
       f"(tie_embeddings={cfg.tie_embeddings}, num_kv_heads="
-      f"{cfg.num_kv_heads}) match neither GPT-2 (learned, layernorm, gelu, "
-      "tied, multi-head) nor LLaMA (rope, rmsnorm, swiglu).")
+      f"{cfg.num_kv_heads}) match neither GPT-2 (learned, layernorm, gelu "
+      "or gelu_exact, tied, multi-head) nor LLaMA (rope, rmsnorm, swiglu).")
 
 
 def rules(cfg) -> list:
@@ -168,7 +181,8 @@ def config_fields(hf: dict) -> dict:
   if hf["model_type"] == "gpt2":
     fields = {ours: hf[key] for key, ours in GPT2_CONFIG.items()}
     return {**fields, "mlp_dim": hf.get("n_inner") or 4 * hf["n_embd"],
-            "position": "learned", "norm": "layernorm", "mlp": "gelu",
+            "position": "learned", "norm": "layernorm",
+            "mlp": _gpt2_mlp(hf.get("activation_function", "gelu_new")),
             "tie_embeddings": True}  # use_bias: see `read_params`.
   fields = {ours: hf[key] for key, ours in LLAMA_CONFIG.items() if key in hf}
   rope = hf.get("rope_parameters") or {}
@@ -230,7 +244,8 @@ def export(params, cfg) -> hf_layout.HFExport:
   if arch == "gpt2":
     config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
               **{key: getattr(cfg, ours) for key, ours in GPT2_CONFIG.items()},
-              "n_inner": cfg.hidden, "activation_function": "gelu_new",
+              "n_inner": cfg.hidden,
+              "activation_function": GPT2_ACTIVATION[cfg.mlp],
               "layer_norm_epsilon": 1e-5, "resid_pdrop": cfg.dropout,
               "embd_pdrop": cfg.dropout, "attn_pdrop": 0.0,
               "tie_word_embeddings": True, **common}
