@@ -127,9 +127,20 @@ def jit_eval_step(eval_step, variables, layout):
 
 
 def evaluate(eval_step, variables, batches, layout) -> dict:
-  """Summed eval outputs (numpy) over an iterable of host-local batches."""
+  """Summed eval outputs (numpy) over an iterable of host-local batches.
+
+  The host waits for the total before last (see `bounded`)."""
   total = None
   for batch in batches:
     sums = eval_step(variables, layout.global_batch(batch))
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = (sums if total is None else
+             jax.tree.map(jnp.add, bounded(total), sums))
   return jax.device_get(total)
+
+
+def bounded(outputs):
+  """`outputs` once computed: loops call it on the step before the one just
+  dispatched, so at most two steps are in flight. Unbounded queues of steps
+  with collectives deadlock XLA:CPU's multi-device runtime (JAX 0.10) within
+  tens of steps; on accelerators it keeps the queue short at no cost."""
+  return jax.block_until_ready(outputs)

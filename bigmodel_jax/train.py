@@ -18,7 +18,7 @@ import time
 import jax
 
 from bigmodel_jax import (checkpoints, config_loader, distributed, experiment,
-                          metric_writer, perf, sharding, workdirs)
+                          metric_writer, perf, sharding, steps, workdirs)
 from bigmodel_jax.errors import Diverged, entrypoint
 
 
@@ -142,6 +142,8 @@ def _train(config, workdir: str, devices) -> dict:
       train_state, step_metrics = exp.train_step(train_state, batch, train_rng)
       if profiler.after(step, train_state):
         log(f"wrote a profile of steps {profiler.steps} to {workdir}")
+      if pending:
+        steps.bounded(pending[-1][1])  # The step before this one.
       pending.append((step, step_metrics))
       is_last = step == config.total_steps
       evaluate_now = step % config.eval_every_steps == 0 or is_last
