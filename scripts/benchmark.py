@@ -36,6 +36,7 @@ import numpy as np
 
 from bigmodel_jax import config_loader, experiment, perf, registry
 from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.steps import bounded
 from bigmodel_jax.models import gpt
 
 # name -> (config, overrides, (divisor, unit) for the table or None, extra
@@ -95,9 +96,14 @@ def measure(config, steps: int, warmup_steps: int, synthetic: bool) -> dict:
     batches = exp.data.train_batches(0)
 
   def run(n, state):
+    """`n` steps, queued as the trainer queues them (see `bounded`)."""
+    before = None
     for _ in range(n):
       batch = fixed if synthetic else exp.global_batch(next(batches))
-      state, _ = exp.train_step(state, batch, rng)
+      state, metrics = exp.train_step(state, batch, rng)
+      if before is not None:
+        bounded(before)
+      before = metrics
     return jax.block_until_ready(state)
 
   start = time.perf_counter()
