@@ -31,16 +31,17 @@ LLAMA_CONFIG = {"num_hidden_layers": "num_layers",
 
 
 GPT2_ACTIVATION = {"gelu": "gelu_new", "gelu_exact": "gelu"}  # Ours: HF's.
+# HF's activation_function -> ours (gelu_pytorch_tanh is gelu_new, fused).
+_FROM_GPT2_ACTIVATION = {"gelu_pytorch_tanh": "gelu",
+                         **{hf: ours for ours, hf in GPT2_ACTIVATION.items()}}
 
 
 def _gpt2_mlp(activation: str) -> str:
   """Our `model.mlp` for a GPT-2 config's `activation_function`."""
-  ours = {"gelu_pytorch_tanh": "gelu",
-          **{hf: mlp for mlp, hf in GPT2_ACTIVATION.items()}}
-  if activation not in ours:
+  if activation not in _FROM_GPT2_ACTIVATION:
     raise ConfigError(f"GPT-2 activation_function={activation!r} has no "
-                      f"equivalent here; have {sorted(ours)}.")
-  return ours[activation]
+                      f"equivalent here; have {sorted(_FROM_GPT2_ACTIVATION)}.")
+  return _FROM_GPT2_ACTIVATION[activation]
 
 
 def kind(cfg) -> str:
