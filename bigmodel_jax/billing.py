@@ -44,7 +44,16 @@ def _date(text: str) -> datetime.datetime:
 
 
 def _usd(nano: int | None) -> str:
-  return "-" if nano is None else f"{nano / NANO:.6f}"
+  """Exact dollars: nano-dollars with all nine decimals."""
+  if nano is None:
+    return "-"
+  sign, nano = "-" * (nano < 0), abs(int(nano))
+  return f"{sign}{nano // NANO}.{nano % NANO:09d}"
+
+
+def _shown(name: str) -> str:
+  """A key name with control characters escaped (safe on a terminal)."""
+  return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +97,7 @@ def _keys(ledger: Ledger, args) -> None:
     key, secret = ledger.create_key(args.name, quota_tokens=args.quota_tokens,
                                     rate_per_minute=args.rate,
                                     credit_usd=args.credit)
-    print(f"Created key {key.name!r} ({key.prefix}...). Its secret, shown "
+    print(f"Created key {_shown(key.name)!r} ({key.prefix}...). Its secret, shown "
           f"only now:\n{secret}")
   elif args.action == "list":
     print(f"{'name':20} {'prefix':14} {'created (UTC)':19} {'status':8} "
@@ -96,13 +105,13 @@ def _keys(ledger: Ledger, args) -> None:
           f" {'spent $':>12}")
     for key, created in ledger.list_keys():
       tokens, spent = ledger.spent(key.id)
-      print(f"{key.name:20} {key.prefix:14} {created:%Y-%m-%d %H:%M:%S} "
+      print(f"{_shown(key.name):20} {key.prefix:14} {created:%Y-%m-%d %H:%M:%S} "
             f"{'revoked' if key.revoked else 'active':8} "
             f"{key.quota_tokens or '-':>10} {key.rate_per_minute or '-':>8} "
             f"{_usd(key.credit_nanousd):>12} {tokens:>12} {_usd(spent):>12}")
   else:
     for key in ledger.revoke(args.name):
-      print(f"Revoked {key.name!r} ({key.prefix}...).")
+      print(f"Revoked {_shown(key.name)!r} ({key.prefix}...).")
 
 
 def _report(ledger: Ledger, args) -> None:
@@ -124,12 +133,12 @@ def _report(ledger: Ledger, args) -> None:
         f"{'unit':6} {'amount $':>12}")
   totals = {}
   for row in rows:
-    print(f"{row['name']:20} {row['model']:20} {row['calls']:>7} "
+    print(f"{_shown(row['name']):20} {_shown(row['model']):20} {row['calls']:>7} "
           f"{row['input_units']:>10} {row['output_units']:>10} "
           f"{row['unit']:6} {row['amount_usd']:>12}")
     totals[row["name"]] = totals.get(row["name"], 0) + row["price_nanousd"]
   for name, total in totals.items():
-    print(f"{'total ' + name:62} {'':6} {_usd(total):>12}")
+    print(f"{'total ' + _shown(name):62} {'':6} {_usd(total):>12}")
 
 
 def _tokens_per_second(args) -> tuple[float, str]:

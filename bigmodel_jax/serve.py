@@ -18,12 +18,10 @@ Compressed runs (`compress`) serve like any run. See docs/serving.md.
 import argparse
 import os
 
-import uvicorn
-
 from bigmodel_jax import config_loader
 from bigmodel_jax.billing import default_db
 from bigmodel_jax.errors import ConfigError, entrypoint
-from bigmodel_jax.serving import api, models, settings
+from bigmodel_jax.serving import api, http_server, models, settings
 from bigmodel_jax.serving.ledger import Ledger
 
 
@@ -31,9 +29,13 @@ def _config(spec: str | None, overrides: dict):
   config = (config_loader.load_file(spec) if spec else settings.defaults())
   config = config_loader.override(config, overrides)
   settings.prices(config)  # A malformed price table fails now.
-  for name in ("slots", "decode_steps", "encoder_batch"):
+  for name in ("slots", "decode_steps", "encoder_batch", "max_connections"):
     if not config[name] >= 1:
       raise ConfigError(f"config.{name}={config[name]}: must be >= 1.")
+  for name in ("header_timeout_seconds", "body_timeout_seconds",
+               "hold_seconds", "replay_hours"):
+    if not config[name] > 0:
+      raise ConfigError(f"config.{name}={config[name]}: must be > 0.")
   return config
 
 
@@ -64,8 +66,7 @@ def main(argv=None) -> None:
           f" (step {served[name].run.step})", flush=True)
   app = api.create_app(served, ledger, config)
   print(f"Serving on http://{args.host}:{args.port}/v1", flush=True)
-  uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-              timeout_graceful_shutdown=5)
+  http_server.server(app, args.host, args.port, config).run()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Load test of `python -m bigmodel_jax.serve`: continuous batching on and off.
 
   python scripts/load_test.py --workdir runs/shakespeare \\
-      [--concurrency 1,8,32] [--requests 64] [--max_tokens 48] [--time_limit 60]
+      [--concurrency 1,8,32] [--requests 64] [--max_tokens 48] [--time_limit 60] \\
+      [--key_args "--quota-tokens 1000000000 --credit 1000"]
 
 For each serving mode (experiments/serving.py:batched, then :unbatched) it
 starts a server on 127.0.0.1 (a fresh ledger and key in a temporary folder),
@@ -146,13 +147,16 @@ def main() -> None:
                       help='e.g. "--config.decode_steps=1" (both modes)')
   parser.add_argument("--no_stream", action="store_true",
                       help="whole responses (time to first token = latency)")
+  parser.add_argument("--key_args", default="",
+                      help='e.g. "--quota-tokens 1000000000 --credit 1000": '
+                      "calls then hold their most in the ledger")
   args = parser.parse_args()
   levels = [int(c) for c in args.concurrency.split(",")]
   rows = []
   with tempfile.TemporaryDirectory() as folder:
     for variant in ("batched", "unbatched"):
       db = f"sqlite:///{os.path.join(folder, variant + '.sqlite')}"
-      key = process.create_key(db, "load-test")
+      key = process.create_key(db, "load-test", *args.key_args.split())
       with process.Server(
           [args.workdir], names=["model"], db=db,
           config=os.path.join(ROOT, "experiments", f"serving.py:{variant}"),

@@ -1,8 +1,10 @@
 """The ledger: keys stored as hashes, exact prices and invoices, exact
-billing across a kill -9 and a restart, one PostgreSQL ledger shared by two
-server processes."""
+billing across a kill -9, a restart and the clients' retries, limits that
+hold across three server processes sharing one PostgreSQL ledger, earlier
+ledgers upgraded in place."""
 import concurrent.futures
 import csv
+import datetime
 import glob
 import io
 import json
@@ -18,10 +20,12 @@ import time
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from bigmodel_jax import billing
-from bigmodel_jax.serving import process
+from bigmodel_jax.serving import process, tables
 from bigmodel_jax.serving.ledger import NANO, Ledger, Price
+from bigmodel_jax.serving.writes import Billed, InFlight, OverLimit
 
 
 def test_prices_are_exact_in_nano_dollars():
@@ -61,6 +65,44 @@ def _invoice(db: str) -> list[dict]:
   return list(csv.DictReader(io.StringIO(out)))
 
 
+def call(url: str, key: str, request_id: str) -> tuple[dict, bool]:
+  """(usage, replayed) of the call `request_id` names: "tT-N", streamed
+  for odd N; the same body whenever it is retried."""
+  body = {"model": "char", "prompt": "ROMEO:", "max_tokens": 12,
+          "seed": len(request_id), "stream": int(request_id[-1]) % 2 == 1,
+          "stream_options": {"include_usage": True}}
+  headers = {"Authorization": f"Bearer {key}", "X-Request-Id": request_id}
+  if not body["stream"]:
+    answer = httpx.post(url + "/v1/completions", json=body, headers=headers,
+                        timeout=30)
+    answer.raise_for_status()
+    return answer.json()["usage"], "x-replayed" in answer.headers
+  usage, done = None, False
+  with httpx.stream("POST", url + "/v1/completions", json=body,
+                    headers=headers, timeout=30) as answer:
+    answer.raise_for_status()
+    for line in answer.iter_lines():
+      if line == "data: [DONE]":
+        done = True
+      elif line.startswith("data: ") and '"usage"' in line:
+        usage = json.loads(line[6:])["usage"]
+  if not (done and usage):
+    raise httpx.ReadError("the stream ended early")
+  return usage, "x-replayed" in answer.headers
+
+
+def _retry(url: str, key: str, request_id: str) -> tuple[dict, bool]:
+  """The call again until its earlier try's hold has expired."""
+  for _ in range(60):
+    try:
+      return call(url, key, request_id)
+    except httpx.HTTPStatusError as e:
+      if e.response.status_code != 409:
+        raise
+      time.sleep(int(e.response.headers["retry-after"]))
+  raise AssertionError(f"{request_id} stayed in progress")
+
+
 class _Clients:
   """Threads that call the server until stopped; what each call returned."""
 
@@ -73,37 +115,13 @@ class _Clients:
     for thread in self.threads:
       thread.start()
 
-  def _call(self, request_id: str, stream: bool) -> dict:
-    body = {"model": "char", "prompt": "ROMEO:", "max_tokens": 12,
-            "seed": len(request_id), "stream": stream,
-            "stream_options": {"include_usage": True}}
-    headers = {"Authorization": f"Bearer {self.key}",
-               "X-Request-Id": request_id}
-    if not stream:
-      answer = httpx.post(self.url + "/v1/completions", json=body,
-                          headers=headers, timeout=30)
-      answer.raise_for_status()
-      return answer.json()["usage"]
-    usage, done = None, False
-    with httpx.stream("POST", self.url + "/v1/completions", json=body,
-                      headers=headers, timeout=30) as answer:
-      answer.raise_for_status()
-      for line in answer.iter_lines():
-        if line == "data: [DONE]":
-          done = True
-        elif line.startswith("data: ") and '"usage"' in line:
-          usage = json.loads(line[6:])["usage"]
-    if not (done and usage):
-      raise httpx.ReadError("the stream ended early")
-    return usage
-
   def _loop(self, thread: int) -> None:
     calls = 0
     while not self.stop.is_set():
       request_id = f"t{thread}-{calls}"
       calls += 1
       try:
-        self.received[request_id] = self._call(request_id, calls % 2 == 0)
+        self.received[request_id] = call(self.url, self.key, request_id)[0]
       except httpx.HTTPError:
         self.failed.add(request_id)
         if self.stop.wait(0.05):
@@ -138,7 +156,8 @@ def _check_exact(db: str, received: dict, failed: set) -> list:
 
 
 @pytest.mark.slow
-def test_billing_is_exact_through_kill_9_and_a_restart(servable, tmp_path):
+def test_billing_is_exact_through_kill_9_a_restart_and_retries(servable,
+                                                               tmp_path):
   db = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
   key = process.create_key(db, "load")
   server = process.Server([servable("char")], names=["char"], db=db,
@@ -166,14 +185,21 @@ def test_billing_is_exact_through_kill_9_and_a_restart(servable, tmp_path):
   assert round(float(invoice[0]["amount_usd"]) * NANO) == sum(
       price.nanousd(u["prompt_tokens"], u["completion_tokens"])
       for u in billed)
-  # Restarted on the same ledger: the key works and the rows are kept.
+  # Restarted on the same ledger, the clients retry what failed: the calls
+  # billed before the kill replay their answers, the others are served
+  # now; every call is billed once, as its client finally received it.
   with process.Server([servable("char")], names=["char"], db=db,
-                      log=str(tmp_path / "server2.log")) as again:
-    answer = httpx.post(again.url + "/v1/completions", json={
-        "model": "char", "prompt": "A", "max_tokens": 2},
-                        headers={"Authorization": f"Bearer {key}"})
-    assert answer.status_code == 200
-  assert len(Ledger(db).rows()) == len(rows) + 1
+                      log=str(tmp_path / "server2.log"),
+                      args=["--config.hold_seconds=2"]) as again:
+    retried = {i: _retry(again.url, key, i) for i in sorted(clients.failed)}
+  assert {i for i, (_, replayed) in retried.items() if replayed} == cut
+  received = {**clients.received,
+              **{i: usage for i, (usage, _) in retried.items()}}
+  after = Ledger(db).rows()
+  assert len(after) == len(rows) + len(clients.failed - cut)
+  assert {r["request_id"]: (r["input_units"], r["output_units"])
+          for r in after} == {i: (u["prompt_tokens"], u["completion_tokens"])
+                              for i, u in received.items()}
 
 
 def _postgres_binaries() -> str | None:
@@ -209,7 +235,7 @@ def postgres():
   url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
   for _ in range(100):
     try:
-      Ledger(url)
+      sa.create_engine(url).connect().close()
       break
     except Exception:  # noqa: BLE001 — not accepting connections yet.
       time.sleep(0.2)
@@ -220,29 +246,53 @@ def postgres():
 
 
 @pytest.mark.slow
-def test_two_servers_share_one_postgresql_ledger(servable, postgres,
-                                                 tmp_path):
-  key = process.create_key(postgres, "shared", "--quota-tokens", "60")
-  body = {"model": "char", "prompt": "ABCD", "max_tokens": 6}  # 10 tokens.
-  headers = {"Authorization": f"Bearer {key}"}
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # Start together.
+def test_three_servers_on_one_postgresql_ledger_keep_every_limit(
+    servable, postgres, tmp_path):
+  """Concurrent calls spread over three processes: a key never passes its
+  quota, its credit or its rate, whichever process serves it."""
+  keys = {"quota": process.create_key(postgres, "q", "--quota-tokens", "100"),
+          "credit": process.create_key(postgres, "c", "--credit", "0.0081"),
+          "rate": process.create_key(postgres, "r", "--rate", "6")}
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:  # Start together.
     servers = list(pool.map(lambda i: process.Server(
         [servable("char")], names=["char"], db=postgres,
-        log=str(tmp_path / f"server{i}.log"), args=["--config.slots=2"]),
-                            range(2)))
+        log=str(tmp_path / f"server{i}.log"),
+        args=["--config.slots=2", "--config.prices.default.per_call=0.001"]),
+                            range(3)))
+  body = {"model": "char", "prompt": "ABCD", "max_tokens": 6}  # 10 tokens.
+
+  def post(job):
+    name, i = job
+    return name, httpx.post(
+        servers[i % 3].url + "/v1/completions", json=body, timeout=60,
+        headers={"Authorization": f"Bearer {keys[name]}"}).status_code
+  started = time.monotonic()
   try:
-    statuses = [httpx.post(servers[i % 2].url + "/v1/completions", json=body,
-                           headers=headers, timeout=60).status_code
-                for i in range(7)]
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+      results = list(pool.map(post, [(n, i) for i in range(24)
+                                     for n in keys]))
   finally:
     for server in servers:
       server.stop()
-  # Six calls of 10 tokens fill the quota, whichever process served them.
-  assert statuses == [200] * 6 + [429]
-  rows = Ledger(postgres).rows()
-  assert len(rows) == 6 and {r["output_units"] for r in rows} == {6}
+  elapsed = time.monotonic() - started
+  served = {n: sum(1 for m, s in results if m == n and s == 200)
+            for n in keys}
+  # 10 calls of 10 tokens fill 100; $0.001011 a call: 8 fit in $0.0081;
+  # 6 a minute: a full bucket of 6, refilled by one each 10 s.
+  assert served["quota"] == 10 and served["credit"] == 8
+  assert 6 <= served["rate"] <= 6 + int(elapsed / 10) + 1
+  assert sorted({s for n, s in results if n != "rate"}) == [200, 402, 429]
+  ledger = Ledger(postgres)
+  totals = {key.name: ledger.spent(key.id) for key, _ in ledger.list_keys()}
+  assert totals["q"][0] == 100 and totals["c"][1] == 8 * 1_011_000
   invoice = _invoice(postgres)
-  assert [(r["name"], r["calls"]) for r in invoice] == [("shared", "6")]
+  assert {(r["name"], r["calls"]) for r in invoice} == {
+      ("q", "10"), ("c", "8"), ("r", str(served["rate"]))}
+
+
+def test_a_postgresql_ledger_of_the_earlier_version_is_upgraded(postgres):
+  _write_old_ledger(postgres)
+  _check_upgraded(postgres)
 
 
 def test_report_totals_each_key_over_the_days_asked(tmp_path, capsys):
@@ -260,11 +310,128 @@ def test_report_totals_each_key_over_the_days_asked(tmp_path, capsys):
   billing.main(["--db", db, "report", "--from", "2000-01-01", "--to",
                 "2100-12-31"])
   text = capsys.readouterr().out
-  assert "total acme" in text and "0.033000" in text and "0.011000" in text
+  assert "total acme" in text and "0.033000000" in text
+  assert "0.011000000" in text
   billing.main(["--db", db, "report", "--from", "2001-01-01", "--to",
                 "2001-01-31", "--csv"])
   assert capsys.readouterr().out.strip().splitlines() == [
       "name,prefix,model,unit,calls,input_units,output_units,amount_usd"]
+
+
+def _write_old_ledger(url: str) -> None:
+  """A ledger as the version before key-scoped request ids wrote it: its
+  tables, a key and one usage row."""
+  old = sa.MetaData()
+  keys = sa.Table(
+      "api_keys", old, sa.Column("id", sa.Integer, primary_key=True),
+      *(sa.Column(n, sa.String(l), nullable=False) for n, l in (
+          ("name", 200), ("prefix", 16))),
+      sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+      sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+      sa.Column("revoked_at", sa.DateTime(timezone=True)),
+      sa.Column("quota_tokens", sa.BigInteger),
+      sa.Column("rate_per_minute", sa.Float),
+      sa.Column("credit_nanousd", sa.BigInteger),
+      sa.Column("used_tokens", sa.BigInteger, nullable=False),
+      sa.Column("spent_nanousd", sa.BigInteger, nullable=False))
+  usage = sa.Table(
+      "usage", old, sa.Column("id", sa.Integer, primary_key=True),
+      sa.Column("request_id", sa.String(100), nullable=False, unique=True),
+      sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"),
+                nullable=False, index=True),
+      *(sa.Column(n, sa.String(l), nullable=False) for n, l in (
+          ("model", 200), ("endpoint", 50), ("unit", 10))),
+      *(sa.Column(n, sa.BigInteger, nullable=False) for n in (
+          "input_units", "output_units")),
+      sa.Column("latency_ms", sa.Float, nullable=False),
+      sa.Column("status", sa.Integer, nullable=False),
+      sa.Column("price_nanousd", sa.BigInteger, nullable=False),
+      sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+                index=True))
+  engine = sa.create_engine(url)
+  old.create_all(engine)
+  with engine.begin() as db:
+    key_id = db.execute(keys.insert().values(
+        name="old", prefix="bmj-old", key_hash="h" * 64,
+        created_at=datetime.datetime.now(datetime.timezone.utc),
+        quota_tokens=100, used_tokens=5, spent_nanousd=7)
+                        ).inserted_primary_key[0]
+    db.execute(usage.insert().values(
+        request_id="order-1", key_id=key_id, model="m", endpoint="completions",
+        unit="tokens", input_units=2, output_units=3, latency_ms=1.0,
+        status=200, price_nanousd=7,
+        created_at=datetime.datetime.now(datetime.timezone.utc)))
+  engine.dispose()
+
+
+def _check_upgraded(url: str) -> None:
+  ledger = Ledger(url)
+  Ledger(url)  # A second open finds nothing to upgrade.
+  assert [r["request_id"] for r in ledger.rows()] == ["order-1"]
+  old_key = ledger.list_keys()[0][0]
+  with pytest.raises(Billed):  # Its billed id is still its.
+    ledger.claim(old_key.id, "order-1", 1, 0, 60).result()
+  hold = ledger.claim(old_key.id, "order-2", 95, 0, 60).result()
+  with pytest.raises(OverLimit):  # 5 used + 95 held of 100.
+    ledger.claim(old_key.id, "order-3", 1, 0, 60).result()
+  ledger.release(hold).result()
+  new_key, _ = ledger.create_key("new")
+  ledger.record(request_id="order-1", key_id=new_key.id, model="m",
+                endpoint="completions", unit="tokens", input_units=1,
+                output_units=1, latency_ms=1.0, status=200, price_nanousd=1)
+  assert len(ledger.rows()) == 2 and ledger.spent(old_key.id) == (5, 7)
+
+
+def test_a_ledger_of_the_earlier_version_is_upgraded_in_place(tmp_path):
+  url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+  _write_old_ledger(url)
+  _check_upgraded(url)
+
+
+def test_holds_of_a_dead_server_expire_and_free_their_key(tmp_path):
+  ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+  key, _ = ledger.create_key("k", quota_tokens=10)
+  ledger.claim(key.id, "lost", 10, 0, 0.05).result()  # Its server died.
+  with pytest.raises(InFlight):
+    ledger.claim(key.id, "lost", 10, 0, 60).result()
+  with pytest.raises(OverLimit):
+    ledger.claim(key.id, "other", 1, 0, 60).result()
+  time.sleep(0.1)
+  retried = ledger.claim(key.id, "lost", 10, 0, 60).result()  # Swept.
+  ledger.release(retried).result()
+  ledger.claim(key.id, "other", 10, 0, 60).result()
+  with ledger.engine.connect() as db:
+    assert db.execute(sa.select(tables.keys.c.held_tokens)).scalar() == 10
+    assert db.execute(sa.select(sa.func.count()).select_from(
+        tables.holds)).scalar() == 1
+
+
+def test_key_names_are_checked_and_listed_safely(tmp_path, capsys):
+  db = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+  with pytest.raises(SystemExit):
+    billing.main(["--db", db, "keys", "create", "--name", "n" * 300])
+  assert "1 to 100 printable" in capsys.readouterr().err
+  ledger = Ledger(db)
+  with ledger.engine.begin() as db_:  # A name written before the check.
+    db_.execute(tables.keys.insert().values(
+        name="evil\x1b[2J\x07", prefix="bmj-evil", key_hash="e" * 64,
+        created_at=datetime.datetime.now(datetime.timezone.utc),
+        used_tokens=0, spent_nanousd=0))
+  billing.main(["--db", db, "keys", "list"])
+  listing = capsys.readouterr().out
+  assert "\x1b" not in listing and "evil\\x1b[2J\\x07" in listing
+
+
+def test_invoices_show_exact_amounts(tmp_path, capsys):
+  db = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+  ledger = Ledger(db)
+  key, _ = ledger.create_key("exact")
+  ledger.record(request_id="r", key_id=key.id, model="m", endpoint="e",
+                unit="tokens", input_units=1, output_units=1, latency_ms=1.0,
+                status=200, price_nanousd=4_751_500)
+  billing.main(["--db", db, "report", "--from", "2000-01-01", "--to",
+                "2100-01-01", "--csv"])
+  assert capsys.readouterr().out.strip().endswith(",0.004751500")
 
 
 def test_suggested_price_follows_measured_throughput(tmp_path, capsys,

@@ -10,15 +10,17 @@ import threading
 import time
 
 import httpx
+import hypothesis
 import jax
 import numpy as np
 import openai
 import pytest
+from hypothesis import strategies as st
 from PIL import Image
 
 from bigmodel_jax import decoding, runs
 from bigmodel_jax.serving import process
-from bigmodel_jax.serving.completions import Choice
+from bigmodel_jax.serving.completions import Choice, StopMatcher
 from bigmodel_jax.serving.generation import Generator, Request
 from bigmodel_jax.serving.ledger import Ledger
 
@@ -137,6 +139,34 @@ def test_stop_strings_are_held_back_and_cut():
   assert choice.text == "abc"
   other = Choice(_Chars(), ["END"])
   assert "".join(other.add([ord(c)], None) for c in "aEx") == "aEx"
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+  """Where the stop string that ends first in `text` starts (reference)."""
+  for end in range(1, len(text) + 1):
+    for stop in stops:
+      if text[:end].endswith(stop):
+        return end - len(stop)
+  return None
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(
+    stops=st.lists(st.text("ab", min_size=1, max_size=6), min_size=1,
+                   max_size=4),
+    pieces=st.lists(st.text("abc", max_size=5), max_size=8))
+def test_stop_matching_equals_the_plain_search(stops, pieces):
+  matcher, text, found = StopMatcher(stops), "", None
+  for piece in pieces:
+    start = matcher.feed(piece)
+    text += piece
+    if start is not None:
+      found = start
+      break
+    # What is held back is the longest end that begins a stop string.
+    assert matcher.held == max([k for s in stops for k in range(1, len(s))
+                                if text.endswith(s[:k])] + [0])
+  assert found == _first_stop(text, stops)
 
 
 # A real server, over HTTP.
@@ -388,13 +418,16 @@ def test_metrics_count_calls_tokens_and_slots(server):
     assert name in text
 
 
-def test_a_reused_request_id_is_refused_and_not_charged_twice(server):
+def test_a_retried_request_id_replays_the_answer_and_is_billed_once(server):
   body = {"model": "char", "prompt": "A", "max_tokens": 2}
   headers = {"X-Request-Id": "client-order-17"}
   first = _post(server, "/v1/completions", body, headers=headers)
   again = _post(server, "/v1/completions", body, headers=headers)
-  assert first.status_code == 200
+  other = _post(server, "/v1/completions", {**body, "max_tokens": 3},
+                headers=headers)
+  assert first.status_code == again.status_code == 200
   assert first.headers["x-request-id"] == "client-order-17"
-  assert again.status_code == 409
-  assert again.json()["error"]["code"] == "duplicate_request_id"
+  assert again.json() == first.json() and again.headers["x-replayed"]
+  assert other.status_code == 409
+  assert other.json()["error"]["code"] == "request_id_reused"
   assert [r["request_id"] for r in _rows(server)].count("client-order-17") == 1

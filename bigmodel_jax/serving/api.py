@@ -3,33 +3,36 @@
   app = api.create_app({"shakespeare": served}, ledger, config)
 
 Routes: POST /v1/completions, /v1/chat/completions, /v1/embeddings,
-/v1/classify; GET /v1/models (key required, free), /healthz and /metrics
-(Prometheus; no key: keep them on a private network). A metered call is
-authenticated, rate-limited, parsed, checked against the model and the
-key's quota and credit, served, and written to the ledger before its last
-bytes leave. Every error is {"error": {"message", "type", "code"}} with
-its status, never a traceback.
+/v1/classify; GET /v1/models (key required, free), /healthz, /metrics
+(Prometheus; no key: keep them on a private network) and /openapi.json. A
+metered call is authenticated, rate-limited, parsed, checked against the
+model, holds what it may use in the ledger (or replays the answer of a
+billed call with the same X-Request-Id), is served, and is written to the
+ledger before its last bytes leave. Every error is {"error": {"message",
+"type", "code"}} with its status, never a traceback. Parsing large bodies
+and tokenizing run off the event loop, so no request stalls the others.
 """
 import asyncio
 import base64
-import binascii
+import contextlib
 import json
 import logging
 import time
 
 import numpy as np
-import pydantic
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from bigmodel_jax.serving import schemas, settings
-from bigmodel_jax.serving.completions import Generation, check_length
+from bigmodel_jax.serving import bodies, openapi, schemas, settings
+from bigmodel_jax.serving.completions import (Generation, check_length,
+                                              replayed_events)
 from bigmodel_jax.serving.gate import ApiError, Gate
 from bigmodel_jax.serving.meter import Call
 from bigmodel_jax.serving.metrics import Metrics
 from bigmodel_jax.serving.models import BadInput
+from bigmodel_jax.serving.writes import Billed
 
 ENDPOINT_NAMES = {"completions": "/v1/completions",
                   "chat": "/v1/chat/completions",
@@ -42,68 +45,24 @@ def _error(status: int, message: str, kind: str, code=None, headers=None):
                       status_code=status, headers=headers)
 
 
-def _validation_message(error: pydantic.ValidationError) -> str:
-  errors = error.errors()
-  first = errors[0]
-  where = ".".join(str(p) for p in first["loc"]) or "body"
-  more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-  return f"Invalid request: {where}: {first['msg']}{more}."
-
-
-async def _read_body(request: Request, schema, limit: int):
-  """The JSON body as `schema`, or 415 / 413 / 400 with what is wrong."""
-  kind = request.headers.get("content-type", "")
-  if kind.split(";")[0].strip().lower() != "application/json":
-    raise ApiError(415, f"Send the body as JSON (Content-Type: "
-                   f"application/json), not {kind or 'no content type'!r}.",
-                   "invalid_request_error", "unsupported_media_type")
-  declared = request.headers.get("content-length")
-  if declared and declared.isdigit() and int(declared) > limit:
-    raise ApiError(413, f"The body has {declared} bytes; the limit is "
-                   f"{limit}.", "invalid_request_error", "body_too_large")
-  data = bytearray()
-  async for chunk in request.stream():
-    data += chunk
-    if len(data) > limit:
-      raise ApiError(413, f"The body is over the limit of {limit} bytes.",
-                     "invalid_request_error", "body_too_large")
-  try:
-    value = json.loads(bytes(data))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ApiError(400, f"Malformed JSON body: {e}.",
-                   "invalid_request_error", "invalid_json") from None
-  try:
-    return schema.model_validate(value)
-  except pydantic.ValidationError as e:
-    raise ApiError(400, _validation_message(e), "invalid_request_error",
-                   "invalid_request") from None
-
-
-def _texts(value, limit: int) -> list[str]:
-  texts = [value] if isinstance(value, str) else list(value or [])
-  if not texts:
-    raise ApiError(400, "Give at least one input.", "invalid_request_error",
-                   "empty_input")
-  if len(texts) > limit:
-    raise ApiError(400, f"{len(texts)} inputs in one request; the limit is "
-                   f"{limit}.", "invalid_request_error", "too_many_inputs")
-  return texts
-
-
-def _image_bytes(text: str) -> bytes:
-  if text.startswith("data:"):
-    text = text.partition(",")[2]
-  try:
-    return base64.b64decode(text, validate=True)
-  except (binascii.Error, ValueError):
-    raise ApiError(400, "An image is not valid base64.",
-                   "invalid_request_error", "invalid_image") from None
-
-
 def create_app(served: dict, ledger, config) -> FastAPI:
+  gate = Gate(ledger, settings.prices(config), config)
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    leases = asyncio.create_task(gate.keep_leases(config.replay_hours))
+    yield
+    leases.cancel()
+
   app = FastAPI(title="bigmodel_jax", docs_url=None, redoc_url=None,
-                openapi_url=None)
-  gate = Gate(ledger, settings.prices(config), config.key_cache_seconds)
+                lifespan=lifespan)
+  routes = [("/v1/completions", schemas.Completion),
+            ("/v1/chat/completions", schemas.ChatCompletion),
+            ("/v1/embeddings", schemas.Embeddings),
+            ("/v1/classify", schemas.Classify)]
+  app.openapi = lambda: openapi.schema(app, [path for path, _ in routes],
+                                       sorted(served))
+  extra = {path: openapi.body_schema(schema) for path, schema in routes}
   metrics = Metrics(served)
   limit, max_inputs = config.max_body_bytes, config.max_inputs
 
@@ -135,20 +94,48 @@ def create_app(served: dict, ledger, config) -> FastAPI:
                      "invalid_request_error", "unsupported_endpoint")
     return model
 
+  def replay(e: Billed, call: Call, body):
+    """The stored answer of a billed call with this request id, or 409."""
+    row, request_id = e.row, call.request_id
+    if row["answer"] is None:
+      why = (f"for a stream its client left after {row['output_units']} "
+             "tokens" if row["status"] == 499 else
+             f"and its answer, kept {config.replay_hours:g} h, is gone")
+      raise ApiError(409, f"The call with X-Request-Id {request_id!r} was "
+                     f"billed {why}; send a new id.",
+                     "invalid_request_error", "request_id_billed")
+    if row["request_hash"] != call.request_hash:
+      raise ApiError(409, f"X-Request-Id {request_id!r} was used for a "
+                     "different request; send a new id.",
+                     "invalid_request_error", "request_id_reused")
+    answer = json.loads(row["answer"])
+    headers = {"x-request-id": request_id, "x-replayed": "true"}
+    if getattr(body, "stream", False):
+      return StreamingResponse(replayed_events(answer, bool(
+          body.stream_options and body.stream_options.include_usage)),
+                               media_type="text/event-stream", headers=headers)
+    return JSONResponse(answer, headers=headers)
+
   async def metered(request: Request, endpoint: str, schema, handler):
     """Auth, rate, body, model, then `handler(model, body, call)`."""
     started, status, name = time.monotonic(), 500, "-"
     call = None
     try:
       key = await gate.authenticate(request.headers.get("authorization"))
-      gate.check_rate(key)
-      body = await _read_body(request, schema, limit)
-      name = body.model
+      client_id = bodies.request_id(request.headers.get("x-request-id"))
+      await gate.check_rate(key)
+      body = await bodies.read_body(request, schema, limit,
+                              config.body_timeout_seconds)
+      name = body.model if body.model in served else "unknown"
       model = model_of(body.model, endpoint)
-      call = Call(gate, metrics, key, model.name, endpoint)
-      if request.headers.get("x-request-id"):
-        call.request_id = request.headers["x-request-id"][:100]
-      response = await handler(model, body, call)
+      call = Call(gate, metrics, key, model.name, endpoint,
+                  bodies.request_hash(endpoint, body))
+      if client_id:
+        call.request_id, call.client_id = client_id, True
+      try:
+        response = await handler(model, body, call)
+      except Billed as e:
+        response = replay(e, call, body)
       response.headers["x-request-id"] = call.request_id
       status = response.status_code
       if isinstance(response, StreamingResponse):
@@ -180,9 +167,8 @@ def create_app(served: dict, ledger, config) -> FastAPI:
                      "invalid_request_error", "too_many_choices")
     for prompt in prompts:
       check_length(model, prompt, max_tokens)
-    call.holding = await gate.hold(call.key, model.name,
-                                   sum(len(p) for p in prompts),
-                                   len(prompts) * body.n * max_tokens)
+    call.hold = await gate.hold(call, sum(len(p) for p in prompts),
+                                len(prompts) * body.n * max_tokens)
     generation = Generation(model, body, prompts, max_tokens, chat=chat,
                             call=call)
     generation.start()
@@ -200,10 +186,12 @@ def create_app(served: dict, ledger, config) -> FastAPI:
     finally:
       generation.cancel()
 
-  @app.post("/v1/completions")
+  @app.post("/v1/completions", openapi_extra=extra["/v1/completions"])
   async def completions(request: Request):
     async def handle(model, body, call):
-      prompts = [model.prompt_ids(p) for p in _texts(body.prompt, max_inputs)]
+      texts = bodies.texts(body.prompt, max_inputs)
+      prompts = await asyncio.to_thread(lambda: [model.prompt_ids(p)
+                                                 for p in texts])
       longest = max(len(p) for p in prompts)
       max_tokens = body.max_tokens or max(1, min(
           config.default_max_tokens, model.context - longest))
@@ -211,41 +199,45 @@ def create_app(served: dict, ledger, config) -> FastAPI:
                             chat=False)
     return await metered(request, "completions", schemas.Completion, handle)
 
-  @app.post("/v1/chat/completions")
+  @app.post("/v1/chat/completions", openapi_extra=extra[
+      "/v1/chat/completions"])
   async def chat(request: Request):
     async def handle(model, body, call):
-      prompt = model.prompt_ids(messages=[m.model_dump()
-                                          for m in body.messages])
+      prompt = await asyncio.to_thread(model.prompt_ids, messages=[
+          m.model_dump() for m in body.messages])
       max_tokens = (body.max_completion_tokens or body.max_tokens or
                     max(1, model.context - len(prompt)))
       return await generate(request, model, body, call, [prompt], max_tokens,
                             chat=True)
     return await metered(request, "chat", schemas.ChatCompletion, handle)
 
-  async def encode(model, call, batcher, inputs, most_units):
-    call.holding = await gate.hold(call.key, model.name, most_units, 0)
+  async def encode(model, call, batcher, inputs, most_units, answer):
+    """Encodes `inputs`, bills them and returns `answer(outputs, units)`."""
+    call.hold = await gate.hold(call, most_units, 0)
     results = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(x))
                                      for x in inputs))
     units = sum(count for _, count in results)
-    await call.commit(units, 0)
-    return [vector for vector, _ in results], units
+    body = answer([output for output, _ in results], units)
+    await call.commit(units, 0, body)
+    return JSONResponse(body)
 
-  @app.post("/v1/embeddings")
+  @app.post("/v1/embeddings", openapi_extra=extra["/v1/embeddings"])
   async def embeddings(request: Request):
     async def handle(model, body, call):
-      texts = _texts(body.input, max_inputs)
-      vectors, tokens = await encode(model, call, model.embedder, texts,
-                                     len(texts) * model.run.config.input.seq_len)
-      data = [{"object": "embedding", "index": i, "embedding": (
-          base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
-          if body.encoding_format == "base64" else np.asarray(v).tolist())}
-              for i, v in enumerate(vectors)]
-      return JSONResponse({"object": "list", "data": data, "model": model.name,
-                           "usage": {"prompt_tokens": tokens,
-                                     "total_tokens": tokens}})
+      texts = bodies.texts(body.input, max_inputs)
+
+      def answer(vectors, tokens):
+        data = [{"object": "embedding", "index": i, "embedding": (
+            base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
+            if body.encoding_format == "base64" else np.asarray(v).tolist())}
+                for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": model.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+      return await encode(model, call, model.embedder, texts,
+                          len(texts) * model.run.config.input.seq_len, answer)
     return await metered(request, "embeddings", schemas.Embeddings, handle)
 
-  @app.post("/v1/classify")
+  @app.post("/v1/classify", openapi_extra=extra["/v1/classify"])
   async def classify(request: Request):
     async def handle(model, body, call):
       if model.image_input is not None:
@@ -253,24 +245,26 @@ def create_app(served: dict, ledger, config) -> FastAPI:
           raise ApiError(400, f"Model {model.name!r} classifies images: send "
                          "base64 images in \"images\".",
                          "invalid_request_error", "missing_images")
-        inputs = [model.image_input(_image_bytes(i))
-                  for i in _texts(body.images, max_inputs)]
+        images = bodies.texts(body.images, max_inputs)
+        inputs = await asyncio.to_thread(lambda: [
+            model.image_input(bodies.image_bytes(i)) for i in images])
         call.unit, most = "images", len(inputs)
       else:
         if body.input is None:
           raise ApiError(400, f"Model {model.name!r} classifies text: send "
                          "\"input\".", "invalid_request_error",
                          "missing_input")
-        inputs = _texts(body.input, max_inputs)
+        inputs = bodies.texts(body.input, max_inputs)
         most = len(inputs) * model.run.config.input.seq_len
-      probabilities, units = await encode(model, call, model.classifier,
-                                          inputs, most)
       names = model.class_names
-      data = [{"index": i, "label": names[int(np.argmax(p))],
-               "probabilities": {n: float(v) for n, v in zip(names, p)}}
-              for i, p in enumerate(probabilities)]
-      return JSONResponse({"object": "list", "data": data, "model": model.name,
-                           "usage": {call.unit: units}})
+
+      def answer(probabilities, units):
+        data = [{"index": i, "label": names[int(np.argmax(p))],
+                 "probabilities": {n: float(v) for n, v in zip(names, p)}}
+                for i, p in enumerate(probabilities)]
+        return {"object": "list", "data": data, "model": model.name,
+                "usage": {call.unit: units}}
+      return await encode(model, call, model.classifier, inputs, most, answer)
     return await metered(request, "classify", schemas.Classify, handle)
 
   @app.get("/v1/models")

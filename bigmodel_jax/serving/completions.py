@@ -52,7 +52,7 @@ class Choice:
   """The text of one choice, as its tokens arrive."""
 
   def __init__(self, served, stops: list[str]):
-    self.served, self.stops = served, stops
+    self.served, self.stops = served, StopMatcher(stops)
     self.ids, self.text, self.shown = [], "", 0
     self.whole, self.whole_ids = "", 0  # Text of ids that end a character.
     self.finish = None
@@ -63,21 +63,71 @@ class Choice:
     self.ids.extend(tokens)
     tail = self.served.decode(self.ids[self.whole_ids:])
     text = self.whole + tail
-    if not tail.endswith("\ufffd"):
+    if tail.endswith("\ufffd"):  # A character is still incomplete.
+      stops = self.stops.copy()
+      cut = stops.feed(tail)
+    else:
+      stops, cut = self.stops, self.stops.feed(tail)
       self.whole, self.whole_ids = text, len(self.ids)
-    cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0),
-              default=-1)
-    if cut >= 0:
+    if cut is not None:
       text, finish = text[:cut], "stop"
     self.text, self.finish = text, finish
     end = len(text)
     if not finish:  # Hold back a possible start of a stop string or char.
-      end -= max([k for s in self.stops for k in range(1, len(s))
-                  if text.endswith(s[:k])] + [0])
-      end -= text.endswith("\ufffd")
+      end -= stops.held + text.endswith("\ufffd")
     delta, self.shown = text[self.shown:max(end, self.shown)], max(end,
                                                                  self.shown)
     return delta
+
+
+class StopMatcher:
+  """Finds stop strings in a text fed piece by piece: one Knuth-Morris-
+  Pratt automaton per string, so each character costs O(1) amortised work
+  whatever the strings' lengths."""
+
+  def __init__(self, stops: list[str], _copy=None):
+    self.stops = stops
+    if _copy is None:
+      self.back = [_failure(s) for s in stops]
+      self.states, self.fed = [0] * len(stops), 0
+    else:
+      self.back, self.states, self.fed = _copy.back, list(_copy.states), \
+          _copy.fed
+
+  def copy(self) -> "StopMatcher":
+    return StopMatcher(self.stops, self)
+
+  @property
+  def held(self) -> int:
+    """How many characters at the end could begin a stop string."""
+    return max(self.states, default=0)
+
+  def feed(self, text: str) -> int | None:
+    """Where the first stop string to end in `text` starts (an index into
+    everything fed so far), or None."""
+    for char in text:
+      self.fed += 1
+      for j, (stop, back) in enumerate(zip(self.stops, self.back)):
+        state = self.states[j]
+        while state and stop[state] != char:
+          state = back[state - 1]
+        state += stop[state] == char
+        if state == len(stop):
+          self.states[j] = back[state - 1]
+          return self.fed - len(stop)
+        self.states[j] = state
+    return None
+
+
+def _failure(stop: str) -> list[int]:
+  """KMP: for each prefix of `stop`, its longest proper border."""
+  back, k = [0] * len(stop), 0
+  for i in range(1, len(stop)):
+    while k and stop[i] != stop[k]:
+      k = back[k - 1]
+    k += stop[i] == stop[k]
+    back[i] = k
+  return back
 
 
 def check_length(served, prompt_ids: np.ndarray, max_tokens: int) -> None:
@@ -195,10 +245,16 @@ class Generation:
       await self.next_text()
     if await disconnected():  # Nothing was delivered: nothing is charged.
       raise ApiError(499, "The client left.", "client_closed")
+    return await self._commit()
+
+  async def _commit(self) -> dict:
+    """Bills the call, keeping its whole answer; returns that answer."""
     usage = self.usage()
-    await self.call.commit(usage["prompt_tokens"], usage["completion_tokens"])
-    return {**self._head(False), "usage": usage, "choices": [
+    answer = {**self._head(False), "usage": usage, "choices": [
         self._choice(i, c.text, c.finish) for i, c in enumerate(self.choices)]}
+    await self.call.commit(usage["prompt_tokens"], usage["completion_tokens"],
+                           answer)
+    return answer
 
   def _delta(self, i: int, text: str | None, finish: str | None,
              role: bool = False) -> dict:
@@ -229,9 +285,7 @@ class Generation:
         yield _sse({**self._head(True),
                     "choices": [self._delta(i, delta, finish)]})
         self.choices[i].sent_tokens = len(self.choices[i].ids)
-      usage = self.usage()
-      await self.call.commit(usage["prompt_tokens"],
-                             usage["completion_tokens"])
+      usage = (await self._commit())["usage"]
       if include_usage:
         yield _sse({**self._head(True), "choices": [], "usage": usage})
       yield "data: [DONE]\n\n"
@@ -244,3 +298,22 @@ class Generation:
       sent = sum(c.sent_tokens for c in self.choices)
       if not (self.call.recorded or failed) and sent:  # The client left.
         self.call.commit_abandoned(self.prompt_tokens, sent)
+
+
+def replayed_events(answer: dict, include_usage: bool):
+  """A stored answer (as `Generation.whole` returned it) as the events of a
+  stream: each choice's text in one chunk."""
+  chat = answer["object"] == "chat.completion"
+  head = {k: answer[k] for k in ("id", "created", "model")}
+  head["object"] = "chat.completion.chunk" if chat else "text_completion"
+  for choice in answer["choices"]:
+    if chat:
+      yield _sse({**head, "choices": [{"index": choice["index"], "delta": {
+          "role": "assistant", "content": choice["message"]["content"]},
+                                       "finish_reason": None}]})
+      choice = {"index": choice["index"], "delta": {},
+                "finish_reason": choice["finish_reason"]}
+    yield _sse({**head, "choices": [choice]})
+  if include_usage:
+    yield _sse({**head, "choices": [], "usage": answer["usage"]})
+  yield "data: [DONE]\n\n"

@@ -2,21 +2,25 @@
 
 Every call is authenticated by its bearer key (401; a valid key is looked
 up again after `key_cache_seconds`, so a revocation takes effect within
-that time), rate-limited per key
-with a token bucket (429 with Retry-After), and checked against the key's
-token quota (429) and prepaid credit (402) with what the call may use at
-most (prompt + n x max_tokens), counting this process's calls in flight, so
-a key can never go over. Usage and money come from the ledger, so several
-processes sharing one database see the same totals (limits on calls in
-flight and the rate are per process).
+that time) and rate-limited with a token bucket (429 with Retry-After).
+Before any work, a call of a key with a quota or credit, or with a request
+id of its client's, claims a hold in the ledger of the most it may use
+(prompt + n x max_tokens): 429 over the quota, 402 over the credit, 409 if
+the same id is in flight, or the ledger's Billed if it was billed (the API
+replays the stored answer). Limits, holds and buckets live in the ledger's
+database, so they hold for any number of calls and of server processes
+sharing it. Holds are
+leased for `hold_seconds` and renewed while their calls run, so those of a
+server that dies expire.
 """
 import asyncio
-import collections
+import datetime
+import logging
 import math
-import threading
 import time
 
-from bigmodel_jax.serving.ledger import NANO, Key, Ledger, Price
+from bigmodel_jax.serving.ledger import NANO, Key, Ledger, Price, now
+from bigmodel_jax.serving.writes import Hold, InFlight, OverLimit
 
 
 class ApiError(Exception):
@@ -29,15 +33,18 @@ class ApiError(Exception):
     self.code, self.headers = code, headers or {}
 
 
+def _usd(nano: int) -> str:
+  return f"${nano / NANO:.9f}"
+
+
 class Gate:
 
-  def __init__(self, ledger: Ledger, prices: dict, key_cache_seconds: float):
+  def __init__(self, ledger: Ledger, prices: dict, config):
     self.ledger, self.prices = ledger, prices
-    self.key_cache_seconds = key_cache_seconds
+    self.key_cache_seconds = config.key_cache_seconds
+    self.lease = config.hold_seconds
     self._known = {}  # Secret -> (key, time looked up).
-    self._buckets = {}  # Key id -> (tokens left, time).
-    self._held = collections.defaultdict(lambda: [0, 0])  # Tokens, nano-USD.
-    self._lock = threading.Lock()
+    self._live = set()  # Ids of the holds of calls in flight here.
 
   def price(self, model: str) -> Price:
     return self.prices.get(model, self.prices["default"])
@@ -60,53 +67,83 @@ class Gate:
                      "invalid_request_error", "invalid_api_key")
     return key
 
-  def check_rate(self, key: Key) -> None:
+  async def check_rate(self, key: Key) -> None:
     """Takes one request from the key's bucket (capacity: one minute)."""
     if not key.rate_per_minute:
       return
-    rate = key.rate_per_minute / 60
-    with self._lock:
-      left, then = self._buckets.get(key.id, (key.rate_per_minute, None))
-      now = time.monotonic()
-      if then is not None:
-        left = min(key.rate_per_minute, left + (now - then) * rate)
-      if left < 1:
-        self._buckets[key.id] = (left, now)
-        wait = math.ceil((1 - left) / rate)
-        raise ApiError(429, f"Rate limit of {key.rate_per_minute:g} requests "
-                       f"per minute reached; retry in {wait} s.",
-                       "rate_limit_error", "rate_limit_exceeded",
-                       {"Retry-After": str(wait)})
-      self._buckets[key.id] = (left - 1, now)
+    wait = await asyncio.wrap_future(self.ledger.take_rate(key.id))
+    if wait > 0:
+      seconds = math.ceil(wait)
+      raise ApiError(429, f"Rate limit of {key.rate_per_minute:g} requests "
+                     f"per minute reached; retry in {seconds} s.",
+                     "rate_limit_error", "rate_limit_exceeded",
+                     {"Retry-After": str(seconds)})
 
-  async def hold(self, key: Key, model: str, input_units: int,
-                 most_output: int) -> tuple:
-    """Reserves the most this call may use, or raises 429/402."""
-    if key.quota_tokens is None and key.credit_nanousd is None:
-      return None
-    tokens, spent = await asyncio.to_thread(self.ledger.spent, key.id)
-    most = (input_units + most_output,
-            self.price(model).nanousd(input_units, most_output))
-    with self._lock:
-      held = self._held[key.id]
-      if (key.quota_tokens is not None and
-          tokens + held[0] + most[0] > key.quota_tokens):
-        raise ApiError(429, f"Token quota exhausted: {tokens + held[0]} of "
-                       f"{key.quota_tokens} used, this call may use up to "
-                       f"{most[0]}.", "insufficient_quota", "quota_exceeded")
-      if (key.credit_nanousd is not None and
-          spent + held[1] + most[1] > key.credit_nanousd):
-        raise ApiError(402, f"Prepaid credit exhausted: ${(spent + held[1]) / NANO:.6f}"
-                       f" of ${key.credit_nanousd / NANO:.6f} spent, this call "
-                       f"may cost up to ${most[1] / NANO:.6f}.",
-                       "insufficient_quota", "credit_exhausted")
-      held[0] += most[0]
-      held[1] += most[1]
-    return key.id, most
+  async def hold(self, call, input_units: int, most_output: int
+                 ) -> Hold | None:
+    """Reserves the most this call may use, or raises 429 / 402 / 409, or
+    Billed when its request id was billed (see module doc)."""
+    key = call.key
+    if (key.quota_tokens is None and key.credit_nanousd is None and
+        not call.client_id):
+      return None  # Nothing to enforce, nothing to replay.
+    tokens = input_units + most_output
+    money = self.price(call.model).nanousd(input_units, most_output)
+    try:
+      hold = await asyncio.wrap_future(self.ledger.claim(
+          key.id, call.request_id, tokens, money, self.lease,
+          call.client_id))
+    except InFlight:
+      raise ApiError(409, f"A call with X-Request-Id {call.request_id!r} is "
+                     "in progress; retry once it has ended.",
+                     "invalid_request_error", "request_in_progress",
+                     {"Retry-After": "1"}) from None
+    except OverLimit as e:
+      raise _over_limit(e, tokens, money) from None
+    self._live.add(hold.id)
+    return hold
 
-  def release(self, holding) -> None:
-    if holding is not None:
-      key_id, most = holding
-      with self._lock:
-        self._held[key_id][0] -= most[0]
-        self._held[key_id][1] -= most[1]
+  def settled(self, hold: Hold | None) -> None:
+    """The call's usage row settled its hold."""
+    if hold is not None:
+      self._live.discard(hold.id)
+
+  def release(self, hold: Hold | None) -> None:
+    """Frees a hold in the background; should that fail, it expires."""
+    if hold is not None:
+      self._live.discard(hold.id)
+      self.ledger.release(hold).add_done_callback(self._released)
+
+  def _released(self, done) -> None:
+    if done.exception() is not None:
+      logging.error("Releasing a hold failed (%s); it expires within %s s",
+                    done.exception(), self.lease)
+
+  async def keep_leases(self, replay_hours: float) -> None:
+    """Renews this server's holds (every third of a lease) and forgets
+    answers older than `replay_hours`, until cancelled."""
+    while True:
+      await asyncio.sleep(self.lease / 3)
+      try:
+        await asyncio.wrap_future(self.ledger.renew(list(self._live),
+                                                    self.lease))
+        await asyncio.wrap_future(self.ledger.forget_answers(_hours_ago(
+            replay_hours)))
+      except Exception:  # noqa: BLE001 — a database hiccup: try again.
+        logging.exception("Renewing holds failed")
+
+
+def _hours_ago(hours: float) -> datetime.datetime:
+  return now() - datetime.timedelta(hours=hours)
+
+
+def _over_limit(e: OverLimit, tokens: int, money: int) -> ApiError:
+  if e.which == "quota":
+    return ApiError(429, f"Token quota exhausted: {e.used} of {e.limit} "
+                    f"used and {e.held} reserved by calls in flight; this "
+                    f"call may use up to {tokens}.", "insufficient_quota",
+                    "quota_exceeded")
+  return ApiError(402, f"Prepaid credit exhausted: {_usd(e.used)} of "
+                  f"{_usd(e.limit)} spent and {_usd(e.held)} reserved by "
+                  f"calls in flight; this call may cost up to {_usd(money)}.",
+                  "insufficient_quota", "credit_exhausted")

@@ -20,6 +20,12 @@ serves one request at a time.
 `deliver(tokens, finish)` is called from the generator's thread with the new
 ids and, at the end, the finish reason: "length", "stop" (end of document),
 "cancelled" or "error".
+
+A fault fails only the requests it concerns and the generator keeps
+serving: requests prefilled together whose call fails are tried again one
+by one, so only the one that fails alone gets "error"; a failed decode step
+fails the requests it was advancing. Should a failed call have consumed the
+cache, a new one is made and every request that had state in it fails.
 """
 import collections
 import dataclasses
@@ -78,9 +84,10 @@ class Generator:
     cache_sharding = _cache_shardings(layout, cache)
     var_sharding = jax.tree.map(lambda x: x.sharding, variables)
     replicated = NamedSharding(layout.mesh, P())
-    self.cache = jax.jit(
+    self._empty_cache = jax.jit(
         lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache),
-        out_shardings=cache_sharding)()
+        out_shardings=cache_sharding)
+    self.cache = self._empty_cache()
     self._decode = layout.in_context(jax.jit(
         self._decode_step, donate_argnums=1, static_argnums=8,
         in_shardings=(var_sharding, cache_sharding) + (replicated,) * 6,
@@ -247,23 +254,48 @@ class Generator:
           request = self._pending.popleft()
           if not request.cancelled:
             admitted.append((free.pop(0), request))
-      try:
-        for first in range(0, len(admitted), self.prefill_rows[-1]):
-          self._start(admitted[first:first + self.prefill_rows[-1]])
-        for slot, request in enumerate(self._active):
-          if request is not None and request.cancelled:
-            self._finish(slot, [], "cancelled")
-        if self.active:
-          last = max(i for i, r in enumerate(self._active) if r is not None)
+      for first in range(0, len(admitted), self.prefill_rows[-1]):
+        self._admit(admitted[first:first + self.prefill_rows[-1]])
+      for slot, request in enumerate(self._active):
+        if request is not None and request.cancelled:
+          self._finish(slot, [], "cancelled")
+      if self.active:
+        last = max(i for i, r in enumerate(self._active) if r is not None)
+        running = [i for i, r in enumerate(self._active) if r is not None]
+        try:
           self._advance(self._run_decode(
               next(b for b in self.row_buckets if b > last)))
-      except Exception:  # noqa: BLE001 — fail the requests, keep serving.
-        logging.exception("Generation step failed")
-        for slot, request in enumerate(self._active):
-          if request is not None:
-            self._finish(slot, [], "error")
+        except Exception:  # noqa: BLE001 — fail these, keep serving.
+          logging.exception("A decode step failed; failing its requests")
+          self._fail(running)
     for request in list(self._pending) + [r for r in self._active if r]:
       _deliver(request, [], "cancelled")
+
+  def _admit(self, started: list) -> None:
+    """Starts (slot, request) pairs together; if that fails, one by one."""
+    try:
+      self._start(started)
+    except Exception:  # noqa: BLE001 — find the request that fails alone.
+      logging.exception("Prefilling %d requests failed", len(started))
+      for slot, _ in started:
+        self._active[slot] = None
+      self._recover()
+      if len(started) == 1:
+        return _deliver(started[0][1], [], "error")
+      for pair in started:
+        self._admit([pair])
+
+  def _fail(self, slots: list) -> None:
+    for slot in slots:
+      if self._active[slot] is not None:
+        self._finish(slot, [], "error")
+    self._recover()
+
+  def _recover(self) -> None:
+    """A new cache if a failed call consumed it; its requests fail."""
+    if any(leaf.is_deleted() for leaf in jax.tree.leaves(self.cache)):
+      self.cache = self._empty_cache()
+      self._fail([i for i, r in enumerate(self._active) if r is not None])
 
   def _start(self, started: list) -> None:
     """Prefills newly admitted (slot, request) pairs together."""

@@ -1,12 +1,15 @@
-"""API keys and the usage ledger, in any SQLAlchemy database.
+"""API keys, holds and the usage ledger, in SQLite or PostgreSQL.
 
 An SQLite file by default; a PostgreSQL URL (`postgresql+psycopg://...`)
-when several server processes share one ledger. Keys are random, shown once,
-and stored only as SHA-256 hashes. One usage row per served call: key, model,
-endpoint, input and output units (tokens, or images), latency, HTTP status
-and price. Money is integer nano-dollars (1e-9 USD), so sums are exact.
-Rows from concurrent calls are committed together by one writer thread
-(group commit), each call waiting for its own row's commit.
+when several server processes share one ledger: every limit is enforced in
+the database, so it holds across processes. Keys are random, shown once, and
+stored only as SHA-256 hashes. A call first claims a hold of the most it may
+use (refused if the key's quota or credit cannot cover it, or if its request
+id is in flight or already billed); its usage row settles the hold in the
+same transaction; a failed call releases it; a dead server's holds expire.
+Money is integer nano-dollars (1e-9 USD), so sums are exact. Every write
+goes through one writer thread that commits what is queued together (group
+commit, writes.py), each caller waiting for its own.
 
   ledger = Ledger("sqlite:///ledger.sqlite")
   key, secret = ledger.create_key("acme", quota_tokens=1_000_000)
@@ -16,50 +19,17 @@ import dataclasses
 import datetime
 import hashlib
 import secrets
-import threading
 
 import sqlalchemy as sa
 
 from bigmodel_jax.errors import ConfigError, NotFound
+from bigmodel_jax.serving import tables, writes
+from bigmodel_jax.serving.tables import keys, usage
+from bigmodel_jax.serving.writes import Hold
 
 KEY_PREFIX = "bmj-"
 NANO = 10**9  # Nano-dollars per dollar.
-
-metadata = sa.MetaData()
-keys = sa.Table(
-    "api_keys", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("prefix", sa.String(16), nullable=False),  # Shown in listings.
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("revoked_at", sa.DateTime(timezone=True)),
-    sa.Column("quota_tokens", sa.BigInteger),  # None: unlimited.
-    sa.Column("rate_per_minute", sa.Float),  # None: unlimited.
-    sa.Column("credit_nanousd", sa.BigInteger),  # Prepaid; None: invoiced.
-    # Running totals of the key's usage rows, updated in the same
-    # transaction as the rows (quota checks read one row, not a sum).
-    sa.Column("used_tokens", sa.BigInteger, nullable=False, default=0),
-    sa.Column("spent_nanousd", sa.BigInteger, nullable=False, default=0),
-)
-usage = sa.Table(
-    "usage", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("request_id", sa.String(100), nullable=False, unique=True),
-    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"),
-              nullable=False, index=True),
-    sa.Column("model", sa.String(200), nullable=False),
-    sa.Column("endpoint", sa.String(50), nullable=False),
-    sa.Column("unit", sa.String(10), nullable=False),  # "tokens", "images".
-    sa.Column("input_units", sa.BigInteger, nullable=False),
-    sa.Column("output_units", sa.BigInteger, nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False),
-    sa.Column("status", sa.Integer, nullable=False),  # 499: client left.
-    sa.Column("price_nanousd", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-              index=True),
-)
-
+MAX_NAME = 100  # Characters in a key name.
 
 @dataclasses.dataclass(frozen=True)
 class Key:
@@ -86,6 +56,14 @@ class Price:
     return round(self.per_call * NANO) + (per_1k + 500) // 1000
 
 
+def check_name(name: str) -> str:
+  if not (0 < len(name) <= MAX_NAME and name.isprintable() and name.strip()):
+    raise ConfigError(f"A key name has 1 to {MAX_NAME} printable "
+                      f"characters; got {name[:MAX_NAME]!r}"
+                      f"{'...' if len(name) > MAX_NAME else ''}.")
+  return name
+
+
 def hash_key(secret: str) -> str:
   return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -94,32 +72,16 @@ def now() -> datetime.datetime:
   return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _engine(url: str) -> sa.Engine:
-  try:
-    engine = sa.create_engine(url, pool_pre_ping=not url.startswith(
-        "sqlite"))  # A server's connections can drop; a file's cannot.
-  except (sa.exc.ArgumentError, ImportError) as e:
-    raise ConfigError(f"Cannot use the ledger database {url!r}: {e}") from e
-  if engine.dialect.name == "sqlite":  # Readers do not block the server.
-    @sa.event.listens_for(engine, "connect")
-    def _wal(connection, _):
-      connection.execute("PRAGMA journal_mode=WAL")
-      connection.execute("PRAGMA synchronous=FULL")
-      connection.execute("PRAGMA busy_timeout=10000")
-  return engine
-
-
 class Ledger:
-  """Keys and usage rows in the database at `url` (tables made if absent)."""
+  """Keys, holds and usage rows in the database at `url` (tables made if
+  absent, an earlier version's upgraded in place)."""
 
   def __init__(self, url: str):
     self.url = url
-    self.engine = _engine(url)
-    self._pending, self._writer = [], None
-    self._lock = threading.Lock()
-    self._wake = threading.Condition(self._lock)
+    self.engine = tables.engine(url)
+    self._writer = writes.Writer(self.engine)
     try:
-      metadata.create_all(self.engine)
+      tables.create(self.engine)
     except sa.exc.OperationalError as e:
       raise ConfigError(f"Cannot open the ledger database {url!r}: "
                         f"{e.orig}") from e
@@ -131,10 +93,10 @@ class Ledger:
                  credit_usd: float | None = None) -> tuple[Key, str]:
     """A new key and its secret (the only time the secret exists)."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = dict(name=name, prefix=secret[:12], key_hash=hash_key(secret),
-               created_at=now(), quota_tokens=quota_tokens, used_tokens=0,
-               spent_nanousd=0,
-               rate_per_minute=rate_per_minute,
+    row = dict(name=check_name(name), prefix=secret[:12],
+               key_hash=hash_key(secret), created_at=now(),
+               quota_tokens=quota_tokens, used_tokens=0, spent_nanousd=0,
+               held_tokens=0, held_nanousd=0, rate_per_minute=rate_per_minute,
                credit_nanousd=(None if credit_usd is None
                                else round(credit_usd * NANO)))
     with self.engine.begin() as db:
@@ -174,59 +136,45 @@ class Ledger:
                  .values(revoked_at=now()))
     return [self._key(r) for r in rows]
 
-  # Usage.
+  # Writes, queued to the writer thread (group commit); each returns a
+  # future (see writes.py).
 
-  def submit(self, row: dict) -> concurrent.futures.Future:
-    """Queues a usage row; the future is done once the row is committed
-    (or failed). Rows that wait together commit in one transaction (group
-    commit): all of them or none."""
-    future = concurrent.futures.Future()
-    with self._lock:
-      self._pending.append(({**row, "created_at": now()}, future))
-      if self._writer is None or not self._writer.is_alive():
-        self._writer = threading.Thread(target=self._write, daemon=True,
-                                        name="ledger")
-        self._writer.start()
-      self._wake.notify()
-    return future
+  def take_rate(self, key_id: int) -> concurrent.futures.Future:
+    """0, or the seconds until the key's bucket has a request again."""
+    return self._writer.submit(lambda db: writes.take_rate(db, key_id))
+
+  def claim(self, key_id: int, request_id: str, tokens: int, nanousd: int,
+            lease: float, replayable: bool = True
+            ) -> concurrent.futures.Future:
+    """A Hold of `tokens` and `nanousd` for `lease` seconds, or OverLimit,
+    InFlight or (a `replayable` id's) Billed."""
+    return self._writer.submit(lambda db: writes.claim(
+        db, key_id, request_id, tokens, nanousd, lease, replayable))
+
+  def release(self, hold: Hold) -> concurrent.futures.Future:
+    """Frees what a call that was not billed reserved."""
+    return self._writer.submit(lambda db: writes.release(db, hold))
+
+  def renew(self, hold_ids: list, lease: float) -> concurrent.futures.Future:
+    """Extends the leases of calls still in flight."""
+    return self._writer.submit(lambda db: writes.renew(db, hold_ids, lease))
+
+  def forget_answers(self, older_than: datetime.datetime
+                     ) -> concurrent.futures.Future:
+    """Clears the answers kept for replays of calls before `older_than`."""
+    return self._writer.submit(lambda db: writes.forget_answers(
+        db, older_than))
+
+  def submit(self, row: dict, hold: Hold | None = None
+             ) -> concurrent.futures.Future:
+    """Queues a served call's usage row, settling `hold`; done once it is
+    committed (or failed)."""
+    row = {"request_hash": None, "answer": None, **row, "created_at": now()}
+    return self._writer.submit(lambda db: writes.settle(db, row, hold))
 
   def record(self, **row) -> None:
     """Commits one usage row (returns once it is durable)."""
     self.submit(row).result()
-
-  def _write(self) -> None:
-    while True:
-      with self._lock:
-        while not self._pending:
-          self._wake.wait()
-        batch, self._pending = self._pending, []
-      try:
-        self._insert([row for row, _ in batch])
-      except Exception:  # noqa: BLE001 — one row may be bad: try each.
-        for row, future in batch:
-          try:
-            self._insert([row])
-            future.set_result(None)
-          except Exception as e:  # noqa: BLE001
-            future.set_exception(e)
-      else:
-        for _, future in batch:
-          future.set_result(None)
-
-  def _insert(self, rows: list[dict]) -> None:
-    """The rows and their keys' running totals, in one transaction."""
-    totals = {}
-    for row in rows:
-      tokens, money = totals.get(row["key_id"], (0, 0))
-      if row["unit"] == "tokens":
-        tokens += row["input_units"] + row["output_units"]
-      totals[row["key_id"]] = (tokens, money + row["price_nanousd"])
-    with self.engine.begin() as db:
-      db.execute(usage.insert(), rows)
-      for key_id, (tokens, money) in sorted(totals.items()):
-        db.execute(keys.update().where(keys.c.id == key_id).values(
-            used_tokens=keys.c.used_tokens + tokens,
-            spent_nanousd=keys.c.spent_nanousd + money))
 
   def spent(self, key_id: int) -> tuple[int, int]:
     """(tokens, nano-dollars) a key has used so far."""

@@ -1,15 +1,20 @@
-"""A server in a child process on a free loopback port (load tests, tests).
+"""A server on a free loopback port, in a child process (load tests, tests)
+or in a thread of this one (tests that reach into the engine).
 
   with process.Server(["runs/shakespeare"], db="sqlite:///l.sqlite") as server:
     httpx.get(server.url + "/healthz")
+  with process.InThread(app, config) as server: ...
 """
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
+
+from bigmodel_jax.serving import http_server
 
 
 def free_port() -> int:
@@ -71,6 +76,29 @@ class Server:
 
   def __exit__(self, *exc):
     self.stop()
+
+
+class InThread:
+  """Serves an app (`api.create_app`) from a thread of this process."""
+
+  def __init__(self, app, config, timeout: float = 60):
+    self.port = free_port()
+    self.url = f"http://127.0.0.1:{self.port}"
+    self.server = http_server.server(app, "127.0.0.1", self.port, config)
+    self.thread = threading.Thread(target=self.server.run, daemon=True)
+    self.thread.start()
+    deadline = time.monotonic() + timeout
+    while not self.server.started:
+      if time.monotonic() > deadline or not self.thread.is_alive():
+        raise RuntimeError("The server thread did not start.")
+      time.sleep(0.05)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.server.should_exit = True
+    self.thread.join(30)
 
 
 def create_key(db: str, name: str, *options) -> str:

@@ -1,12 +1,21 @@
-"""Request bodies of the API, in OpenAI's schema (unknown fields ignored)."""
-from typing import Literal
+"""Request bodies of the API, in OpenAI's schema (unknown fields ignored).
+
+Every number is bounded by what the engine can represent (int32 counts,
+uint32 seeds) and stop strings by OpenAI's limits (at most 4), so a value
+the engine cannot take is a 400 here, never an error inside a batch.
+"""
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+INT32 = 2**31 - 1
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
+Stop = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class _Body(BaseModel):
   model_config = ConfigDict(extra="ignore")
-  model: str
+  model: str = Field(max_length=200)
 
 
 class StreamOptions(BaseModel):
@@ -14,14 +23,14 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(_Body):
-  max_tokens: int | None = Field(None, ge=1)
+  max_tokens: int | None = Field(None, ge=1, le=INT32)
   temperature: float = Field(1.0, ge=0, le=2)
   top_p: float = Field(1.0, gt=0, le=1)
-  top_k: int = Field(0, ge=0)  # Not OpenAI's; 0: no limit.
-  n: int = Field(1, ge=1)
+  top_k: int = Field(0, ge=0, le=INT32)  # Not OpenAI's; 0: no limit.
+  n: int = Field(1, ge=1, le=INT32)
   stream: bool = False
   stream_options: StreamOptions | None = None
-  stop: str | list[str] | None = None
+  stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None = None
   seed: int | None = Field(None, ge=0, lt=2**32)
 
   def stops(self) -> list[str]:
@@ -40,7 +49,7 @@ class Message(BaseModel):
 
 class ChatCompletion(_Sampling):
   messages: list[Message] = Field(min_length=1)
-  max_completion_tokens: int | None = Field(None, ge=1)
+  max_completion_tokens: int | None = Field(None, ge=1, le=INT32)
 
 
 class Embeddings(_Body):

@@ -21,6 +21,18 @@ def defaults() -> ml_collections.ConfigDict:
   config.max_inputs = 256  # Texts or images in one request.
   config.default_max_tokens = 16  # /v1/completions without max_tokens.
   config.max_n = 8  # Most choices per request.
+  # Slow or idle clients: a request's head must arrive within
+  # header_timeout_seconds of its first byte (or of the connection), its
+  # body within body_timeout_seconds (408); beyond max_connections open
+  # connections, new requests get 503.
+  config.header_timeout_seconds = 10.0
+  config.body_timeout_seconds = 30.0
+  config.max_connections = 1024
+  # A call's hold in the ledger is leased for hold_seconds and renewed while
+  # it runs: a server that dies frees its holds within that time. Answers of
+  # calls with a client's X-Request-Id are kept replay_hours for retries.
+  config.hold_seconds = 60.0
+  config.replay_hours = 24.0
   # The mesh a model is served on: its parameters and the KV cache are
   # placed by the run's own sharding rules (one size may be -1).
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1,
