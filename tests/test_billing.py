@@ -2,6 +2,7 @@
 billing across a kill -9, a restart and the clients' retries, limits that
 hold across three server processes sharing one PostgreSQL ledger, earlier
 ledgers upgraded in place."""
+import asyncio
 import concurrent.futures
 import csv
 import datetime
@@ -17,13 +18,15 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
 from bigmodel_jax import billing
-from bigmodel_jax.serving import process, tables
+from bigmodel_jax.serving import process, settings, tables
+from bigmodel_jax.serving.gate import Gate
 from bigmodel_jax.serving.ledger import NANO, Ledger, Price
 from bigmodel_jax.serving.writes import Billed, InFlight, OverLimit
 
@@ -404,6 +407,34 @@ def test_holds_of_a_dead_server_expire_and_free_their_key(tmp_path):
     assert db.execute(sa.select(tables.keys.c.held_tokens)).scalar() == 10
     assert db.execute(sa.select(sa.func.count()).select_from(
         tables.holds)).scalar() == 1
+
+
+def test_a_caller_that_leaves_mid_write_keeps_no_hold_and_stops_nothing(
+    tmp_path):
+  """A task cancelled while its claim is queued (its client left): the
+  writer thread survives, and the hold it got is released."""
+  ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+  key, _ = ledger.create_key("k", quota_tokens=10)
+  gate = Gate(ledger, {"default": Price()}, settings.defaults())
+  call = types.SimpleNamespace(key=key, model="m", request_id="gone",
+                               client_id=False)
+
+  async def leave():
+    task = asyncio.ensure_future(gate.hold(call, 10, 0))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+      await task
+  asyncio.run(leave())
+  ledger.renew([], 1).result()  # Queued after the claim: it has run.
+  for _ in range(50):
+    with ledger.engine.connect() as db:
+      held = db.execute(sa.select(tables.keys.c.held_tokens)).scalar()
+    if held == 0:
+      break
+    time.sleep(0.1)
+  assert held == 0
+  assert ledger.claim(key.id, "next", 10, 0, 60).result().tokens == 10
 
 
 def test_key_names_are_checked_and_listed_safely(tmp_path, capsys):

@@ -89,10 +89,13 @@ class Gate:
       return None  # Nothing to enforce, nothing to replay.
     tokens = input_units + most_output
     money = self.price(call.model).nanousd(input_units, most_output)
+    claimed = self.ledger.claim(key.id, call.request_id, tokens, money,
+                                self.lease, call.client_id)
     try:
-      hold = await asyncio.wrap_future(self.ledger.claim(
-          key.id, call.request_id, tokens, money, self.lease,
-          call.client_id))
+      hold = await asyncio.wrap_future(claimed)
+    except asyncio.CancelledError:  # The call is gone: free what it got.
+      claimed.add_done_callback(self._unclaim)
+      raise
     except InFlight:
       raise ApiError(409, f"A call with X-Request-Id {call.request_id!r} is "
                      "in progress; retry once it has ended.",
@@ -113,6 +116,10 @@ class Gate:
     if hold is not None:
       self._live.discard(hold.id)
       self.ledger.release(hold).add_done_callback(self._released)
+
+  def _unclaim(self, done) -> None:
+    if done.exception() is None:
+      self.ledger.release(done.result()).add_done_callback(self._released)
 
   def _released(self, done) -> None:
     if done.exception() is not None:

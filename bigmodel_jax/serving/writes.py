@@ -67,8 +67,11 @@ class Writer:
     self._wake = threading.Condition(self._lock)
 
   def submit(self, write) -> concurrent.futures.Future:
-    """Queues `write(db)`; the future holds what it returned."""
+    """Queues `write(db)`; the future holds what it returned. A queued
+    write always runs: its future cannot be cancelled (a caller that leaves
+    while waiting, e.g. a cancelled task, does not undo it)."""
     future = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
     with self._lock:
       self._pending.append((write, future))
       if self._thread is None or not self._thread.is_alive():
