@@ -26,7 +26,7 @@ import sys
 
 from bigmodel_jax import perf
 from bigmodel_jax.errors import ConfigError, NotFound, entrypoint
-from bigmodel_jax.serving.ledger import NANO, Ledger
+from bigmodel_jax.serving.ledger import Ledger, usd
 
 DEFAULT_DB = "sqlite:///ledger.sqlite"
 
@@ -44,11 +44,7 @@ def _date(text: str) -> datetime.datetime:
 
 
 def _usd(nano: int | None) -> str:
-  """Exact dollars: nano-dollars with all nine decimals."""
-  if nano is None:
-    return "-"
-  sign, nano = "-" * (nano < 0), abs(int(nano))
-  return f"{sign}{nano // NANO}.{nano % NANO:09d}"
+  return "-" if nano is None else usd(nano)
 
 
 def _shown(name: str) -> str:
@@ -97,15 +93,16 @@ def _keys(ledger: Ledger, args) -> None:
     key, secret = ledger.create_key(args.name, quota_tokens=args.quota_tokens,
                                     rate_per_minute=args.rate,
                                     credit_usd=args.credit)
-    print(f"Created key {_shown(key.name)!r} ({key.prefix}...). Its secret, shown "
-          f"only now:\n{secret}")
+    print(f"Created key {_shown(key.name)!r} ({key.prefix}...). Its secret, "
+          f"shown only now:\n{secret}")
   elif args.action == "list":
     print(f"{'name':20} {'prefix':14} {'created (UTC)':19} {'status':8} "
           f"{'quota':>10} {'rate/min':>8} {'credit $':>12} {'used tokens':>12}"
           f" {'spent $':>12}")
     for key, created in ledger.list_keys():
       tokens, spent = ledger.spent(key.id)
-      print(f"{_shown(key.name):20} {key.prefix:14} {created:%Y-%m-%d %H:%M:%S} "
+      print(f"{_shown(key.name):20} {key.prefix:14} "
+            f"{created:%Y-%m-%d %H:%M:%S} "
             f"{'revoked' if key.revoked else 'active':8} "
             f"{key.quota_tokens or '-':>10} {key.rate_per_minute or '-':>8} "
             f"{_usd(key.credit_nanousd):>12} {tokens:>12} {_usd(spent):>12}")
@@ -133,7 +130,8 @@ def _report(ledger: Ledger, args) -> None:
         f"{'unit':6} {'amount $':>12}")
   totals = {}
   for row in rows:
-    print(f"{_shown(row['name']):20} {_shown(row['model']):20} {row['calls']:>7} "
+    print(f"{_shown(row['name']):20} {_shown(row['model']):20} "
+          f"{row['calls']:>7} "
           f"{row['input_units']:>10} {row['output_units']:>10} "
           f"{row['unit']:6} {row['amount_usd']:>12}")
     totals[row["name"]] = totals.get(row["name"], 0) + row["price_nanousd"]

@@ -437,6 +437,24 @@ def test_a_caller_that_leaves_mid_write_keeps_no_hold_and_stops_nothing(
   assert ledger.claim(key.id, "next", 10, 0, 60).result().tokens == 10
 
 
+def test_answers_are_kept_for_replays_until_their_time_is_up(tmp_path):
+  ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+  key, _ = ledger.create_key("k")
+  for request_id in ("old", "new"):
+    ledger.record(request_id=request_id, key_id=key.id, model="m",
+                  endpoint="e", unit="tokens", input_units=1, output_units=1,
+                  latency_ms=1.0, status=200, price_nanousd=1,
+                  answer='{"a": 1}')
+  kept = lambda: {r["request_id"] for r in ledger.rows() if r["answer"]}
+  between = ledger.rows()[1]["created_at"]
+  assert ledger.forget_answers(between).result() == 1 and kept() == {"new"}
+  # From `since` on only: what is older was cleared by the run before.
+  later = between + datetime.timedelta(hours=1)
+  assert ledger.forget_answers(later, since=later).result() == 0
+  assert ledger.forget_answers(later, since=between).result() == 1
+  assert kept() == set() and len(ledger.rows()) == 2  # Rows stay.
+
+
 def test_key_names_are_checked_and_listed_safely(tmp_path, capsys):
   db = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
   with pytest.raises(SystemExit):

@@ -125,7 +125,7 @@ def create_app(served: dict, ledger, config) -> FastAPI:
       client_id = bodies.request_id(request.headers.get("x-request-id"))
       await gate.check_rate(key)
       body = await bodies.read_body(request, schema, limit,
-                              config.body_timeout_seconds)
+                                    config.body_timeout_seconds)
       name = body.model if body.model in served else "unknown"
       model = model_of(body.model, endpoint)
       call = Call(gate, metrics, key, model.name, endpoint,

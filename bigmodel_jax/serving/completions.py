@@ -8,6 +8,7 @@ string is held back until it is not, and a stop string ends the choice
 (not included in the text).
 """
 import asyncio
+import copy
 import json
 import secrets
 import threading
@@ -85,17 +86,15 @@ class StopMatcher:
   Pratt automaton per string, so each character costs O(1) amortised work
   whatever the strings' lengths."""
 
-  def __init__(self, stops: list[str], _copy=None):
-    self.stops = stops
-    if _copy is None:
-      self.back = [_failure(s) for s in stops]
-      self.states, self.fed = [0] * len(stops), 0
-    else:
-      self.back, self.states, self.fed = _copy.back, list(_copy.states), \
-          _copy.fed
+  def __init__(self, stops: list[str]):
+    self.stops, self.back = stops, [_failure(s) for s in stops]
+    self.states, self.fed = [0] * len(stops), 0
 
   def copy(self) -> "StopMatcher":
-    return StopMatcher(self.stops, self)
+    """The same matcher, to feed without changing this one."""
+    other = copy.copy(self)
+    other.states = list(self.states)
+    return other
 
   @property
   def held(self) -> int:

@@ -9,9 +9,8 @@ id of its client's, claims a hold in the ledger of the most it may use
 the same id is in flight, or the ledger's Billed if it was billed (the API
 replays the stored answer). Limits, holds and buckets live in the ledger's
 database, so they hold for any number of calls and of server processes
-sharing it. Holds are
-leased for `hold_seconds` and renewed while their calls run, so those of a
-server that dies expire.
+sharing it. Holds are leased for `hold_seconds` and renewed while their
+calls run, so those of a server that dies expire.
 """
 import asyncio
 import datetime
@@ -19,7 +18,7 @@ import logging
 import math
 import time
 
-from bigmodel_jax.serving.ledger import NANO, Key, Ledger, Price, now
+from bigmodel_jax.serving.ledger import Key, Ledger, Price, now, usd
 from bigmodel_jax.serving.writes import Hold, InFlight, OverLimit
 
 
@@ -33,10 +32,6 @@ class ApiError(Exception):
     self.code, self.headers = code, headers or {}
 
 
-def _usd(nano: int) -> str:
-  return f"${nano / NANO:.9f}"
-
-
 class Gate:
 
   def __init__(self, ledger: Ledger, prices: dict, config):
@@ -45,6 +40,7 @@ class Gate:
     self.lease = config.hold_seconds
     self._known = {}  # Secret -> (key, time looked up).
     self._live = set()  # Ids of the holds of calls in flight here.
+    self._forgotten = None  # Answers before this time are cleared.
 
   def price(self, model: str) -> Price:
     return self.prices.get(model, self.prices["default"])
@@ -134,14 +130,12 @@ class Gate:
       try:
         await asyncio.wrap_future(self.ledger.renew(list(self._live),
                                                     self.lease))
-        await asyncio.wrap_future(self.ledger.forget_answers(_hours_ago(
-            replay_hours)))
+        cutoff = now() - datetime.timedelta(hours=replay_hours)
+        await asyncio.wrap_future(self.ledger.forget_answers(
+            cutoff, self._forgotten))
+        self._forgotten = cutoff
       except Exception:  # noqa: BLE001 — a database hiccup: try again.
         logging.exception("Renewing holds failed")
-
-
-def _hours_ago(hours: float) -> datetime.datetime:
-  return now() - datetime.timedelta(hours=hours)
 
 
 def _over_limit(e: OverLimit, tokens: int, money: int) -> ApiError:
@@ -150,7 +144,7 @@ def _over_limit(e: OverLimit, tokens: int, money: int) -> ApiError:
                     f"used and {e.held} reserved by calls in flight; this "
                     f"call may use up to {tokens}.", "insufficient_quota",
                     "quota_exceeded")
-  return ApiError(402, f"Prepaid credit exhausted: {_usd(e.used)} of "
-                  f"{_usd(e.limit)} spent and {_usd(e.held)} reserved by "
-                  f"calls in flight; this call may cost up to {_usd(money)}.",
+  return ApiError(402, f"Prepaid credit exhausted: ${usd(e.used)} of "
+                  f"${usd(e.limit)} spent and ${usd(e.held)} reserved by "
+                  f"calls in flight; this call may cost up to ${usd(money)}.",
                   "insufficient_quota", "credit_exhausted")

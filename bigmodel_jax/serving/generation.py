@@ -260,11 +260,10 @@ class Generator:
         if request is not None and request.cancelled:
           self._finish(slot, [], "cancelled")
       if self.active:
-        last = max(i for i, r in enumerate(self._active) if r is not None)
         running = [i for i, r in enumerate(self._active) if r is not None]
         try:
           self._advance(self._run_decode(
-              next(b for b in self.row_buckets if b > last)))
+              next(b for b in self.row_buckets if b > running[-1])))
         except Exception:  # noqa: BLE001 — fail these, keep serving.
           logging.exception("A decode step failed; failing its requests")
           self._fail(running)

@@ -31,6 +31,13 @@ KEY_PREFIX = "bmj-"
 NANO = 10**9  # Nano-dollars per dollar.
 MAX_NAME = 100  # Characters in a key name.
 
+
+def usd(nano: int) -> str:
+  """Exact dollars: nano-dollars with all nine decimals."""
+  sign, nano = "-" * (nano < 0), abs(int(nano))
+  return f"{sign}{nano // NANO}.{nano % NANO:09d}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Key:
   id: int
@@ -159,11 +166,13 @@ class Ledger:
     """Extends the leases of calls still in flight."""
     return self._writer.submit(lambda db: writes.renew(db, hold_ids, lease))
 
-  def forget_answers(self, older_than: datetime.datetime
+  def forget_answers(self, older_than: datetime.datetime,
+                     since: datetime.datetime | None = None
                      ) -> concurrent.futures.Future:
-    """Clears the answers kept for replays of calls before `older_than`."""
+    """Clears the answers kept for replays of calls before `older_than`
+    (from `since`, when the ones before were cleared already)."""
     return self._writer.submit(lambda db: writes.forget_answers(
-        db, older_than))
+        db, older_than, since))
 
   def submit(self, row: dict, hold: Hold | None = None
              ) -> concurrent.futures.Future:

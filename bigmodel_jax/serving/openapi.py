@@ -16,13 +16,14 @@ def schema(app: FastAPI, paths: list, names: list) -> dict:
   """FastAPI's schema with the bodies' shared definitions as components and
   the served model `names` as the choices of "model"."""
   if app.openapi_schema is None:
-    schema = get_openapi(title=app.title, version=app.version,
-                         routes=app.routes)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    document = get_openapi(title=app.title, version=app.version,
+                           routes=app.routes)
+    components = document.setdefault("components", {}).setdefault(
+        "schemas", {})
     for path in paths:
-      body = schema["paths"][path]["post"]["requestBody"]
+      body = document["paths"][path]["post"]["requestBody"]
       fields = body["content"]["application/json"]["schema"]
       components.update(fields.pop("$defs", {}))
       fields["properties"]["model"]["enum"] = names
-    app.openapi_schema = schema
+    app.openapi_schema = document
   return app.openapi_schema

@@ -44,7 +44,7 @@ holds = sa.Table(
     sa.Column("request_id", sa.String(100), nullable=False),
     sa.Column("tokens", sa.BigInteger, nullable=False),
     sa.Column("nanousd", sa.BigInteger, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+    sa.Column("expires_at", sa.Float, nullable=False),
     sa.UniqueConstraint("key_id", "request_id", name="holds_key_request"),
 )
 usage = sa.Table(

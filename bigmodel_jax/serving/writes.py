@@ -109,15 +109,10 @@ def _answer(future, result) -> None:
     future.set_result(result)
 
 
-def _unhold(db, key_id: int, tokens: int, nanousd: int) -> None:
-  db.execute(keys.update().where(keys.c.id == key_id).values(
-      held_tokens=keys.c.held_tokens - tokens,
-      held_nanousd=keys.c.held_nanousd - nanousd))
-
-
-def _unheld(hold) -> dict:
-  return dict(held_tokens=keys.c.held_tokens - hold.tokens,
-              held_nanousd=keys.c.held_nanousd - hold.nanousd)
+def _unheld(tokens: int, nanousd: int) -> dict:
+  """The key-row values that give back what holds reserved."""
+  return dict(held_tokens=keys.c.held_tokens - tokens,
+              held_nanousd=keys.c.held_nanousd - nanousd)
 
 
 def _deleted(db, hold) -> bool:
@@ -130,7 +125,7 @@ def release(db, hold) -> None:
   """Deletes a hold and returns its amounts to the key."""
   if _deleted(db, hold):
     db.execute(keys.update().where(keys.c.id == hold.key_id).values(
-        **_unheld(hold)))
+        **_unheld(hold.tokens, hold.nanousd)))
 
 
 def _sweep(db, key_id: int, clock: float) -> bool:
@@ -140,9 +135,8 @@ def _sweep(db, key_id: int, clock: float) -> bool:
       holds.c.key_id == key_id, holds.c.expires_at < clock).returning(
           holds.c.tokens, holds.c.nanousd)).all()
   if expired:
-    db.execute(keys.update().where(keys.c.id == key_id).values(
-        held_tokens=keys.c.held_tokens - sum(t for t, _ in expired),
-        held_nanousd=keys.c.held_nanousd - sum(m for _, m in expired)))
+    db.execute(keys.update().where(keys.c.id == key_id).values(**_unheld(
+        sum(t for t, _ in expired), sum(m for _, m in expired))))
   return bool(expired)
 
 
@@ -211,7 +205,7 @@ def settle(db, row: dict, hold) -> None:
           if row["unit"] == "tokens" else 0),
       spent_nanousd=keys.c.spent_nanousd + row["price_nanousd"])
   if hold is not None and _deleted(db, hold):
-    totals.update(_unheld(hold))
+    totals.update(_unheld(hold.tokens, hold.nanousd))
   db.execute(usage.insert().values(**row))
   db.execute(keys.update().where(keys.c.id == row["key_id"]).values(
       **totals))
@@ -239,7 +233,11 @@ def renew(db, hold_ids: list, lease: float) -> None:
         expires_at=time.time() + lease))
 
 
-def forget_answers(db, older_than) -> int:
-  return db.execute(usage.update().where(
-      usage.c.created_at < older_than, usage.c.answer.is_not(None)
-  ).values(answer=None)).rowcount
+def forget_answers(db, older_than, since=None) -> int:
+  """Clears the kept answers of calls before `older_than` (and from
+  `since`: older ones were cleared before, so the index range stays short)."""
+  window = [usage.c.created_at < older_than, usage.c.answer.is_not(None)]
+  if since is not None:
+    window.append(usage.c.created_at >= since)
+  return db.execute(usage.update().where(*window).values(answer=None)
+                    ).rowcount
