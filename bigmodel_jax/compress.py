@@ -31,23 +31,24 @@ from flax import traverse_util
 from bigmodel_jax import (checkpoints, config_loader, pruning, quantization,
                           registry, runs, state, workdirs)
 from bigmodel_jax.errors import ConfigError, entrypoint
-from bigmodel_jax.models import layers
+from bigmodel_jax import families
 
 METHODS = ("float32", "bf16", *quantization.METHODS, "sparse", "heads")
 # Run products not carried over; every other top-level file is.
 _NOT_COPIED = ("config.json", "metrics.jsonl", ".lock")
 
 
-def _example(run):
-  return registry.get("data", run.config.input.name).batch_spec(
-      run.config.input)["inputs"]
+def _example(run) -> tuple:
+  """The model's arguments as the run's task calls it (state.example_args)."""
+  return state.example_args(run.task, registry.get(
+      "data", run.config.input.name).batch_spec(run.config.input))
 
 
 def _float_params(run, model_config):
   """The run's float parameters, LoRA adapters merged."""
   params = run.params
   if model_config.get("lora_rank"):
-    params = layers.merged(params, model_config)
+    params = families.merged(params, model_config)
     model_config.lora_rank = 0
   return params
 
@@ -68,7 +69,7 @@ def _pruned_structure(run, model_config, params, keep_heads, keep_mlp):
   """Parameters without the weakest heads / hidden units; `model_config`
   updated to the smaller shapes."""
   boxed = jax.eval_shape(run.family.make(model_config).init,
-                         jax.random.key(0), _example(run))["params"]
+                         jax.random.key(0), *_example(run))["params"]
   names = pruning.named_axes(boxed)
   flat = traverse_util.flatten_dict(params)
   shapes = {name: flat[p].shape[names[p].index(name)]

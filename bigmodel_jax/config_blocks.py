@@ -7,7 +7,7 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from bigmodel_jax import sharding
+from bigmodel_jax import distill, pruning, quantization, registry, sharding
 
 
 def base(*, total_steps: int, log_every_steps: int = 50,
@@ -32,17 +32,15 @@ def base(*, total_steps: int, log_every_steps: int = 50,
   # Logical axis -> mesh axes: None (replicated), "fsdp", "data,fsdp", ...
   config.sharding = ml_collections.ConfigDict({"rules": dict(sharding.RULES)})
   config.grad_accum_steps = 1  # Microbatches per update (same global batch).
-  # Quantization-aware training: "int8", "int4", "w8a8" (quantization.py).
-  config.quantization = ml_collections.ConfigDict(dict(
-      method=placeholder(str), group_size=placeholder(int)))
-  # Gradual magnitude pruning to `sparsity` (pruning.py); 0: off.
-  config.pruning = ml_collections.ConfigDict(dict(
-      sparsity=0.0, scope="global", pattern=placeholder(str), begin_step=0,
-      end_step=placeholder(int), frequency=100))
-  # Knowledge distillation from a trained teacher run (tasks/distill.py).
-  config.distill = ml_collections.ConfigDict(dict(
-      teacher_workdir=placeholder(str), teacher_step=placeholder(int),
-      temperature=2.0, alpha=0.5))
+  # More evaluators: KEY -> block (evaluators/), beside the task's own.
+  config.evals = ml_collections.ConfigDict()
+  # The settings of the training-time wrappers and of the tasks, each block
+  # owned by its module: quantization-aware training, pruning, distillation.
+  config.quantization = quantization.config_block()
+  config.pruning = pruning.config_block()
+  config.distill = distill.config_block()
+  for name, block in registry.task_blocks().items():
+    config[name] = block
   return config
 
 
@@ -80,7 +78,7 @@ def sgd(*, learning_rate: float, warmup_steps: int, momentum: float = 0.9,
 def image_input(name: str, *, batch_size: int, image_size: int,
                 channels: int, train_pp: str, eval_pp: str,
                 **fields) -> ml_collections.ConfigDict:
-  """`config.input` of an image classifier (`data/images.py`)."""
+  """`config.input` of an image classifier (`dataio/images.py`)."""
   return ml_collections.ConfigDict({
       "name": name, "batch_size": batch_size, "image_size": image_size,
       "channels": channels, "train_pp": train_pp, "eval_pp": eval_pp,

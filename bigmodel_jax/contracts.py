@@ -8,8 +8,9 @@ Three kinds of plug-in, each one file picked by name from the config
   task          bigmodel_jax/tasks/NAME.py    config.task.name (None: the
                                               family's `default_task`)
 
-`registry.get` checks a module against its Protocol and names what is
-missing. docs/architecture.md explains how they meet.
+`registry.get` checks a module against its Protocol, and the classes it
+exposes (`Input`, `Task`) against theirs, and names what is missing.
+docs/architecture.md explains how they meet.
 """
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
@@ -43,17 +44,25 @@ class ModelFamily(Protocol):
 
   def num_params(self, params) -> int: ...
 
-  def flops_per_item(self, model: nn.Module, params, input_shape) -> float:
-    """Training FLOPs per token (sequence models) or example."""
+  def flops_per_item(self, model: nn.Module, params, args: tuple) -> float:
+    """Training FLOPs per token (sequence models) or example; `args`: the
+    model's arguments for a whole batch (`state.example_args`)."""
 
   # Optional hooks (None when absent).
+  capabilities: Callable[[ml_collections.ConfigDict], dict] | None
+  """config block -> {part: value} of what the model can do beyond its
+  task's call (capabilities.py): "decode" (value: the longest context;
+  `apply(v, tokens, decode=True, lengths=, mutable=["cache"])` prefills
+  right-padded rows of `lengths` tokens into a cache whose variables carry
+  logical axis names with a "batch" axis, then extends it a step at a
+  time), "embed" (`apply(v, *args, embed=True)` -> unit vectors (B, D))."""
   load_hf: Callable[[str, ml_collections.ConfigDict], dict] | None
   """(Hugging Face checkpoint dir, config block) -> host variables
   ({"params": ..., and e.g. "batch_stats"}); every directory that
   `export_hf` describes loads."""
   export_hf: Callable[[dict, ml_collections.ConfigDict, list | None],
                       Any] | None
-  """(variables, config block, class names) -> `models.hf_layout.HFExport`:
+  """(variables, config block, class names) -> `hf.layout.HFExport`:
   the Hugging Face directory that reproduces the model, with the reference
   that verifies it; raises `errors.NotExportable` (one line naming the
   setting) where transformers has no faithful equivalent."""
@@ -75,7 +84,12 @@ class Input(Protocol):
   """
   class_names: list[str] | None  # Classifiers' label names, else None.
 
-  def train_batches(self, start_step: int) -> Iterator[Batch]: ...
+  def train_batch(self, step: int) -> Batch:
+    """This process's rows of global training batch `step`."""
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    """`train_batch(step)` for step = start_step, start_step + 1, ...
+    (prefetched)."""
 
   def eval_batches(self, split: str | None = None) -> Iterator[Batch]: ...
 
@@ -106,17 +120,31 @@ class InputModule(Protocol):
 
 @runtime_checkable
 class Task(Protocol):
-  """What is learned from a batch: the loss, the update, the metrics.
+  """What is learned from a batch: how the model is called, the update, the
+  metrics, and what its outputs give a run.
 
-  `tasks/base.py:LossTask` implements it for tasks that are one loss and one
-  optimizer (language modelling, classification, ...): they only define the
-  loss. A task whose update is something else (alternating generator and
-  discriminator steps, a frozen teacher, several clients per step) defines
-  `optimizer` and `train_step` itself; see `tasks/gan.py`.
+  `loss_task.LossTask` implements it for tasks that are one loss and one
+  optimizer (language modelling, classification, ...): they define the
+  `Loss` below and get the generic update of `steps.py`. A task whose
+  update is something else (alternating generator and discriminator steps,
+  several clients per step) defines `optimizer` and `train_step` itself,
+  from the pieces `steps.py` exposes; see `tasks/gan.py`.
   """
   name: str
   required_keys: frozenset  # Batch entries it needs ...
   optional_keys: frozenset  # ... and those it can use.
+  capabilities: frozenset  # Parts its outputs give a run (capabilities.py).
+  config_block: Callable[[], ml_collections.ConfigDict] | None
+  """The task's settings, `config.NAME` (None: it has none)."""
+
+  def model_args(self, batch: Batch) -> tuple:
+    """The model's positional arguments for a batch: the one declaration of
+    how the model is called, used to init, quantize, load, export and count
+    FLOPs with the whole batch spec."""
+
+  def apply(self, model: nn.Module, variables: dict, batch: Batch,
+            **kwargs) -> Any:
+    """The model's outputs on a batch (kwargs: train, rngs, mutable)."""
 
   def optimizer(self, trainable: Callable | None
                 ) -> optax.GradientTransformation: ...
@@ -135,6 +163,43 @@ class Task(Protocol):
   def report(self, totals: dict, class_names: list[str] | None
              ) -> tuple[dict, str | None]:
     """(JSON records for metrics.jsonl, a text table or None) of an eval."""
+
+
+@runtime_checkable
+class Loss(Protocol):
+  """What a loss task gives the generic update (`steps.make_train_step`)
+  and what wrappers of it (distill.py) build on."""
+
+  def sums(self, outputs, batch: Batch) -> dict:
+    """Summed statistics of a (micro)batch, "loss" among them."""
+
+  def normalizer(self, batch: Batch) -> Any:
+    """Whole-batch counts the objective divides by."""
+
+  def objective(self, sums: dict, normalizer) -> Any:
+    """The scalar to differentiate; summed over microbatches it is the
+    whole batch's."""
+
+  def train_metrics(self, sums: dict) -> dict: ...
+
+  def eval_sums(self, outputs, batch: Batch) -> dict: ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+  """One more evaluation of a training run (`config.evals`), at its own
+  cadence; built as `Evaluator(block, exp)` from its config block and the
+  `experiment.Experiment` (task, model, data, mesh)."""
+  every_steps: int  # Evaluates every this many steps; 0: at the last only.
+
+  def __call__(self, variables: dict) -> tuple[Metrics, dict]:
+    """(scalars, JSON records) of the variables, logged as KEY/NAME."""
+
+
+@runtime_checkable
+class EvaluatorModule(Protocol):
+  """An evaluator module: `Evaluator(block, exp)`."""
+  Evaluator: type
 
 
 @runtime_checkable

@@ -1,15 +1,16 @@
-"""Autoregressive decoding with a KV cache.
+"""Autoregressive decoding with a cache (the "decode" capability).
 
 The prompt is processed in one call that fills the cache; each further token
-costs one single-position call. With learned positions the cache holds at most
-`block_size` tokens: when it is full, decoding restarts from the last half of
-the text (one prefill call) and continues, as nanoGPT's cropping does.
+costs one single-position call. The cache holds at most `context` tokens:
+when it is full, decoding restarts from the last half of the text (one
+prefill call) and continues, as nanoGPT's cropping does.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
 
@@ -48,12 +49,13 @@ def _segment(model, params, context, length, rng, num_steps, temperature,
   """Prefills the cache with context[:, :length]; then decodes num_steps + 1 ids."""
   cache = jax.tree.map(
       lambda x: jnp.zeros(x.shape, x.dtype),
-      jax.eval_shape(lambda: model.init(
-          jax.random.key(0), context, decode=True))["cache"])
-  logits, variables = model.apply({"params": params, "cache": cache}, context,
-                                  decode=True, mutable=["cache"])
-  cache = {**variables["cache"],
-           "index": jnp.full(context.shape[:1], length, jnp.int32)}
+      nn.unbox(jax.eval_shape(lambda: model.init(
+          jax.random.key(0), context, decode=True))["cache"]))
+  logits, variables = model.apply(
+      {"params": params, "cache": cache}, context, decode=True,
+      lengths=jnp.full(context.shape[:1], length, jnp.int32),
+      mutable=["cache"])
+  cache = variables["cache"]
   rngs = jax.random.split(rng, num_steps + 1)
   first = _pick(jnp.take(logits, length - 1, axis=1), rngs[0], temperature,
                 top_k)
@@ -71,19 +73,21 @@ def _segment(model, params, context, length, rng, num_steps, temperature,
 
 
 def generate(model, params, prompt: np.ndarray, max_new_tokens: int, rng, *,
-             temperature: float = 1.0, top_k: int | None = None) -> np.ndarray:
-  """Continues each row of `prompt` (B, T) by `max_new_tokens` ids."""
-  size = model.config.block_size
+             context: int, temperature: float = 1.0,
+             top_k: int | None = None) -> np.ndarray:
+  """Continues each row of `prompt` (B, T) by `max_new_tokens` ids, with a
+  cache of `context` positions (the "decode" capability's value)."""
+  size = context
   tokens = np.asarray(prompt, np.int32)
   if tokens.shape[1] == 0:
     raise ConfigError("The prompt must hold at least one token.")
   produced = 0
-  keep = size  # The first context may fill the cache; later ones half of it.
+  keep = size  # The first window may fill the cache; later ones half of it.
   while produced < max_new_tokens:
-    context = tokens[:, -keep:]
-    length = context.shape[1]
+    window = tokens[:, -keep:]
+    length = window.shape[1]
     num_steps = min(max_new_tokens - produced, size - length + 1) - 1
-    padded = np.pad(context, ((0, 0), (0, size - length)))
+    padded = np.pad(window, ((0, 0), (0, size - length)))
     rng, key = jax.random.split(rng)
     new = _segment(model, params, padded, jnp.int32(length), key, num_steps,
                    float(temperature), top_k)

@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from bigmodel_jax import perf, registry, runs, steps
-from bigmodel_jax.data.common import eval_positions, process_rows
+from bigmodel_jax.dataio.common import eval_positions, process_rows
 from bigmodel_jax.errors import ConfigError, NotFound, entrypoint
 
 
@@ -69,12 +69,12 @@ def _bytes(token_bytes: np.ndarray, batch: dict) -> int:
 
 
 def evaluate(run, total: int, batches) -> dict:
-  """The task's summary metrics over the batches (and, for language models
-  with a tokenizer, "bits_per_byte" and "bytes")."""
-  task = registry.get("tasks", run.config.task.name).Task(run.config)
+  """The task's summary metrics over the batches (and, for runs that can
+  score text, "bits_per_byte" and "bytes")."""
+  task = run.task
   step = steps.jit_eval_step(task.eval_step(run.model), run.variables,
                              run.layout)
-  count_bytes = task.name == "lm" and run.tokenizer is not None
+  count_bytes = "score_text" in run.capabilities
   token_bytes = run.tokenizer.token_bytes() if count_bytes else None
   num_bytes = []
 
@@ -92,7 +92,7 @@ def evaluate(run, total: int, batches) -> dict:
         np.array(sum(num_bytes)))))
     metrics["bits_per_byte"] = (float(totals["loss"]) / math.log(2) /
                                 metrics["bytes"])
-  metrics["tokens" if task.name == "lm" else "examples"] = float(
+  metrics["tokens" if "next_token" in run.parts else "examples"] = float(
       totals["count"])
   return metrics
 
@@ -118,9 +118,7 @@ def main(argv=None) -> None:
 
   run = runs.load(args.workdir, args.step)
   if args.text:
-    if run.config.task.name != "lm" or run.tokenizer is None:
-      raise ConfigError(f"{args.workdir} is not a language model of text "
-                        f"(task {run.config.task.name!r}); --text needs one.")
+    run.require("score_text")
     try:
       with open(args.text, encoding="utf-8") as f:
         text = f.read()

@@ -6,17 +6,15 @@
   state, metrics = exp.train_step(state, exp.global_batch(exp.data.train_batch(0)), rng)
   exp.evaluate(state)                  # {"loss": ..., "accuracy": ..., ...}
 """
-import copy
 import dataclasses
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import optax
 from flax import traverse_util
 
-from bigmodel_jax import (checkpoints, optim, perf, pruning, quantization,
-                          registry, sharding, state, steps)
+from bigmodel_jax import (checkpoints, distill, optim, perf, pruning,
+                          registry, runs, sharding, state, steps)
 from bigmodel_jax.errors import ConfigError
 
 
@@ -40,16 +38,21 @@ class Experiment:
   def global_batch(self, local_batch: dict) -> dict:
     return self.layout.global_batch(local_batch)
 
-  def eval_totals(self, train_state, split: str | None = None) -> dict:
+  def eval_totals(self, variables, split: str | None = None) -> dict:
     """Eval outputs summed over a split (default `input.eval_split`)."""
     batches = perf.progress(self.data.eval_batches(split),
                             self.data.num_eval_batches(split), "eval batch")
-    return steps.evaluate(self.eval_step, train_state.variables, batches,
-                          self.layout)
+    return steps.evaluate(self.eval_step, variables, batches, self.layout)
 
   def evaluate(self, train_state, split: str | None = None) -> dict:
     """Scalar eval metrics of the task (e.g. loss, accuracy)."""
-    return self.task.summarize(self.eval_totals(train_state, split))
+    return self.task.summarize(self.eval_totals(train_state.variables, split))
+
+  def evaluators(self) -> dict:
+    """KEY -> the evaluator of `config.evals.KEY` (evaluators/)."""
+    return {key: registry.get("evaluators", block.get("name") or key
+                              ).Evaluator(block, self)
+            for key, block in (self.config.get("evals") or {}).items()}
 
   def load_pretrained(self, train_state, init_from) -> tuple[Any, str]:
     """(`train_state` with pretrained params, a one-line report).
@@ -96,7 +99,7 @@ class Experiment:
   def flops_per_item(self) -> float:
     """Training FLOPs per token (language models) or example."""
     return self.family.flops_per_item(self.model, self.factory.abstract.params,
-                                      self.factory.example_inputs.shape)
+                                      self.factory.example_args)
 
   def num_params(self) -> int:
     return self.family.num_params(self.factory.abstract.params)
@@ -105,26 +108,6 @@ class Experiment:
 def _abbreviate(names: list[str], most: int = 6) -> str:
   return ", ".join(names[:most]) + (f" (+{len(names) - most} more)"
                                     if len(names) > most else "")
-
-
-def resolve(config, family) -> ml_collections.ConfigDict:
-  """A copy of `config` with the sections configs written before them lack
-  (`task`, `sharding`) and the task named (the family's default)."""
-  config = copy.deepcopy(config)
-  if "task" not in config:
-    config.task = ml_collections.ConfigDict({"name": None})
-  if "sharding" not in config:
-    config.sharding = ml_collections.ConfigDict(
-        {"rules": dict(sharding.RULES)})
-  if config.task.name is None:
-    config.task.name = family.default_task(config.model)
-  return config
-
-
-def layout(config, devices=None) -> sharding.Layout:
-  """The mesh of `config.mesh` over `devices` (default all) and its rules."""
-  return sharding.Layout(sharding.make_mesh(config.mesh, devices),
-                         sharding.rules_from_config(config.sharding.rules))
 
 
 def build(config, devices=None, *, load_data: bool = True) -> Experiment:
@@ -137,10 +120,10 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
   come from the config alone.
   """
   family = registry.get("models", config.model.name)
-  config = resolve(config, family)
+  config = runs.resolve(config, family)
 
   # Mesh and sharding rules.
-  layout_ = layout(config, devices)
+  layout_ = runs.layout(config, devices)
   accum = config.get("grad_accum_steps", 1)
   shards = layout_.num_batch_shards()
   if config.input.batch_size % (shards * accum):
@@ -169,19 +152,18 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
         f"Task {task.name!r} needs batch entries {sorted(task.required_keys)}"
         f" (optional {sorted(task.optional_keys)}); input "
         f"{config.input.name!r} gives {sorted(spec)}.")
+  task = distill.wrap(task, config)  # With a teacher when one is set.
 
-  # Model and optimizer (on the trainable parameters).
-  model = quantization.configured(family.make(config.model), config,
-                                  spec["inputs"])
+  # Model (called as the task declares) and optimizer (on the trainable
+  # parameters, pruned when pruning is set).
+  model, args = runs.model_and_args(family, task, config)
   presets = (family.trainable_presets(config.model)
              if family.trainable_presets is not None else {})
   trainable = optim.trainable(config.optimizer, presets)
-  tx = task.optimizer(trainable)
-  if config.get("pruning") and config.pruning.sparsity:
-    tx = optax.chain(tx, pruning.transform(config.pruning, config.total_steps))
+  tx = pruning.wrap(task.optimizer(trainable), config)
 
   # Sharded state layout, then the jitted steps with explicit shardings.
-  factory = state.StateFactory(model, tx, layout_, spec["inputs"])
+  factory = state.StateFactory(model, tx, layout_, args)
   train_step, eval_step = steps.jit_steps(
       factory, task.train_step(model, tx, trainable), task.eval_step(model))
   return Experiment(config, layout_, data, family, task, model, tx, factory,

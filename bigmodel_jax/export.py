@@ -50,8 +50,7 @@ def example_batch(run, num_examples: int) -> dict:
 
 def run_outputs(run, batch: dict):
   """The run's model outputs on a batch, as its task computes them."""
-  task = registry.get("tasks", run.config.task.name).Task(run.config)
-  return jax.device_get(task.apply(run.model, run.variables, batch))
+  return jax.device_get(run.task.apply(run.model, run.variables, batch))
 
 
 def compare(ours: dict, theirs: dict, tolerance: float) -> dict:
@@ -130,36 +129,45 @@ def _class_names(run) -> list | None:
 
 
 def write_jax(run, out: str, batch: dict) -> tuple[str, dict]:
-  """Writes the jax.export artifact; (usage, outputs to compare)."""
+  """Writes the jax.export artifact: the model called as its task declares
+  (`model_args`: every argument, None ones left out); (usage, outputs to
+  compare)."""
   variables = jax.device_get(run.variables)
   leaves, treedef = jax.tree.flatten(variables)
-  inputs = batch["inputs"]
+  call = run.task.model_args(batch)
+  given = [i for i, a in enumerate(call) if a is not None]
+  args = [np.asarray(call[i]) for i in given]
   model = run.model
 
-  def infer(leaves, inputs):
-    return model.apply(jax.tree.unflatten(treedef, leaves), inputs)
+  def infer(leaves, *inputs):
+    full = [None] * len(call)
+    for i, value in zip(given, inputs):
+      full[i] = value
+    return model.apply(jax.tree.unflatten(treedef, leaves), *full)
 
   (size,) = jax.export.symbolic_shape("batch")
   exported = jax.export.export(jax.jit(infer), platforms=("cpu", "cuda"))(
       [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
-      jax.ShapeDtypeStruct((size, *inputs.shape[1:]), inputs.dtype))
+      *[jax.ShapeDtypeStruct((size, *a.shape[1:]), a.dtype) for a in args])
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "model.jaxexport"), "wb") as f:
     f.write(exported.serialize())
   np.savez(os.path.join(out, "variables.npz"),
            **{str(i): np.asarray(x) for i, x in enumerate(leaves)})
   _write_json(os.path.join(out, "signature.json"), {
-      "inputs": {"shape": [None, *inputs.shape[1:]],
-                 "dtype": str(inputs.dtype)},
+      "inputs": [{"shape": [None, *a.shape[1:]], "dtype": str(a.dtype)}
+                 for a in args],
       "outputs": jax.tree.map(lambda s: {"shape": [None, *s.shape[1:]],
                                          "dtype": str(s.dtype)},
-                              jax.eval_shape(infer, leaves, inputs)),
+                              jax.eval_shape(infer, leaves, *args)),
       "class_names": _class_names(run), "platforms": list(exported.platforms)})
   shutil.copy(jax_loader.__file__, os.path.join(out, "load.py"))
   ours = _named(run_outputs(run, batch))
-  theirs = _named(jax_loader.load(out)(inputs))
-  return ("import load  # load.py in this directory\n"
-          "model = load.load(DIR)\noutputs = model(inputs)"), (ours, theirs)
+  theirs = _named(jax_loader.load(out)(*args))
+  usage = ("import load  # load.py in this directory\n"
+           "model = load.load(DIR)\n"
+           "outputs = model(*inputs)  # as signature.json lists them")
+  return usage, (ours, theirs)
 
 
 def _named(outputs) -> dict:

@@ -6,8 +6,9 @@ the artifact as load.py.
   import load                               # in the exported directory
   model = load.load("exported/vit")         # or load.load() from inside it
   logits = model(images)                    # shaped as signature.json says
+  outputs = model(images, latents)          # a model of several inputs
 
-  python load.py INPUTS.npy OUTPUTS.npz     # the same from a shell
+  python load.py INPUTS.npy [MORE.npy ...] OUTPUTS.npz   # from a shell
 """
 import json
 import os
@@ -21,20 +22,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def load(directory: str = HERE):
-  """The model in `directory` as a function: inputs -> outputs."""
+  """The model in `directory` as a function: *inputs -> outputs."""
   with open(os.path.join(directory, "model.jaxexport"), "rb") as f:
     exported = export.deserialize(bytearray(f.read()))
   with np.load(os.path.join(directory, "variables.npz")) as arrays:
     leaves = [jax.device_put(arrays[str(i)]) for i in range(len(arrays.files))]
   with open(os.path.join(directory, "signature.json")) as f:
-    dtype = json.load(f)["inputs"]["dtype"]
+    dtypes = [spec["dtype"] for spec in json.load(f)["inputs"]]
 
-  def model(inputs):
-    return exported.call(leaves, np.asarray(inputs, dtype))
+  def model(*inputs):
+    if len(inputs) != len(dtypes):
+      raise TypeError(f"The model takes {len(dtypes)} inputs "
+                      f"(signature.json), not {len(inputs)}.")
+    return exported.call(leaves, *(np.asarray(x, dtype)
+                                   for x, dtype in zip(inputs, dtypes)))
   return model
 
 
 if __name__ == "__main__":
-  outputs = load()(np.load(sys.argv[1]))
+  outputs = load()(*(np.load(path) for path in sys.argv[1:-1]))
   flat = outputs if isinstance(outputs, dict) else {"outputs": outputs}
   np.savez(sys.argv[2], **{k: np.asarray(v) for k, v in flat.items()})

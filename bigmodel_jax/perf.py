@@ -3,7 +3,6 @@ import contextlib
 import time
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
@@ -56,11 +55,13 @@ def mfu(items_per_sec: float, flops_per_item: float) -> float | None:
   return items_per_sec * flops_per_item / (peak * jax.device_count())
 
 
-def training_flops_per_example(model, input_shape) -> float:
-  """3x the forward FLOPs XLA counts for one example (nothing is run)."""
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape[1:]), jnp.float32)
-  variables = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x))
-  lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x)
+def training_flops_per_example(model, args: tuple) -> float:
+  """3x the forward FLOPs XLA counts for one example of the model's `args`
+  (`state.example_args`; nothing is run)."""
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]),
+                                                    a.dtype), args)
+  variables = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *one))
+  lowered = jax.jit(lambda v, a: model.apply(v, *a)).lower(variables, one)
   return 3 * float(lowered.cost_analysis()["flops"])
 
 

@@ -24,8 +24,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 from flax import linen as nn
+from ml_collections.config_dict import placeholder
 
 from bigmodel_jax.errors import ConfigError
 
@@ -122,6 +124,22 @@ def sparsity_at(block, total_steps: int):
     done = jnp.clip((step - begin) / (end - begin), 0.0, 1.0)
     return block.sparsity * (1 - (1 - done) ** 3)
   return schedule
+
+
+def config_block() -> ml_collections.ConfigDict:
+  """`config.pruning`: gradual magnitude pruning to `sparsity`; 0: off."""
+  return ml_collections.ConfigDict(dict(
+      sparsity=0.0, scope="global", pattern=placeholder(str), begin_step=0,
+      end_step=placeholder(int), frequency=100))
+
+
+def wrap(tx: optax.GradientTransformation, config
+         ) -> optax.GradientTransformation:
+  """`tx` followed by the pruning of `config.pruning` when it prunes."""
+  block = config.get("pruning") or {}
+  if not block.get("sparsity"):
+    return tx
+  return optax.chain(tx, transform(block, config.total_steps))
 
 
 def transform(block, total_steps: int) -> optax.GradientTransformation:

@@ -23,7 +23,9 @@ checkpoints hold them as plain nested dicts (`to_pure` / `from_pure`).
 import re
 
 import jax
+import ml_collections
 import qwix
+from ml_collections.config_dict import placeholder
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError, NotFound
@@ -35,6 +37,13 @@ METHODS = {
 }
 DEFAULT_GROUP = {"int8": 0, "int4": 32, "w8a8": 0}
 _WEIGHT_ONLY_OPS = ("dot_general", "einsum")
+
+
+def config_block() -> ml_collections.ConfigDict:
+  """`config.quantization`: quantization-aware training with a method of
+  METHODS ("int8", "int4", "w8a8"); None: off."""
+  return ml_collections.ConfigDict(dict(method=placeholder(str),
+                                        group_size=placeholder(int)))
 
 
 def check(method: str | None, group_size: int | None = None) -> int:
@@ -67,11 +76,12 @@ def rules(block, float_params, rule_class=qwix.QuantizationRule) -> list:
                             tile_size=group or None, **METHODS[method])]
 
 
-def _quantized(model: nn.Module, provider, example_inputs) -> nn.Module:
-  """`model` under `provider`, its shapes checked on `example_inputs`."""
+def _quantized(model: nn.Module, provider, args) -> nn.Module:
+  """`model` under `provider`, its shapes checked on the model's `args`
+  (`state.example_args`)."""
   qmodel = qwix.quantize_model(model, provider)
   try:
-    jax.eval_shape(qmodel.init, jax.random.key(0), example_inputs)
+    jax.eval_shape(qmodel.init, jax.random.key(0), *args)
   except ValueError as e:
     if "cannot be tiled" not in str(e):
       raise
@@ -81,14 +91,14 @@ def _quantized(model: nn.Module, provider, example_inputs) -> nn.Module:
   return qmodel
 
 
-def ptq_model(model: nn.Module, block, float_params, example_inputs
+def ptq_model(model: nn.Module, block, float_params, args
               ) -> nn.Module:
   """`model` running with the quantized weights of `quantize`."""
   return _quantized(model, qwix.PtqProvider(rules(block, float_params)),
-                    example_inputs)
+                    args)
 
 
-def fitting_group(model: nn.Module, block, float_params, example_inputs
+def fitting_group(model: nn.Module, block, float_params, args
                   ) -> int:
   """The method's default group size, halved down to 8 until it divides
   every quantized width (small models: a 16-wide patch embedding), else 0
@@ -97,29 +107,29 @@ def fitting_group(model: nn.Module, block, float_params, example_inputs
   while group >= 8:
     try:
       ptq_model(model, {**block, "group_size": group}, float_params,
-                example_inputs)
+                args)
       return group
     except ConfigError:
       group //= 2
   return 0
 
 
-def group_size(model: nn.Module, block, float_params, example_inputs
+def group_size(model: nn.Module, block, float_params, args
                ) -> int:
   """`block`'s group size when set (checked), else `fitting_group`'s."""
   if block.get("group_size") is not None:
     return check(block["method"], block["group_size"])
-  return fitting_group(model, block, float_params, example_inputs)
+  return fitting_group(model, block, float_params, args)
 
 
-def qat_model(model: nn.Module, block, float_params, example_inputs
+def qat_model(model: nn.Module, block, float_params, args
               ) -> nn.Module:
   """`model` training with fake quantization (straight-through)."""
   return _quantized(model, qwix.QtProvider(
-      rules(block, float_params, qwix.QtRule)), example_inputs)
+      rules(block, float_params, qwix.QtRule)), args)
 
 
-def configured(model: nn.Module, config, example_inputs) -> nn.Module:
+def configured(model: nn.Module, config, args) -> nn.Module:
   """`model` as a run's `config` runs it: with quantized weights when it
   is a compressed run (`compression.method` of METHODS), fake-quantized
   when it trains quantization-aware (`quantization.method`), else as is."""
@@ -132,10 +142,10 @@ def configured(model: nn.Module, config, example_inputs) -> nn.Module:
   else:
     return model
   float_params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0),
-                                         example_inputs)["params"])
+                                         *args)["params"])
   block = dict(block)
-  block["group_size"] = group_size(model, block, float_params, example_inputs)
-  return wrap(model, block, float_params, example_inputs)
+  block["group_size"] = group_size(model, block, float_params, args)
+  return wrap(model, block, float_params, args)
 
 
 def quantize(float_params, abstract_quantized_params):

@@ -1,7 +1,8 @@
 """A trained run, loaded for inference: config, model, parameters, tokenizer.
 
   run = runs.load("runs/shakespeare")        # newest checkpoint
-  logits = run.model.apply(run.variables, tokens)
+  logits = run.task.apply(run.model, run.variables, batch)
+  run.require("generate")                    # or one line naming what lacks
 
 A compressed run (`compress.py`) comes back as its quantized model and
 weights. Only the model's variables are restored (`checkpoints.restore_variables`:
@@ -11,15 +12,16 @@ run's), laid out by the run's own sharding rules: never the optimizer
 moments, never an unsharded copy. Sampling, evaluation and serving use it.
 """
 import argparse
+import copy
 import dataclasses
 import os
 from typing import Any
 
 import ml_collections
 
-from bigmodel_jax import (checkpoints, config_loader, experiment,
-                          quantization, registry, state)
-from bigmodel_jax.data import chat
+from bigmodel_jax import (capabilities, checkpoints, config_loader,
+                          quantization, registry, sharding, state)
+from bigmodel_jax.dataio import chat
 from bigmodel_jax.errors import NotFound
 
 
@@ -28,16 +30,67 @@ class Run:
   workdir: str
   config: ml_collections.ConfigDict
   family: Any  # contracts.ModelFamily.
+  task: Any  # contracts.Task: how the model is called, what it predicts.
   model: Any
   variables: dict  # "params" and the model's other collections.
   step: int
   layout: Any  # sharding.Layout: the mesh the variables are sharded over.
   tokenizer: Any  # None for inputs without text.
-  chat_template: Any = None  # data.chat.Template of conversation runs.
+  chat_template: Any = None  # dataio.chat.Template of conversation runs.
 
   @property
   def params(self):
     return self.variables["params"]
+
+  @property
+  def parts(self) -> dict:
+    """What its family, task and input declare (see capabilities.py)."""
+    return capabilities.parts(self.family, self.task, self.config.model,
+                              self.tokenizer)
+
+  @property
+  def capabilities(self) -> list[str]:
+    return capabilities.of(self.parts)
+
+  def require(self, name: str) -> None:
+    """ConfigError in one line unless the run has capability `name`."""
+    capabilities.require(
+        self.parts, name, f"{self.workdir} (model {self.config.model.name!r},"
+        f" task {self.config.task.name!r})")
+
+
+# Tasks of runs saved before they became something else.
+_RENAMED_TASKS = {"distill": None}  # Now a wrapper (distill.py): the default.
+
+
+def resolve(config, family) -> ml_collections.ConfigDict:
+  """A copy of `config` with the sections configs written before them lack
+  (`task`, `sharding`) and the task named (the family's default)."""
+  config = copy.deepcopy(config)
+  if "task" not in config:
+    config.task = ml_collections.ConfigDict({"name": None})
+  if "sharding" not in config:
+    config.sharding = ml_collections.ConfigDict(
+        {"rules": dict(sharding.RULES)})
+  config.task.name = _RENAMED_TASKS.get(config.task.name, config.task.name)
+  if config.task.name is None:
+    config.task.name = family.default_task(config.model)
+  return config
+
+
+def layout(config, devices=None) -> sharding.Layout:
+  """The mesh of `config.mesh` over `devices` (default all) and its rules."""
+  return sharding.Layout(sharding.make_mesh(config.mesh, devices),
+                         sharding.rules_from_config(config.sharding.rules))
+
+
+def model_and_args(family, task, config):
+  """(the model as the run's config runs it, its example arguments): for
+  init, restore targets and quantization (`state.example_args`)."""
+  data_module = registry.get("data", config.input.name)
+  args = state.example_args(task, data_module.batch_spec(config.input))
+  return (quantization.configured(family.make(config.model), config, args),
+          args)
 
 
 def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
@@ -46,21 +99,21 @@ def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise NotFound(f"{workdir!r} is not a training run: it has no "
-                            "config.json.")
+                   "config.json.")
   family = registry.get("models", config_loader.load_json(path).model.name)
-  config = experiment.resolve(config_loader.load_json(path), family)
+  config = resolve(config_loader.load_json(path), family)
   config.mesh = mesh or {"data": -1}
-  layout = experiment.layout(config, devices)
-  data_module = registry.get("data", config.input.name)
-  example = data_module.batch_spec(config.input)["inputs"]
-  model = quantization.configured(family.make(config.model), config, example)
-  target = state.abstract_variables(model, layout, example)
+  layout_ = layout(config, devices)
+  task = registry.get("tasks", config.task.name).Task(config)
+  model, args = model_and_args(family, task, config)
+  target = state.abstract_variables(model, layout_, args)
   variables, step = checkpoints.restore_variables(
       workdir, quantization.to_pure(target), step)
   variables = quantization.from_pure(variables, target)
+  data_module = registry.get("data", config.input.name)
   tokenizer = (data_module.load_tokenizer(workdir)
                if data_module.load_tokenizer is not None else None)
-  return Run(workdir, config, family, model, variables, step, layout,
+  return Run(workdir, config, family, task, model, variables, step, layout_,
              tokenizer, chat.load(workdir))
 
 

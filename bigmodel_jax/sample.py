@@ -1,4 +1,5 @@
-"""Prints text sampled from the newest checkpoint of a language-model run.
+"""Prints text sampled from the newest checkpoint of a run that can generate
+(capabilities.py: a next-token task, a family that decodes, a tokenizer).
 
   python -m bigmodel_jax.sample --workdir runs/shakespeare --prompt "ROMEO:" \\
       --max_new_tokens 300 --temperature 0.8 --top_k 200
@@ -47,10 +48,7 @@ def main(argv=None) -> None:
   _check(args)
 
   run = runs.load(args.workdir, args.step)
-  if run.config.task.name != "lm" or run.tokenizer is None:
-    raise ConfigError(f"{args.workdir} is not a language model trained on "
-                      f"text (task {run.config.task.name!r}, input "
-                      f"{run.config.input.name!r}); sampling needs one.")
+  run.require("generate")
   chat = run.chat_template if not args.raw else None
   ids = (chat.prompt_ids(run.tokenizer, [{"role": "user",
                                           "content": args.prompt}])
@@ -58,6 +56,7 @@ def main(argv=None) -> None:
   new = decoding.generate(run.model, run.params,
                           np.tile(ids, (args.num_samples, 1)),
                           args.max_new_tokens, jax.random.key(args.seed),
+                          context=run.parts["decode"],
                           temperature=args.temperature, top_k=args.top_k)
   for row in new:
     if chat:  # The reply ends at the end-of-document token.

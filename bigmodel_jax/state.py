@@ -5,6 +5,10 @@ abstract state with its logical axis names, the layout's rules turn those
 into shardings, and `jit(init, out_shardings=...)` creates every shard in
 place. The abstract state with shardings is also the restore target for
 checkpoints (`abstract_variables` alone, for sampling, export and serving).
+
+The model is built by calling it as the task declares
+(`example_args(task, batch_spec)`: the task's `model_args` of a whole
+abstract batch), so a model of several inputs needs nothing special.
 """
 from typing import Any
 
@@ -34,14 +38,22 @@ class TrainState:
     return {"params": self.params, **self.model_state}
 
 
-def _variables(model: nn.Module, rng, example: jax.ShapeDtypeStruct) -> dict:
-  return dict(model.init(rng, jnp.zeros(example.shape, example.dtype)))
+def example_args(task, batch_spec: dict) -> tuple:
+  """The model's arguments for a batch of `batch_spec` (name ->
+  ShapeDtypeStruct), as ShapeDtypeStructs: what init, quantization, export
+  and FLOP counting call the model with."""
+  return jax.eval_shape(task.model_args, dict(batch_spec))
+
+
+def _variables(model: nn.Module, rng, args: tuple) -> dict:
+  return dict(model.init(rng, *jax.tree.map(
+      lambda a: jnp.zeros(a.shape, a.dtype), args)))
 
 
 def _create(model: nn.Module, tx: optax.GradientTransformation, rng,
-            example: jax.ShapeDtypeStruct) -> TrainState:
+            args: tuple) -> TrainState:
   """The boxed (logically annotated) initial state."""
-  variables = _variables(model, rng, example)
+  variables = _variables(model, rng, args)
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     model_state=variables, opt_state=tx.init(params))
@@ -54,11 +66,11 @@ def _with_shardings(boxed, shardings):
 
 
 def abstract_variables(model: nn.Module, layout: sharding.Layout,
-                       example_inputs) -> dict:
+                       args: tuple) -> dict:
   """The model's variables ("params", "batch_stats", ...) as
-  ShapeDtypeStructs with their shardings."""
-  boxed = jax.eval_shape(
-      lambda rng: _variables(model, rng, example_inputs), jax.random.key(0))
+  ShapeDtypeStructs with their shardings (`args`: `example_args`)."""
+  boxed = jax.eval_shape(lambda rng: _variables(model, rng, args),
+                         jax.random.key(0))
   return _with_shardings(boxed, layout.tree_shardings(boxed))
 
 
@@ -70,14 +82,12 @@ class StateFactory:
   """
 
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation,
-               layout: sharding.Layout, example_inputs):
+               layout: sharding.Layout, args: tuple):
     self.model, self.tx, self.layout = model, tx, layout
     self.mesh = layout.mesh
-    self.example_inputs = jax.ShapeDtypeStruct(example_inputs.shape,
-                                                example_inputs.dtype)
-    boxed = jax.eval_shape(
-        lambda rng: _create(model, tx, rng, self.example_inputs),
-        jax.random.key(0))
+    self.example_args = args  # `example_args`: the model's arguments.
+    boxed = jax.eval_shape(lambda rng: _create(model, tx, rng, args),
+                           jax.random.key(0))
     fallbacks = []
     self.shardings: TrainState = layout.tree_shardings(boxed, fallbacks)
     self.fallbacks = [f for f in fallbacks if f.path.startswith("params/")]
@@ -86,7 +96,7 @@ class StateFactory:
   def init(self, rng) -> TrainState:
     """A freshly initialised state, each shard created on its own device."""
     def init_fn(rng):
-      return nn.unbox(_create(self.model, self.tx, rng, self.example_inputs))
+      return nn.unbox(_create(self.model, self.tx, rng, self.example_args))
 
     with self.layout.context():
       return jax.jit(init_fn, out_shardings=self.shardings)(rng)

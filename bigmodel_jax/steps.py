@@ -4,11 +4,13 @@
   eval_step(variables, batch) -> sums (added up over batches, then summarised)
 
 Nothing here knows what a batch holds or what the loss is: a task
-(`tasks/base.py:LossTask`) gives the model's outputs (`apply`), the summed
+(`loss_task.LossTask`) gives the model's outputs (`apply`), the summed
 statistics of a batch (`sums`), the objective and the metrics. This module
-does the rest: gradients, accumulation over microbatches, zeroing frozen
-parameters' gradients, the optimizer update, model state (BatchNorm
-statistics), the finiteness flag, donation and shardings.
+does the rest, in pieces an update of its own reuses: the gradient function
+(`loss_grads`, replaceable: `grad_fn`), accumulation over microbatches
+(`accumulated`), zeroing frozen parameters' gradients (`frozen_zeroed`),
+the optimizer update, model state (BatchNorm statistics), the finiteness
+flag, donation and shardings.
 """
 import jax
 import jax.numpy as jnp
@@ -18,20 +20,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bigmodel_jax.state import TrainState
 
 
-def make_train_step(task, model, tx: optax.GradientTransformation,
-                    learning_rate: optax.Schedule, grad_accum_steps: int = 1,
-                    trainable=None):
-  """The pure update (state, batch, rng) -> (state, metrics) of a LossTask.
+def loss_grads(task, model):
+  """The gradient function of a loss task on one (micro)batch:
+  (params, model_state, batch, rng, normalizer) -> (grads, objective, sums,
+  model_state). `make_train_step` takes any function of this signature
+  (`grad_fn`), so an update that changes how gradients are made (per-example
+  clipping and noise for DP-SGD) wraps this one instead of copying it."""
 
-  With `grad_accum_steps` k > 1 the batch is split into k microbatches
-  (example i goes to microbatch i mod k, so each stays spread over the data
-  axes) whose summed gradients make one update equal to the big-batch one:
-  the task's objective divides by whole-batch counts (`task.normalizer`).
-  `trainable` (params -> bools, see optim.trainable) zeroes the gradients of
-  frozen parameters, so XLA never computes them.
-  """
-
-  def grads_and_sums(params, model_state, batch, rng, normalizer):
+  def grad_fn(params, model_state, batch, rng, normalizer):
     def loss_fn(params):
       outputs, new_state = task.apply(
           model, {"params": params, **model_state}, batch, train=True,
@@ -42,37 +38,64 @@ def make_train_step(task, model, tx: optax.GradientTransformation,
         loss_fn, has_aux=True)(params)
     return grads, objective, sums, new_state
 
+  return grad_fn
+
+
+def accumulated(grad_fn, steps: int):
+  """`grad_fn` over `steps` microbatches, summed: example i goes to
+  microbatch i mod steps, so each stays spread over the data axes. With an
+  objective that divides by whole-batch counts (`task.normalizer`) the sum
+  is exactly the big batch's gradient."""
+  if steps == 1:
+    return grad_fn
+
   def accumulate(params, model_state, batch, rng, normalizer):
     micro = jax.tree.map(
-        lambda x: x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps,
+        lambda x: x.reshape(x.shape[0] // steps, steps,
                             *x.shape[1:]).swapaxes(0, 1), batch)
 
     def body(carry, inputs):
       *totals, model_state = carry
       i, microbatch = inputs
-      *out, model_state = grads_and_sums(
-          params, model_state, microbatch, jax.random.fold_in(rng, i),
-          normalizer)
+      *out, model_state = grad_fn(params, model_state, microbatch,
+                                  jax.random.fold_in(rng, i), normalizer)
       return (*jax.tree.map(jnp.add, tuple(totals), tuple(out)),
               model_state), None
 
     zeros = jax.tree.map(  # Zeros shaped like one microbatch's outputs.
         lambda x: jnp.zeros(x.shape, x.dtype),
-        jax.eval_shape(grads_and_sums, params, model_state,
+        jax.eval_shape(grad_fn, params, model_state,
                        jax.tree.map(lambda x: x[0], micro), rng,
                        normalizer)[:3])
     (*totals, model_state), _ = jax.lax.scan(
-        body, (*zeros, model_state), (jnp.arange(grad_accum_steps), micro))
+        body, (*zeros, model_state), (jnp.arange(steps), micro))
     return (*totals, model_state)
+
+  return accumulate
+
+
+def frozen_zeroed(grads, trainable):
+  """`grads` with frozen parameters' gradients zero (`trainable`: params ->
+  bools, see optim.trainable; None: all train), so XLA never computes them."""
+  if trainable is None:
+    return grads
+  return jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads,
+                      trainable(grads))
+
+
+def make_train_step(task, model, tx: optax.GradientTransformation,
+                    learning_rate: optax.Schedule, grad_accum_steps: int = 1,
+                    trainable=None, grad_fn=None):
+  """The pure update (state, batch, rng) -> (state, metrics) of a LossTask:
+  `grad_fn` (default `loss_grads`), `accumulated` over `grad_accum_steps`
+  microbatches, `frozen_zeroed`, then the optimizer."""
+  compute = accumulated(grad_fn or loss_grads(task, model), grad_accum_steps)
 
   def train_step(state: TrainState, batch: dict, rng):
     rng = jax.random.fold_in(rng, state.step)
-    compute = grads_and_sums if grad_accum_steps == 1 else accumulate
     grads, objective, sums, model_state = compute(
         state.params, state.model_state, batch, rng, task.normalizer(batch))
-    if trainable is not None:
-      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads,
-                           trainable(grads))
+    grads = frozen_zeroed(grads, trainable)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)

@@ -14,8 +14,9 @@ import sys
 import time
 
 from bigmodel_jax import config_loader
-from bigmodel_jax.data import text_corpus, token_store
-from bigmodel_jax.data.bpe import BPE
+from bigmodel_jax.data import text_corpus
+from bigmodel_jax.dataio import token_store
+from bigmodel_jax.dataio.bpe import BPE
 from bigmodel_jax.errors import ConfigError, entrypoint
 
 

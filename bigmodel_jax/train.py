@@ -34,8 +34,9 @@ def _format_train(step, total, m, unit) -> str:
           if "eta_seconds" in m else "warming up")
   losses = " | ".join(f"{k[len('train/'):]} {v:.4f}" for k, v in m.items()
                       if k.startswith("train/") and k.endswith("loss"))
-  return (f"step {step}/{total} | {losses} | "
-          f"lr {m['train/learning_rate']:.2e} | {rate}")
+  lr = (f"lr {m['train/learning_rate']:.2e} | "
+        if "train/learning_rate" in m else "")
+  return f"step {step}/{total} | {losses} | {lr}{rate}"
 
 
 def train(config, workdir: str, devices=None) -> dict:
@@ -85,22 +86,43 @@ def _train(config, workdir: str, devices) -> dict:
     writer.write_text("config", "```\n" + str(config) + "\n```")
 
   # --- Evals ---------------------------------------------------------------
-  def run_eval(step, train_state, split=None, prefix="val") -> dict:
-    began = time.perf_counter()
-    totals = exp.eval_totals(train_state, split)
-    scalars = {f"{prefix}/{k}": v
-               for k, v in exp.task.summarize(totals).items()}
+  def written(step, prefix, scalars, records, began) -> dict:
+    """Logs and writes an evaluation's scalars and records as PREFIX/NAME."""
+    scalars = {f"{prefix}/{k}": v for k, v in scalars.items()}
     writer.write_scalars(step, scalars)
-    log(f"step {step}/{config.total_steps} | " + " | ".join(
-        f"{k} {v:.4f}" for k, v in scalars.items() if "/class_" not in k) +
-        f" | eval {time.perf_counter() - began:.1f} s")
-    records, text = exp.task.report(totals, exp.data.class_names)
     if records:
       writer.write_record(step, {f"{prefix}/{k}": v
                                  for k, v in records.items()})
+    log(f"step {step}/{config.total_steps} | " + " | ".join(
+        f"{k} {v:.4f}" for k, v in scalars.items() if "/class_" not in k) +
+        f" | {prefix} {time.perf_counter() - began:.1f} s")
+    return scalars
+
+  def run_eval(step, train_state, split=None, prefix="val") -> dict:
+    began = time.perf_counter()
+    totals = exp.eval_totals(train_state.variables, split)
+    records, text = exp.task.report(totals, exp.data.class_names)
+    scalars = written(step, prefix, exp.task.summarize(totals), records,
+                      began)
     if text and step == config.total_steps:
       log(f"{split or config.input.get('eval_split', 'eval')} split:\n{text}")
     return scalars
+
+  evaluators = exp.evaluators()  # config.evals: KEY -> evaluator.
+
+  def run_evaluators(step, train_state, is_last) -> dict:
+    out = {}
+    for key, evaluator in evaluators.items():
+      if is_last or (evaluator.every_steps and
+                     step % evaluator.every_steps == 0):
+        began = time.perf_counter()
+        out.update(written(step, key, *evaluator(train_state.variables),
+                           began))
+    return out
+
+  def evaluators_due(step) -> bool:
+    return any(e.every_steps and step % e.every_steps == 0
+               for e in evaluators.values())
 
   # --- Loop ----------------------------------------------------------------
   unit, items_per_batch = exp.units()
@@ -148,7 +170,7 @@ def _train(config, workdir: str, devices) -> dict:
       is_last = step == config.total_steps
       evaluate_now = step % config.eval_every_steps == 0 or is_last
       save_now = step % config.checkpoint_every_steps == 0 or is_last
-      if evaluate_now or save_now:
+      if evaluate_now or save_now or evaluators_due(step):
         flush(pending)  # Blocks on this step: its state is needed anyway.
         pending = []
         with meter.pause():
@@ -160,6 +182,7 @@ def _train(config, workdir: str, devices) -> dict:
           if is_last and config.input.get("test_split"):  # Held out to here.
             last.update(run_eval(step, train_state, config.input.test_split,
                                  "test"))
+          last.update(run_evaluators(step, train_state, is_last))
           if save_now:  # Refuses a state holding NaN or inf.
             checkpoints.save(mgr, step, train_state)
       elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:

@@ -26,7 +26,8 @@ import os
 import ml_collections
 
 from bigmodel_jax import config_blocks, sweep
-from bigmodel_jax.models import bert, bert_hf
+from bigmodel_jax.hf import bert as bert_hf
+from bigmodel_jax.models import bert
 
 # Variant: (optimizer.trainable, learning rate, LoRA rank).
 VARIANTS = {"full": ("all", 1e-4, 0), "top2": ("top2", 2e-4, 0),

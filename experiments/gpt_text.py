@@ -30,7 +30,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from bigmodel_jax import config_blocks
-from bigmodel_jax.data import chat
+from bigmodel_jax.dataio import chat
 from bigmodel_jax.models import gpt
 
 SUPPORT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
@@ -70,7 +70,7 @@ def sft_input(**overrides) -> ml_collections.ConfigDict:
           "validation": SUPPORT.format("validation"), "test": placeholder(str)}),
       tokenizer_file=placeholder(str),  # None: train a byte-level BPE ...
       vocab_size=1024,  # ... of this size on the training conversations.
-      chat_template=dict(chat.DEFAULT),  # Role -> text (data/chat.py).
+      chat_template=dict(chat.DEFAULT),  # Role -> text (dataio/chat.py).
       train_split="train",
       eval_split="validation",
       test_split=placeholder(str),

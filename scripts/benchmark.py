@@ -122,7 +122,7 @@ def measure(config, steps: int, warmup_steps: int, synthetic: bool) -> dict:
   if exp.family is gpt:  # MaxText's convention too.
     mfu.append(perf.mfu(items_per_sec, gpt.flops_per_item_causal(
         exp.model, exp.factory.abstract.params,
-        exp.factory.example_inputs.shape)))
+        exp.factory.example_args)))
   return {"unit": unit, "per_sec": items_per_sec / jax.device_count(),
           "step_ms": step_s * 1e3, "compile_s": compile_s,
           "peak_mib": peak_memory_mb(), "mesh": dict(exp.mesh.shape),

@@ -134,8 +134,7 @@ def report(recipe: str, root: str) -> str:
           "pruning.end_step": steps * 3 // 4, "pruning.frequency": 25},
        "float32") for p in (50, 90)] + [
       ("student, distilled", "distilled", {
-          **students, "task.name": "distill",
-          "distill.teacher_workdir": teacher}, "float32"),
+          **students, "distill.teacher_workdir": teacher}, "float32"),
       ("student, from scratch", "scratch", students, "float32")]
   for name, directory, overrides, method in trained:
     path = os.path.join(root, directory)

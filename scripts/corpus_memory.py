@@ -23,8 +23,8 @@ import time
 import numpy as np
 
 from bigmodel_jax import plots
-from bigmodel_jax.data import tfds_source
-from bigmodel_jax.data.bpe import BPE
+from bigmodel_jax.dataio import tfds_source
+from bigmodel_jax.dataio.bpe import BPE
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

@@ -12,8 +12,9 @@ from safetensors.numpy import load_file
 
 from bigmodel_jax import config_loader, sharding
 from bigmodel_jax.data import mlm_text
-from bigmodel_jax.data.wordpiece import WordPiece
-from bigmodel_jax.models import bert, bert_hf
+from bigmodel_jax.dataio.wordpiece import WordPiece
+from bigmodel_jax.hf import bert as bert_hf
+from bigmodel_jax.models import bert
 from conftest import run_steps
 
 MODEL_DIR = str(minilm.get_model_path())
@@ -199,7 +200,7 @@ def test_next_sentence_head_trains_with_accumulation_equal_to_big_batch(
   for key in ("train/loss", "train/nsp_loss", "train/nsp_accuracy",
               "train/grad_norm"):
     assert results[1][key] == pytest.approx(results[0][key], rel=2e-5), key
-  totals = exp.eval_totals(state)
+  totals = exp.eval_totals(state.variables)
   assert 0 <= exp.task.summarize(totals)["nsp_accuracy"] <= 1
 
 

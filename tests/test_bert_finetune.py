@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bigmodel_jax import config_loader, experiment, train
+from bigmodel_jax import config_loader, experiment, families, train
 from bigmodel_jax.data import text_classification
-from bigmodel_jax.models import bert, bert_hf, layers
+from bigmodel_jax.hf import bert as bert_hf
+from bigmodel_jax.models import bert
 
 EXPERIMENT = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
                  "bert_finetune.py")
@@ -222,7 +223,7 @@ def test_lora_merged_into_the_kernels_computes_the_same(minilm_classifiers):
     b = params["layer_3"][name]["lora_b"]
     params["layer_3"][name]["lora_b"] = rng.normal(0, 0.05, b.shape)
   cfg = lora_exp.model.config
-  merged = layers.merge_lora(params, cfg.lora_alpha / cfg.lora_rank)
+  merged = families.merge_lora(params, cfg.lora_alpha / cfg.lora_rank)
   assert "lora_a" not in merged["layer_3"]["query"]
   batch = full_exp.data.train_batch(0)["inputs"]
   adapted = lora_exp.model.apply({"params": params}, batch)

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +14,11 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from bigmodel_jax import (compress, config_loader, evaluate, metric_writer,
-                          pruning, quantization, runs, sample, train)
+from bigmodel_jax import (compress, config_loader, distill, evaluate,
+                          metric_writer, pruning, quantization, runs, sample,
+                          train)
 from bigmodel_jax.models import bert, gpt, resnet, vit
-from bigmodel_jax.tasks import distill
+from bigmodel_jax.serving import models, settings
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 CHAR = str(EXPERIMENTS / "gpt_shakespeare_char.py") + ":cpu"
@@ -69,7 +71,8 @@ def test_quantized_outputs_are_close_to_float(name, method, tolerance):
       variables["params"])
   float_out = model.apply(variables, inputs)
   block = {"method": method, "group_size": 16 if method == "int4" else 0}
-  qmodel = quantization.ptq_model(model, block, variables["params"], inputs)
+  qmodel = quantization.ptq_model(model, block, variables["params"],
+                                   (inputs,))
   abstract = jax.eval_shape(qmodel.init, jax.random.key(0), inputs)
   qparams = quantization.quantize(variables["params"],
                                   nn.unbox(abstract)["params"])
@@ -87,14 +90,15 @@ def test_int4_default_groups_fit_small_widths():
   model = family.make(model_config)
   params = nn.unbox(model.init(jax.random.key(0), inputs))["params"]
   assert quantization.fitting_group(model, {"method": "int4"}, params,
-                                    inputs) == 16
+                                    (inputs,)) == 16
 
 
 def test_pure_trees_round_trip():
   family, model_config, inputs = FAMILIES["gpt"]
   model = family.make(model_config)
   params = nn.unbox(model.init(jax.random.key(0), inputs))["params"]
-  qmodel = quantization.ptq_model(model, {"method": "int4"}, params, inputs)
+  qmodel = quantization.ptq_model(model, {"method": "int4"}, params,
+                                  (inputs,))
   qparams = quantization.quantize(params, nn.unbox(jax.eval_shape(
       qmodel.init, jax.random.key(0), inputs))["params"])
   pure = quantization.to_pure(qparams)
@@ -135,7 +139,7 @@ def test_int4_is_packed_on_disk_and_restores_exactly(char_run, compressed):
   example = jnp.zeros((1, 16), jnp.int32)
   params = jax.tree.map(jnp.asarray, jax.device_get(source.params))
   qmodel = quantization.ptq_model(
-      source.model, {"method": "int4", "group_size": 16}, params, example)
+      source.model, {"method": "int4", "group_size": 16}, params, (example,))
   fresh = quantization.quantize(params, nn.unbox(
       jax.eval_shape(qmodel.init, jax.random.key(0), example))["params"])
   for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(fresh)):
@@ -287,20 +291,34 @@ def test_soft_kl():
       float(jnp.sum(p * jnp.log(p / q))), rel=1e-5)
 
 
-def test_distilled_student_learns_without_the_teacher_in_its_state(
-    char_run, tmp_path):
+def test_distilled_student_learns_and_lives_without_its_teacher(
+    char_run, tmp_path, capsys):
+  """Distillation wraps the training only: with the teacher's workdir
+  deleted, the student samples, evaluates and serves as a plain LM run."""
+  teacher = str(shutil.copytree(char_run, tmp_path / "teacher"))
   workdir = str(tmp_path / "student")
   train.train(config_loader.load(CHAR, {
       **SMALL, "model.emb_dim": 32, "total_steps": 30, "log_every_steps": 5,
-      "task.name": "distill", "distill.teacher_workdir": char_run}), workdir)
+      "distill.teacher_workdir": teacher}), workdir)
   records = metric_writer.read_jsonl(workdir)
   losses = [r["train/loss"] for r in records if "train/loss" in r]
   assert losses[-1] < losses[0] - 0.3
   assert [r for r in records if "val/kl" in r]
+  shutil.rmtree(teacher)
   student = runs.load(workdir)  # Its own shapes only: no teacher inside.
+  assert student.config.task.name == "lm"
   assert student.params["wte"]["embedding"].shape[1] == 32
   assert len(jax.tree.leaves(student.params)) == len(
       jax.tree.leaves(runs.load(char_run).params))
+  sample.main(["--workdir", workdir, "--prompt", "ROMEO:",
+               "--max_new_tokens", "5"])
+  evaluate.main(["--workdir", workdir, "--split", "validation"])
+  assert "perplexity" in capsys.readouterr().out
+  config = settings.defaults()
+  config.update(dict(slots=1, warm_up=False))
+  served = models.load("student", workdir, config)
+  assert served.endpoints == ["completions"]
+  served.generator.close()
 
 
 def test_distillation_between_resnets_keeps_batch_statistics(tmp_path):
@@ -316,8 +334,8 @@ def test_distillation_between_resnets_keeps_batch_statistics(tmp_path):
               one)
   before = runs.load(teacher).variables["batch_stats"]
   train.train(config_loader.load(spec, {
-      **tiny, "model.width": 4, "task.name": "distill",
-      "distill.teacher_workdir": teacher}), student, one)
+      **tiny, "model.width": 4, "distill.teacher_workdir": teacher}),
+      student, one)
   records = metric_writer.read_jsonl(student)
   assert all(np.isfinite(r["train/loss"]) for r in records
              if "train/loss" in r)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -19,25 +21,39 @@ from bigmodel_jax.data import sklearn_digits
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GAN = str(ROOT / "experiments" / "gan_digits.py") + ":cpu"
 
-PLUGINS = {
-    "models": ["bert", "gan", "gpt", "resnet", "vit"],
-    "data": ["char_lm", "mlm_text", "sklearn_digits", "synthetic_tokens",
-             "text_classification", "tfds_images"],
-    "tasks": ["classification", "distill", "gan", "lm", "mlm"],
-}
+KINDS = ("models", "data", "tasks", "evaluators")
 
 
-@pytest.mark.parametrize("kind", sorted(PLUGINS))
-def test_every_plugin_fulfils_its_contract(kind):
-  for name in PLUGINS[kind]:
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_plugin_found_fulfils_its_contract(kind):
+  found = registry.names(kind)
+  assert found, kind
+  for name in found:
     assert registry.get(kind, name).__name__.endswith(name)
   with pytest.raises(ValueError, match=f"Unknown {kind} 'nope'; have"):
     registry.get(kind, "nope")
 
 
-def test_a_module_without_the_contract_is_named_with_what_it_lacks():
-  with pytest.raises(TypeError, match=r"lacks \[.*'default_task'.*'make'"):
-    registry.get("models", "layers")
+def test_plugins_are_discovered_and_helpers_are_not_plugins():
+  assert {"text_corpus", "sft", "char_lm"} <= set(registry.names("data"))
+  assert not {"bpe", "chat", "common"} & set(registry.names("data"))
+  assert registry.names("tasks") == ["classification", "gan", "lm", "mlm"]
+  assert not {"layers", "hf_layout"} & set(registry.names("models"))
+
+
+def test_a_plugin_class_without_a_member_is_named_at_pick_time(
+    tmp_path, monkeypatch):
+  from bigmodel_jax import tasks
+  (tmp_path / "silent.py").write_text(
+      "class Task:  # Everything but `report`.\n"
+      "  name = 'silent'\n"
+      "  required_keys = optional_keys = capabilities = frozenset()\n"
+      "  config_block = None\n"
+      "  model_args = apply = optimizer = train_step = eval_step = None\n"
+      "  summarize = None\n")
+  monkeypatch.setattr(tasks, "__path__", [*tasks.__path__, str(tmp_path)])
+  with pytest.raises(TypeError, match=r"lacks \['Task.report'\]"):
+    registry.get("tasks", "silent")
 
 
 def _imports(path: pathlib.Path, package: pathlib.Path) -> set[str]:
@@ -77,7 +93,7 @@ def test_the_package_import_graph_has_no_cycle():
 
   for module in graph:
     visit(module)
-  assert "bigmodel_jax.models.bert" not in graph["bigmodel_jax.models.bert_hf"]
+  assert "bigmodel_jax.models.bert" not in graph["bigmodel_jax.hf.bert"]
 
 
 def test_the_digits_input_does_not_import_tensorflow_datasets():
@@ -199,6 +215,82 @@ def test_any_input_evaluates_a_test_split_after_the_last_step(tmp_path,
   assert last["test/perplexity"] == pytest.approx(np.exp(last["test/loss"]))
 
 
+def test_more_evaluators_run_at_their_own_cadence(tmp_path, tiny_config):
+  config = tiny_config(total_steps=4)
+  config.evals = ml_collections.ConfigDict({
+      "train_split": {"name": "split", "split": "train", "every_steps": 2},
+      "param_norms": {"every_steps": 0}})  # The module named by the key.
+  last = train.train(config, str(tmp_path), jax.devices()[:1])
+  records = metric_writer.read_jsonl(str(tmp_path))
+  assert [r["step"] for r in records if "train_split/loss" in r] == [2, 4]
+  assert [r["step"] for r in records if "param_norms/total" in r] == [4]
+  assert {"param_norms/wte", "param_norms/block_0", "val/loss"} <= set(last)
+  assert last["param_norms/total"] > last["param_norms/wte"] > 0
+
+
+def test_an_unknown_evaluator_is_one_line_naming_those_there_are(tiny_config):
+  config = tiny_config()
+  config.evals = ml_collections.ConfigDict({"bleu": {"every_steps": 1}})
+  with pytest.raises(ValueError, match=r"Unknown evaluators 'bleu'; have "
+                     r"\['param_norms', 'split'\]"):
+    experiment.build(config, jax.devices()[:1]).evaluators()
+
+
+def test_a_gradient_function_wraps_the_generic_one(tiny_config):
+  """The seam DP-SGD uses: per-example gradients (vmap of `loss_grads`),
+  clipped, summed, fed to the generic update. Unclipped, it is the
+  generic step; clipped to a tiny norm, every example's share is bounded."""
+  exp = experiment.build(tiny_config(grad_accum_steps=2), jax.devices()[:1])
+  one = steps.loss_grads(exp.task, exp.model)
+
+  def per_example(clip):
+    def grad_fn(params, model_state, batch, rng, normalizer):
+      def single(example):
+        row = jax.tree.map(lambda x: x[None], example)
+        return one(params, model_state, row, rng, normalizer)
+      grads, objective, sums, _ = jax.vmap(single)(batch)
+      norms = jax.vmap(optax.tree.norm)(grads)
+      scale = jnp.minimum(1.0, clip / norms)
+      grads = jax.tree.map(lambda g: jnp.tensordot(scale, g, 1), grads)
+      return (grads, objective.sum(), jax.tree.map(jnp.sum, sums),
+              model_state)
+    return grad_fn
+
+  schedule = optim.schedule(exp.config.optimizer, exp.config.total_steps)
+  state = exp.factory.init(jax.random.key(0))
+  batch = exp.data.train_batch(0)
+  rng = jax.random.key(1)
+  generic = steps.make_train_step(exp.task, exp.model, exp.tx, schedule, 2)
+  unclipped = steps.make_train_step(exp.task, exp.model, exp.tx, schedule, 2,
+                                    grad_fn=per_example(1e9))
+  clipped = steps.make_train_step(exp.task, exp.model, exp.tx, schedule, 2,
+                                  grad_fn=per_example(1e-4))
+  want, want_m = jax.jit(generic)(state, batch, rng)
+  got, got_m = jax.jit(unclipped)(state, batch, rng)
+  for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  assert float(got_m["train/loss"]) == pytest.approx(
+      float(want_m["train/loss"]), rel=1e-5)
+  _, small = jax.jit(clipped)(state, batch, rng)
+  assert float(small["train/grad_norm"]) <= 8 * 1e-4 * 1.0001
+
+
+def test_a_task_owns_its_settings_block(tmp_path, monkeypatch):
+  from bigmodel_jax import config_blocks, tasks
+  (tmp_path / "tuned.py").write_text(
+      "import ml_collections\n"
+      "from bigmodel_jax.tasks import classification\n"
+      "class Task(classification.Task):\n"
+      "  name = 'tuned'\n"
+      "  @staticmethod\n"
+      "  def config_block():\n"
+      "    return ml_collections.ConfigDict({'margin': 0.5})\n")
+  monkeypatch.setattr(tasks, "__path__", [*tasks.__path__, str(tmp_path)])
+  config = config_blocks.base(total_steps=1)
+  assert config.tuned.margin == 0.5
+  assert {"distill", "pruning", "quantization", "evals"} <= set(config)
+
+
 # --- A task with its own update: the GAN (two networks, alternating). -------
 
 def test_a_task_with_its_own_update_never_uses_the_generic_step(monkeypatch):
@@ -257,7 +349,8 @@ def test_the_gan_learns_the_digits_pixel_statistics(tmp_path):
   fresh = state.StateFactory(
       run.model, optax.identity(),
       sharding.Layout(sharding.make_mesh({"data": 1}, jax.devices()[:1])),
-      jax.ShapeDtypeStruct((1, 8, 8, 1), np.float32)).init(jax.random.key(0))
+      state.example_args(run.task, {"inputs": jax.ShapeDtypeStruct(
+          (1, 8, 8, 1), np.float32)})).init(jax.random.key(0))
 
   def gap(params):
     fake = np.asarray(run.model.apply({"params": params}, z,

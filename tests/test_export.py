@@ -15,7 +15,8 @@ from safetensors.numpy import load_file
 
 from bigmodel_jax import config_loader, experiment, export, runs, train
 from bigmodel_jax.errors import NotExportable
-from bigmodel_jax.models import gpt, hf_layout, resnet, vit
+from bigmodel_jax.hf import layout as hf_layout
+from bigmodel_jax.models import gpt, resnet, vit
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 SHORT = {"total_steps": 2, "log_every_steps": 1, "eval_every_steps": 2,
@@ -157,7 +158,7 @@ def test_jax_artifact_runs_without_this_package(trained, tmp_path):
   np.testing.assert_allclose(np.load(tmp_path / "outputs.npz")["outputs"],
                              expected, atol=1e-5)
   signature = json.loads((out / "signature.json").read_text())
-  assert signature["inputs"]["shape"] == [None, 16]
+  assert signature["inputs"] == [{"shape": [None, 16], "dtype": "int32"}]
   assert set(signature["platforms"]) == {"cpu", "cuda"}
 
 

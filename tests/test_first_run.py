@@ -9,7 +9,8 @@ import tarfile
 import pytest
 
 from bigmodel_jax import config_loader
-from bigmodel_jax.data import downloads, text_classification, tfds_source
+from bigmodel_jax.data import text_classification
+from bigmodel_jax.dataio import downloads, tfds_source
 from bigmodel_jax.errors import NotFound
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

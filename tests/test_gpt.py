@@ -44,7 +44,8 @@ def test_greedy_cached_generation_equals_rerunning_the_prefix(new_tokens):
   model, params = _model_and_params()
   prompt = np.array([[1, 2, 3], [4, 5, 6]])
   got = decoding.generate(model, params, prompt, new_tokens,
-                          jax.random.key(0), temperature=0)
+                          jax.random.key(0), context=model.config.block_size,
+                          temperature=0)
   # Reference: the whole context re-run for every token (right-padded to the
   # block size, which causality makes harmless); when the window is full it
   # restarts from the last half, as the cache does.
@@ -65,7 +66,8 @@ def test_sampling_respects_top_k():
   logits = model.apply({"params": params}, np.array([[1, 2, 3]]))[:, -1]
   allowed = set(np.argsort(-np.asarray(logits[0]))[:2].tolist())
   got = decoding.generate(model, params, np.array([[1, 2, 3]] * 64), 1,
-                          jax.random.key(3), temperature=5.0, top_k=2)
+                          jax.random.key(3), context=model.config.block_size,
+                          temperature=5.0, top_k=2)
   assert set(got[:, 0].tolist()) <= allowed
 
 

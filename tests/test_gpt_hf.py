@@ -76,7 +76,8 @@ def test_hugging_face_checkpoint_runs_identically_and_exports_back(
   assert np.abs(ours - theirs).max() <= 1e-4
   # Greedy continuations: our KV-cache decoder and transformers' generate.
   new = decoding.generate(model, variables["params"], ids[:, :5], 10,
-                          jax.random.key(0), temperature=0)
+                          jax.random.key(0), context=model.config.block_size,
+                          temperature=0)
   with torch.no_grad():
     expected = reference.generate(
         torch.tensor(ids[:, :5]), max_new_tokens=10, do_sample=False,

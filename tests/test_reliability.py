@@ -302,8 +302,9 @@ def test_sampling_a_run_that_is_not_a_language_model_says_so(tmp_path, capsys):
                                  {"total_steps": 2, "model.hidden_dim": 8}),
               workdir, ONE)
   code, err = _main_error(capsys, sample.main, ["--workdir", workdir])
-  assert code == 2 and "is not a language model trained on text (task 'gan'" \
-      in err
+  assert code == 2 and "(model 'gan', task 'gan') cannot generate" in err
+  assert "it lacks 'decode' (its model family decodes with a cache), " \
+      "'next_token'" in err
 
 
 # 9. The last checkpoint that passed an evaluation survives rotation.

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import strategies as st
 from PIL import Image
 
-from bigmodel_jax import decoding, runs
+from bigmodel_jax import decoding, experiment, runs
 from bigmodel_jax.serving import process
 from bigmodel_jax.serving.completions import Choice, StopMatcher
 from bigmodel_jax.serving.generation import Generator, Request
@@ -57,7 +57,7 @@ LENGTHS = [12, 5, 13, 9, 1, 15, 8]
 def _greedy_without_cache(run, forward, prompt, length) -> list:
   """Greedy ids from whole forward passes over the text so far (no cache:
   the reference continuous batching must equal)."""
-  size = run.model.config.block_size
+  size = run.parts["decode"]
   text = list(prompt)
   for _ in range(length):
     logits = forward(np.array([text + [0] * (size - len(text))]))
@@ -65,9 +65,29 @@ def _greedy_without_cache(run, forward, prompt, length) -> list:
   return text[len(prompt):]
 
 
+def test_a_scanned_model_serves_one_slot_from_its_cache_axis_names(
+    tiny_config):
+  """The slot axis comes from the cache variables' logical names: scanned
+  layers put a "layers" axis before it, and one slot is no special case."""
+  exp = experiment.build(tiny_config(model__scan_layers=True),
+                         jax.devices()[:1])
+  variables = exp.factory.init(jax.random.key(0)).variables
+  size = exp.config.model.block_size
+  generator = Generator(exp.model, variables, exp.layout, length=size,
+                        slots=1)
+  prompts = [[5, 6, 7], [9]]
+  got = _generate(generator, prompts, [6, 6], temperature=0.0)
+  generator.close()
+  for prompt, ids in zip(prompts, got):
+    np.testing.assert_array_equal(ids, decoding.generate(
+        exp.model, variables["params"], np.asarray([prompt]), 6,
+        jax.random.key(0), context=size, temperature=0.0)[0])
+
+
 def test_continuous_batching_equals_one_sequence_at_a_time(char_run):
   run = runs.load(char_run)
-  generator = Generator(run.model, run.variables, run.layout, slots=3,
+  generator = Generator(run.model, run.variables, run.layout,
+                        length=run.parts["decode"], slots=3,
                         steps=4)
   generator.warm_up()
   compiled = generator.compiled()
@@ -84,7 +104,8 @@ def test_continuous_batching_equals_one_sequence_at_a_time(char_run):
 
 def test_a_seeded_request_does_not_depend_on_its_neighbours(char_run):
   run = runs.load(char_run)
-  generator = Generator(run.model, run.variables, run.layout, slots=4)
+  generator = Generator(run.model, run.variables, run.layout,
+                        length=run.parts["decode"], slots=4)
   settings = dict(temperature=1.0, top_k=20, top_p=0.9, seed=7)
   alone = _generate(generator, [[5, 6]], [20], **settings)[0]
   crowded = _generate(generator, [[1], [5, 6], [2, 2, 2]], [20, 20, 20],
@@ -98,7 +119,8 @@ def test_sharded_serving_equals_one_device(char_run):
   for mesh, devices in (({"data": 1}, jax.devices()[:1]),
                         ({"data": 2, "tensor": 4}, None)):
     run = runs.load(char_run, mesh=mesh, devices=devices)
-    generator = Generator(run.model, run.variables, run.layout, slots=4)
+    generator = Generator(run.model, run.variables, run.layout,
+                          length=run.parts["decode"], slots=4)
     outputs.append(_generate(generator, PROMPTS[:4], LENGTHS[:4],
                              temperature=0.0))
     leaf = jax.tree.leaves(generator.cache)[0]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from bigmodel_jax import config_loader, runs, sample, train
-from bigmodel_jax.data import chat, sft
+from bigmodel_jax import config_loader, families, runs, sample, train
+from bigmodel_jax.data import sft
+from bigmodel_jax.dataio import chat
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import gpt, layers
+from bigmodel_jax.models import gpt
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments",
                           "gpt_text.py")
@@ -93,7 +94,7 @@ def test_lora_gpt_starts_equal_to_its_base_and_merges_exactly():
   trained = jax.tree_util.tree_map_with_path(  # Adapters after training.
       lambda path, x: x + 0.1 if "lora_b" in jax.tree_util.keystr(path)
       else x, full)
-  merged = layers.merged(trained, adapted.config)
+  merged = families.merged(trained, adapted.config)
   np.testing.assert_allclose(base.apply({"params": merged}, tokens),
                              adapted.apply({"params": trained}, tokens),
                              atol=1e-5)

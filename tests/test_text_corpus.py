@@ -11,7 +11,8 @@ import pytest
 
 from bigmodel_jax import config_loader, evaluate, runs, train
 from bigmodel_jax import tokenizer as tokenizer_cli
-from bigmodel_jax.data import bpe, text_corpus, token_store
+from bigmodel_jax.data import text_corpus
+from bigmodel_jax.dataio import bpe, token_store
 from bigmodel_jax.models import gpt
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments",

@@ -10,8 +10,10 @@ from flax import linen as nn
 
 from bigmodel_jax import (checkpoints, config_loader, experiment, metric_writer,
                           plan, train)
-from bigmodel_jax.data import image_ops, images, sklearn_digits, tfds_images
-from bigmodel_jax.data.common import shuffled_indices
+from bigmodel_jax.data import sklearn_digits, tfds_images
+from bigmodel_jax.dataio import images
+from bigmodel_jax.dataio import image_ops
+from bigmodel_jax.dataio.common import shuffled_indices
 from bigmodel_jax.models import resnet, vit
 from bigmodel_jax.tasks import classification
 from conftest import run_steps

@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from bigmodel_jax.data import tfds_source
-from bigmodel_jax.data.common import (SplitCache, TextWindows, WindowInput,
+from bigmodel_jax.dataio import tfds_source
+from bigmodel_jax.dataio.common import (SplitCache, TextWindows, WindowInput,
                                       lm_batch_spec, token_units)
 from bigmodel_jax.errors import ConfigError
 

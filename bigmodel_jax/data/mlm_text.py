@@ -19,8 +19,8 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import tfds_source, wordpiece
-from bigmodel_jax.data.common import SplitCache, StepInput, token_units
+from bigmodel_jax.dataio import tfds_source, wordpiece
+from bigmodel_jax.dataio.common import SplitCache, StepInput, token_units
 
 
 def batch_spec(config) -> dict:

@@ -21,8 +21,10 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import bpe, chat, text_corpus
-from bigmodel_jax.data.common import (SplitCache, StepInput, eval_positions,
+from bigmodel_jax.data import text_corpus
+
+from bigmodel_jax.dataio import bpe, chat
+from bigmodel_jax.dataio.common import (SplitCache, StepInput, eval_positions,
                                       shuffled_indices, token_units)
 from bigmodel_jax.errors import ConfigError
 

@@ -9,7 +9,7 @@ import functools
 
 import numpy as np
 
-from bigmodel_jax.data import images
+from bigmodel_jax.dataio import images
 from bigmodel_jax.errors import ConfigError
 
 batch_spec = images.batch_spec

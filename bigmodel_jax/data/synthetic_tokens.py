@@ -7,7 +7,7 @@ nothing to learn, so the loss stays near ln(vocab_size).
 """
 import numpy as np
 
-from bigmodel_jax.data.common import StepInput, lm_batch_spec, token_units
+from bigmodel_jax.dataio.common import StepInput, lm_batch_spec, token_units
 
 batch_spec = lm_batch_spec
 units = token_units

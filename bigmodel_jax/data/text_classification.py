@@ -27,8 +27,8 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import downloads, wordpiece
-from bigmodel_jax.data.common import (StepInput, eval_positions,
+from bigmodel_jax.dataio import downloads, wordpiece
+from bigmodel_jax.dataio.common import (StepInput, eval_positions,
                                       save_class_names, shuffled_indices,
                                       token_units)
 from bigmodel_jax.errors import ConfigError, NotFound

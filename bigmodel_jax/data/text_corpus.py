@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from bigmodel_jax.data import bpe, downloads, tfds_source, token_store
-from bigmodel_jax.data.common import (SplitCache, TextWindows, WindowInput,
+from bigmodel_jax.dataio import bpe, downloads, tfds_source, token_store
+from bigmodel_jax.dataio.common import (SplitCache, TextWindows, WindowInput,
                                       lm_batch_spec, token_units)
 from bigmodel_jax.errors import ConfigError, NotFound
 

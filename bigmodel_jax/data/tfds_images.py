@@ -5,7 +5,8 @@ each example's "image" and "label" features go through the config's
 preprocessing strings (`data/image_ops.py`). Class names come from the
 dataset's label feature.
 """
-from bigmodel_jax.data import images, tfds_source
+from bigmodel_jax.dataio import images
+from bigmodel_jax.dataio import tfds_source
 
 batch_spec = images.batch_spec
 units = images.units

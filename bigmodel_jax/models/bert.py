@@ -24,7 +24,12 @@ import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import bert_hf, hf_layout, layers
+from bigmodel_jax import families
+from bigmodel_jax.hf import bert as bert_hf, layout as hf_layout
+from bigmodel_jax.layers import attention
+from bigmodel_jax.layers.linear import Dense, normal_init, zeros_init
+from bigmodel_jax.layers.mlp import mlp
+from bigmodel_jax.layers.norm import norm
 
 # Sizes of Google's BERT release (Turc et al. 2019 for tiny/mini/small) and
 # Microsoft's MiniLM-L6-H384 (all-MiniLM-L6-v2).
@@ -72,37 +77,30 @@ class Config:
 
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
-  if variant not in VARIANTS:
-    raise ConfigError(f"Unknown BERT variant {variant!r}; have "
-                     f"{list(VARIANTS)}.")
-  return layers.config_block("bert", Config, VARIANTS[variant], overrides)
+  return families.variant_config("bert", Config, VARIANTS, variant, overrides)
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
-  fields = layers.config_fields(config, Config, {
+  fields = families.config_fields(config, Config, {
       "head": ("none", "mlm", "classifier"), "pool": ("cls", "mean")})
-  layers.check_heads(fields, fields.get("head_dim"))
-  layers.check_lora_targets(fields, LORA_TARGETS)
+  families.check_heads(fields, fields.get("head_dim"))
+  families.check_lora_targets(fields, LORA_TARGETS)
   if fields["head"] == "classifier" and not fields.get("num_classes"):
     raise ConfigError("config.model.num_classes is not set (normally from "
                      "the data) for head='classifier'.")
   return Model(Config(**fields))
 
 
-def _dense(cfg: Config, features, names: tuple, name: str):
-  """A biased projection; in the layers, a LoRA target gets adapters."""
-  rank = cfg.lora_rank if name in cfg.lora_targets.split(",") else 0
-  return layers.Linear(tuple(features), names, 0.02, True, cfg.dtype,
-                       cfg.param_dtype, lora_rank=rank,
-                       lora_alpha=cfg.lora_alpha, name=name)
+def _dense(cfg: Config) -> Dense:
+  """Biased projections; in the layers, a LoRA target gets adapters."""
+  return Dense(True, cfg.dtype, cfg.param_dtype, lora_rank=cfg.lora_rank,
+               lora_alpha=cfg.lora_alpha,
+               lora_targets=tuple(cfg.lora_targets.split(",")))
 
 
-def _layer_norm(cfg: Config, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-      name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      bias_init=layers.zeros_init(("norm",)))
+def _layer_norm(cfg: Config, name: str) -> nn.Module:
+  return norm("layernorm", name, eps=cfg.layer_norm_eps, dtype=cfg.dtype,
+              param_dtype=cfg.param_dtype)
 
 
 class Layer(nn.Module):
@@ -114,19 +112,14 @@ class Layer(nn.Module):
   def __call__(self, x, mask):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
-    heads = (cfg.num_heads, cfg.head_dim or cfg.emb_dim // cfg.num_heads)
-    q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), name)(x)
-               for name in ("query", "key", "value"))
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
-                                     implementation=cfg.attention_impl)
-    y = nn.with_logical_constraint(y, ("batch", "length", "act_heads",
-                                       "act_kv"))
-    y = _dense(cfg, (cfg.emb_dim,), ("heads", "kv", "embed"), "out")(y)
+    heads = attention.Heads(cfg.num_heads,
+                            cfg.head_dim or cfg.emb_dim // cfg.num_heads,
+                            kv_axis="heads")
+    y = attention.attention(self, x, _dense(cfg), heads, out_dim=cfg.emb_dim,
+                            mask=attention.padding_mask(mask),
+                            implementation=cfg.attention_impl)
     x = _layer_norm(cfg, "attn_ln")(x + dropout(y))
-    y = _dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), "fc")(x)
-    y = nn.with_logical_constraint(jax.nn.gelu(y, approximate=False),
-                                   ("batch", "length", "act_mlp"))
-    y = _dense(cfg, (cfg.emb_dim,), ("mlp", "embed"), "proj")(y)
+    y = mlp(x, _dense(cfg), cfg.mlp_dim, cfg.emb_dim, "gelu_exact")
     x = _layer_norm(cfg, "mlp_ln")(x + dropout(y))
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
@@ -136,19 +129,22 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, tokens, segments=None, *, train: bool = False):
+  def __call__(self, tokens, segments=None, *, train: bool = False,
+               embed: bool = False):
+    """The head's outputs; with `embed`, the pooled hidden states (`pool`)
+    at unit length instead (sentence embeddings, whatever the head)."""
     cfg = self.config
     mask = tokens != cfg.pad_id
     width = cfg.embed_dim or cfg.emb_dim
     words = nn.Embed(cfg.vocab_size, width, dtype=cfg.dtype,
                      param_dtype=cfg.param_dtype, name="word_embeddings",
-                     embedding_init=layers.normal_init(0.02, ("vocab",
+                     embedding_init=normal_init(0.02, ("vocab",
                                                               "embed")))
     positions = self.param("position_embeddings",
-                           layers.normal_init(0.02, ("position", "embed")),
+                           normal_init(0.02, ("position", "embed")),
                            (cfg.max_positions, width), cfg.param_dtype)
     types = self.param("token_type_embeddings",
-                       layers.normal_init(0.02, (None, "embed")),
+                       normal_init(0.02, (None, "embed")),
                        (cfg.type_vocab_size, width), cfg.param_dtype)
     segments = jnp.zeros_like(tokens) if segments is None else segments
     x = (words(tokens) + positions[:tokens.shape[1]].astype(cfg.dtype) +
@@ -156,15 +152,19 @@ class Model(nn.Module):
     x = _layer_norm(cfg, "embeddings_ln")(x)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
     if cfg.embed_dim:
-      x = _dense(cfg, (cfg.emb_dim,), ("embed", "mlp"), "embed_proj")(x)
+      x = _dense(cfg)((cfg.emb_dim,), ("embed", "mlp"), "embed_proj")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     shared = Layer(cfg, train, name="layer") if cfg.share_layers else None
     for i in range(cfg.num_layers):
       x = (shared or Layer(cfg, train, name=f"layer_{i}"))(x, mask)
+    if embed:
+      vectors = (x[:, 0] if cfg.pool == "cls" else
+                 mean_pool(x, tokens, cfg.pad_id))
+      return vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
     if cfg.head == "mlm":
-      y = _dense(cfg, (width,), ("embed", "mlp"), "mlm_transform")(x)
+      y = _dense(cfg)((width,), ("embed", "mlp"), "mlm_transform")(x)
       y = _layer_norm(cfg, "mlm_ln")(jax.nn.gelu(y, approximate=False))
-      bias = self.param("mlm_bias", layers.zeros_init(("vocab",)),
+      bias = self.param("mlm_bias", zeros_init(("vocab",)),
                         (cfg.vocab_size,), cfg.param_dtype)
       logits = (words.attend(y) + bias).astype(jnp.float32)
       if not cfg.nsp:
@@ -180,10 +180,10 @@ class Model(nn.Module):
   def _classify(self, pooled, num_classes: int, name: str, train: bool):
     """BERT's pooler (dense + tanh) and dropout, then a linear layer."""
     cfg = self.config
-    pooled = jnp.tanh(_dense(cfg, (cfg.emb_dim,), ("embed", "mlp"),
+    pooled = jnp.tanh(_dense(cfg)((cfg.emb_dim,), ("embed", "mlp"),
                              "pooler")(pooled))
     pooled = nn.Dropout(cfg.dropout, deterministic=not train)(pooled)
-    return _dense(cfg, (num_classes,), ("mlp", "classes"),
+    return _dense(cfg)((num_classes,), ("mlp", "classes"),
                   name)(pooled).astype(jnp.float32)
 
 
@@ -194,14 +194,14 @@ def default_task(config) -> str:
   return {"mlm": "mlm", "classifier": "classification"}[config.head]
 
 
-num_params = layers.num_params
+num_params = families.num_params
 
 
-def flops_per_item(model: Model, params, input_shape) -> float:
+def flops_per_item(model: Model, params, args) -> float:
   """Training FLOPs per token: 6N + 12 L H Q T (bidirectional)."""
   cfg = model.config
   return (6 * num_params(params) +
-          12 * cfg.num_layers * cfg.emb_dim * input_shape[1])
+          12 * cfg.num_layers * cfg.emb_dim * args[0].shape[1])
 
 
 def mean_pool(hidden, tokens, pad_id: int = 0):
@@ -238,13 +238,19 @@ def load_hf(model_dir: str, config) -> dict:
   ours = make(config).config
   hf_layout.check_fields(dataclasses.asdict(ours),
                          bert_hf.config_fields(model_dir), model_dir)
-  shapes = layers.variable_shapes(Model(ours), (1, 8), jnp.int32)
+  shapes = families.variable_shapes(Model(ours), (1, 8), jnp.int32)
   return {"params": bert_hf.read_params(model_dir, ours, shapes["params"])}
 
 
 def export_hf(variables, config, class_names) -> hf_layout.HFExport:
   """The Hugging Face directory of our model (see `bert_hf.export`)."""
   return bert_hf.export(variables["params"], make(config).config, class_names)
+
+
+def capabilities(config) -> dict:
+  """Every BERT embeds (`apply(..., embed=True)`)."""
+  del config
+  return {"embed": None}
 
 
 adapt_params = None  # Hugging Face checkpoints need no fitting.

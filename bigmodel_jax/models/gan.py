@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import layers
+from bigmodel_jax import families
+from bigmodel_jax.layers.linear import Linear
 
 VARIANTS = {
     "mlp": dict(hidden_dim=256, num_layers=2),
@@ -41,13 +41,11 @@ class Config:
 
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
-  if variant not in VARIANTS:
-    raise ConfigError(f"Unknown GAN variant {variant!r}; have {list(VARIANTS)}.")
-  return layers.config_block("gan", Config, VARIANTS[variant], overrides)
+  return families.variant_config("gan", Config, VARIANTS, variant, overrides)
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
-  return Model(Config(**layers.config_fields(config, Config)))
+  return Model(Config(**families.config_fields(config, Config)))
 
 
 class MLP(nn.Module):
@@ -64,16 +62,15 @@ class MLP(nn.Module):
     names = [self.in_name] + ["mlp" if i % 2 == 0 else "embed"
                               for i in range(cfg.num_layers)]
     for i in range(cfg.num_layers):
-      x = layers.Linear((cfg.hidden_dim,), (names[i], names[i + 1]), 0.02,
+      x = Linear((cfg.hidden_dim,), (names[i], names[i + 1]), 0.02,
                         True, cfg.dtype, cfg.param_dtype, name=f"hidden_{i}")(x)
       x = nn.leaky_relu(x, 0.2)
-    return layers.Linear((self.features,), (names[-1], self.out_name), 0.02,
+    return Linear((self.features,), (names[-1], self.out_name), 0.02,
                          True, cfg.dtype, cfg.param_dtype, name="out")(x)
 
 
 class Model(nn.Module):
-  """`generate(z)`, `discriminate(images)`; calling it discriminates (and,
-  when initialising, builds both networks)."""
+  """`generate(z)`, `discriminate(images)`; calling it does both."""
   config: Config
 
   def setup(self):
@@ -92,11 +89,11 @@ class Model(nn.Module):
     flat = images.reshape(images.shape[0], -1)
     return self.discriminator(flat)[:, 0].astype(jnp.float32)
 
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, z, *, train: bool = False):
+    """{"logits": the discriminator's on `images`, "images": generated
+    from the latents `z`}."""
     del train  # No dropout or batch statistics.
-    if self.is_initializing():
-      self.generate(jnp.zeros((images.shape[0], self.config.latent_dim)))
-    return self.discriminate(images)
+    return {"logits": self.discriminate(images), "images": self.generate(z)}
 
 
 def default_task(config) -> str:
@@ -104,13 +101,14 @@ def default_task(config) -> str:
   return "gan"
 
 
-num_params = layers.num_params
+num_params = families.num_params
 
 
-def flops_per_item(model: Model, params, input_shape) -> float:
+def flops_per_item(model: Model, params, args) -> float:
   """About 6 x parameters per image: each network's forward and backward."""
-  del model, input_shape
+  del model, args
   return 6.0 * num_params(params)
 
 
 load_hf = export_hf = adapt_params = trainable_presets = None  # None yet.
+capabilities = None  # Nothing beyond its call.

@@ -27,7 +27,12 @@ import numpy as np
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import gpt_hf, hf_layout, layers
+from bigmodel_jax import families
+from bigmodel_jax.hf import gpt as gpt_hf, layout as hf_layout
+from bigmodel_jax.layers import attention
+from bigmodel_jax.layers.linear import Dense, Linear, normal_init
+from bigmodel_jax.layers.mlp import ACTIVATIONS, mlp
+from bigmodel_jax.layers.norm import norm
 
 _GPT2 = dict(use_bias=True, block_size=1024)
 _GPT3 = dict(use_bias=True, block_size=2048)
@@ -120,18 +125,16 @@ class Config:
 
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block for a variant: every field explicit."""
-  if variant not in VARIANTS:
-    raise ConfigError(f"Unknown GPT variant {variant!r}; have {list(VARIANTS)}.")
-  return layers.config_block("gpt", Config, VARIANTS[variant], overrides)
+  return families.variant_config("gpt", Config, VARIANTS, variant, overrides)
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
   """Builds the Linen module from a `config.model` block."""
-  fields = layers.config_fields(config, Config, {
+  fields = families.config_fields(config, Config, {
       "position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-      "mlp": ("gelu", "gelu_exact", "swiglu"), "remat": tuple(REMAT_POLICIES)})
-  layers.check_heads(fields, fields.get("head_dim"))
-  layers.check_lora_targets(fields, LORA_TARGETS)
+      "mlp": ACTIVATIONS, "remat": tuple(REMAT_POLICIES)})
+  families.check_heads(fields, fields.get("head_dim"))
+  families.check_lora_targets(fields, LORA_TARGETS)
   cfg = Config(**fields)
   if cfg.num_heads % cfg.kv_heads:
     raise ConfigError(f"num_heads={cfg.num_heads} is not a multiple of "
@@ -140,22 +143,17 @@ def make(config: ml_collections.ConfigDict) -> "Model":
 
 
 def _norm(cfg: Config, name: str) -> nn.Module:
-  scale = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
-  if cfg.norm == "rmsnorm":
-    return nn.RMSNorm(epsilon=1e-5, dtype=cfg.dtype,
-                      param_dtype=cfg.param_dtype, name=name, scale_init=scale)
-  return nn.LayerNorm(
-      epsilon=1e-5, use_bias=cfg.use_bias, dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype, name=name, scale_init=scale,
-      bias_init=layers.zeros_init(("norm",)))
+  return norm(cfg.norm, name, eps=1e-5, use_bias=cfg.use_bias,
+              dtype=cfg.dtype, param_dtype=cfg.param_dtype)
 
 
-def _dense(cfg: Config, features, names: tuple, std: float, name: str):
-  """A projection; a LoRA target gets adapters."""
-  rank = cfg.lora_rank if name in cfg.lora_targets.split(",") else 0
-  return layers.Linear(tuple(np.atleast_1d(features)), names, std,
-                       cfg.use_bias, cfg.dtype, cfg.param_dtype,
-                       lora_rank=rank, lora_alpha=cfg.lora_alpha, name=name)
+def _dense(cfg: Config) -> Dense:
+  """The block's projections: LoRA on the targets, GPT-2's scaled init on
+  those writing to the residual stream."""
+  return Dense(cfg.use_bias, cfg.dtype, cfg.param_dtype, lora_rank=cfg.lora_rank,
+               lora_alpha=cfg.lora_alpha,
+               lora_targets=tuple(cfg.lora_targets.split(",")),
+               scaled=("out", "proj"), scaled_std=_out_std(cfg))
 
 
 def rope(x, positions, theta: float):
@@ -178,47 +176,15 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, where: dict, *, decode: bool):
     cfg = self.config
-    act_names = ("batch", "length", "act_heads", "act_kv")
-    q = _dense(cfg, (cfg.num_heads, cfg.head_size), ("embed", "heads", "kv"),
-               0.02, "query")(x)
-    k, v = (_dense(cfg, (cfg.kv_heads, cfg.head_size),
-                   ("embed", "kv_heads", "kv"), 0.02, name)(x)
-            for name in ("key", "value"))
+    rotate = None
     if cfg.position == "rope":
-      q, k = (rope(t, where["positions"], cfg.rope_theta) for t in (q, k))
-    q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
-    if decode:
-      out = self._cached_attention(q, k, v, where["start"])
-    else:
-      out = jax.nn.dot_product_attention(
-          q, k, v, mask=where["mask"], is_causal=True,
-          implementation=cfg.attention_impl)
-    out = nn.with_logical_constraint(out, act_names)
-    return _dense(cfg, cfg.emb_dim, ("heads", "kv", "embed"), _out_std(cfg),
-                  "out")(out)
-
-  def _cached_attention(self, q, k, v, index):
-    """Writes each row's k, v at its own cache `index` (B,) and attends over
-    the cache. The cache is heads-major (B, kv_heads, block_size, D), so a
-    one-position step reads it without transposing it."""
-    batch, length, kv_heads, head_dim = k.shape
-    size = self.config.block_size
-    shape = (batch, kv_heads, size, head_dim)
-    cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
-    cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
-    write = jax.vmap(lambda cache, new, i: jax.lax.dynamic_update_slice(
-        cache, new.swapaxes(0, 1), (0, i, 0)))
-    cached_k.value = write(cached_k.value, k, index)
-    cached_v.value = write(cached_v.value, v, index)
-    query = q.reshape(batch, length, kv_heads, -1, head_dim)  # Groups (GQA).
-    scores = jnp.einsum("btkgd,bksd->bkgts", query, cached_k.value,
-                        preferred_element_type=jnp.float32)
-    seen = jnp.arange(size) <= (index[:, None] + jnp.arange(length))[..., None]
-    scores = jnp.where(seen[:, None, None], scores / np.sqrt(head_dim),
-                       -1e30)
-    weights = jax.nn.softmax(scores, -1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", weights, cached_v.value)
-    return out.reshape(q.shape)
+      rotate = lambda t: rope(t, where["positions"], cfg.rope_theta)  # noqa: E731
+    return attention.attention(
+        self, x, _dense(cfg), attention.Heads(cfg.num_heads, cfg.head_size,
+                                              cfg.kv_heads),
+        out_dim=cfg.emb_dim, mask=where["mask"], causal=True, rotate=rotate,
+        cache_start=where["start"] if decode else None,
+        cache_size=cfg.block_size, implementation=cfg.attention_impl)
 
 
 def _residual(decode: bool) -> tuple:
@@ -249,21 +215,9 @@ class Block(nn.Module):
     dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
     x = x + dropout(Attention(cfg, name="attn")(
         _norm(cfg, "ln_1")(x), where, decode=self.decode))
-    x = x + dropout(self.mlp(_norm(cfg, "ln_2")(x)))
+    x = x + dropout(mlp(_norm(cfg, "ln_2")(x), _dense(cfg), cfg.hidden,
+                        cfg.emb_dim, cfg.mlp))
     return nn.with_logical_constraint(x, _residual(self.decode)), None
-
-  def mlp(self, x):
-    """GELU MLP (tanh or erf), or SwiGLU with a "gate" projection beside "fc"."""
-    cfg = self.config
-    hidden = _dense(cfg, cfg.hidden, ("embed", "mlp"), 0.02, "fc")(x)
-    if cfg.mlp == "swiglu":
-      gate = _dense(cfg, cfg.hidden, ("embed", "mlp"), 0.02, "gate")(x)
-      hidden = jax.nn.silu(gate) * hidden
-    else:
-      hidden = jax.nn.gelu(hidden, approximate=cfg.mlp == "gelu")
-    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
-    return _dense(cfg, cfg.emb_dim, ("mlp", "embed"), _out_std(cfg),
-                  "proj")(hidden)
 
 
 def _blocks(cfg: Config, train: bool, decode: bool):
@@ -288,27 +242,28 @@ class Model(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, segments=None, positions=None, *,
-               train: bool = False, decode: bool = False):
-    """With `decode=True`, tokens continue the sequence held in the cache;
-    `segments` (B, T) keep packed documents apart, `positions` (B, T) (by
-    default 0, 1, ...) place their tokens."""
+               train: bool = False, decode: bool = False, lengths=None):
+    """With `decode=True`, tokens continue the sequence held in the cache
+    (right-padded rows: `lengths` (B,) real tokens each); `segments` (B, T)
+    keep packed documents apart, `positions` (B, T) (by default 0, 1, ...)
+    place their tokens."""
     cfg = self.config
     length = tokens.shape[1]
     if decode:  # Each row continues from its own position.
-      index = self.variable("cache", "index", jnp.zeros, tokens.shape[:1],
-                            jnp.int32)
-      start = index.value
-      index.value = start + length
+      index = self.variable("cache", "index", nn.with_logical_partitioning(
+          jnp.zeros, ("batch",)), tokens.shape[:1], jnp.int32)
+      start = jnp.minimum(index.value, cfg.block_size - length)  # Idle rows.
+      index.value = start + (length if lengths is None else lengths)
       if positions is None:
         positions = start[:, None] + jnp.arange(length)
     else:
       start = None
     wte = nn.Embed(cfg.padded_vocab, cfg.emb_dim, dtype=cfg.dtype,
                    param_dtype=cfg.param_dtype, name="wte",
-                   embedding_init=layers.normal_init(0.02, ("vocab", "embed")))
+                   embedding_init=normal_init(0.02, ("vocab", "embed")))
     x = wte(tokens)
     if cfg.position == "learned":
-      wpe = self.param("wpe", layers.normal_init(0.02, ("position", "embed")),
+      wpe = self.param("wpe", normal_init(0.02, ("position", "embed")),
                        (cfg.block_size, cfg.emb_dim), cfg.param_dtype)
       x = x + (wpe[:length] if positions is None else
                wpe[positions]).astype(cfg.dtype)
@@ -317,18 +272,17 @@ class Model(nn.Module):
     where = {"start": start, "mask": None, "positions": (
         jnp.arange(length) if positions is None else positions)}
     if segments is not None:
-      where["mask"] = (segments[:, :, None] == segments[:, None, :])[:, None]
+      where["mask"] = attention.segment_mask(segments)
     for block in _blocks(cfg, train, decode):
       x, _ = block(x, where)
     x = _norm(cfg, "ln_f")(x)
     if cfg.tie_embeddings:
-      # Flat tokens, as in layers.Linear: one contraction for the gradient.
+      # Flat tokens, as in `Linear`: one contraction for the gradient.
       logits = wte.attend(x.reshape(-1, x.shape[-1])).reshape(
           x.shape[:-1] + (cfg.padded_vocab,))
     else:
-      logits = layers.Linear((cfg.padded_vocab,), ("embed", "vocab"), 0.02,
-                             False, cfg.dtype, cfg.param_dtype,
-                             name="lm_head")(x)
+      logits = Linear((cfg.padded_vocab,), ("embed", "vocab"), 0.02, False,
+                      cfg.dtype, cfg.param_dtype, name="lm_head")(x)
     logits = logits.astype(jnp.float32)
     if cfg.padded_vocab != cfg.vocab_size:  # Padding ids are never predicted.
       logits = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size,
@@ -343,13 +297,13 @@ def default_task(config) -> str:
 
 def num_params(params, *, embeddings: bool = False) -> int:
   """Parameter count; like nanoGPT, excludes position embeddings by default."""
-  total = layers.num_params(params)
+  total = families.num_params(params)
   return total if embeddings or "wpe" not in params else (
       total - params["wpe"].size)
 
 
-def _attention_flops(cfg: Config, input_shape) -> float:
-  return 12 * cfg.num_layers * cfg.num_heads * cfg.head_size * input_shape[1]
+def _attention_flops(cfg: Config, args) -> float:
+  return 12 * cfg.num_layers * cfg.num_heads * cfg.head_size * args[0].shape[1]
 
 
 def trainable_presets(config) -> dict:
@@ -358,15 +312,15 @@ def trainable_presets(config) -> dict:
   return {"lora": r"lora_"}
 
 
-def flops_per_item(model: Model, params, input_shape) -> float:
+def flops_per_item(model: Model, params, args) -> float:
   """Training FLOPs per token, nanoGPT / PaLM: 6N + 12 L H Q T."""
-  return 6 * num_params(params) + _attention_flops(model.config, input_shape)
+  return 6 * num_params(params) + _attention_flops(model.config, args)
 
 
-def flops_per_item_causal(model: Model, params, input_shape) -> float:
+def flops_per_item_causal(model: Model, params, args) -> float:
   """MaxText's convention: causal attention does half the score work."""
   return (6 * num_params(params) +
-          _attention_flops(model.config, input_shape) / 2)
+          _attention_flops(model.config, args) / 2)
 
 
 def load_hf(model_dir: str, config) -> dict:
@@ -378,7 +332,7 @@ def load_hf(model_dir: str, config) -> dict:
           "head_dim": cfg.head_size, "num_kv_heads": cfg.kv_heads}
   hf_layout.check_fields(ours, {"vocab_size": hf["vocab_size"],
                                 **gpt_hf.config_fields(hf)}, model_dir)
-  shapes = layers.variable_shapes(Model(cfg), (1, 8), jnp.int32)
+  shapes = families.variable_shapes(Model(cfg), (1, 8), jnp.int32)
   return {"params": gpt_hf.read_params(model_dir, cfg, shapes["params"])}
 
 
@@ -386,6 +340,11 @@ def export_hf(variables, config, class_names) -> hf_layout.HFExport:
   """The Hugging Face directory of our model (see `gpt_hf.export`)."""
   del class_names
   return gpt_hf.export(variables["params"], make(config).config)
+
+
+def capabilities(config) -> dict:
+  """GPT decodes with its KV cache, up to `block_size` tokens."""
+  return {"decode": config.block_size}
 
 
 adapt_params = None  # Hugging Face checkpoints need no fitting.

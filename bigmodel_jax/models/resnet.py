@@ -19,7 +19,9 @@ import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import hf_layout, layers, resnet_hf
+from bigmodel_jax import families
+from bigmodel_jax.hf import layout as hf_layout, resnet as resnet_hf
+from bigmodel_jax.layers.linear import Linear, zeros_init
 
 # Depth -> (block type, blocks per stage), as in He et al. 2016.
 VARIANTS = {
@@ -52,13 +54,13 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
     raise ConfigError(f"Unknown ResNet variant {variant!r}; have "
                      f"{list(VARIANTS)}.")
   block, stages = VARIANTS[variant]
-  return layers.config_block("resnet", Config,
+  return families.config_block("resnet", Config,
                              {"block": block, "stage_sizes": stages},
                              overrides)
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
-  fields = layers.config_fields(config, Config, {
+  fields = families.config_fields(config, Config, {
       "block": ("basic", "bottleneck"), "stem": ("imagenet", "small"),
       "norm": ("batch", "group")})
   return Model(Config(**{**fields, "stage_sizes": tuple(fields["stage_sizes"])}))
@@ -70,7 +72,7 @@ def _norm(cfg: Config, train: bool, name: str, zero_scale: bool = False):
   common = dict(
       epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
       scale_init=nn.with_logical_partitioning(init, ("norm",)),
-      bias_init=layers.zeros_init(("norm",)))
+      bias_init=zeros_init(("norm",)))
   if cfg.norm == "batch":
     return nn.BatchNorm(use_running_average=not train,
                         momentum=cfg.bn_momentum, **common)
@@ -151,14 +153,14 @@ class Model(nn.Module):
                   2 if stage > 0 and i == 0 else 1,
                   name=f"stage_{stage}_block_{i}")(x, train=train)
     x = x.mean((1, 2))
-    logits = layers.Linear((cfg.num_classes,), ("embed", "classes"), 0.01,
+    logits = Linear((cfg.num_classes,), ("embed", "classes"), 0.01,
                            True, cfg.dtype, cfg.param_dtype, name="head")(x)
     return logits.astype(jnp.float32)
 
 
 def adapt_params(loaded: dict, target) -> dict:
   """Fits pretrained params to another class count: a new head."""
-  return layers.restart_mismatched_head(dict(loaded), target)
+  return families.restart_mismatched_head(dict(loaded), target)
 
 
 def load_hf(model_dir: str, config) -> dict:
@@ -169,7 +171,7 @@ def load_hf(model_dir: str, config) -> dict:
   ours = make(config).config
   hf_layout.check_fields(dataclasses.asdict(ours), resnet_hf.config_fields(hf),
                          model_dir)
-  shapes = layers.variable_shapes(Model(ours), (1, 32, 32, hf["num_channels"]),
+  shapes = families.variable_shapes(Model(ours), (1, 32, 32, hf["num_channels"]),
                                   jnp.float32)
   return resnet_hf.read_variables(model_dir, ours, shapes)
 
@@ -179,7 +181,7 @@ def export_hf(variables, config, class_names) -> hf_layout.HFExport:
   return resnet_hf.export(variables, make(config).config, class_names)
 
 
-default_task = layers.classification_task
-num_params = layers.num_params
-flops_per_item = layers.xla_flops_per_item
-trainable_presets = None  # None yet.
+default_task = families.classification_task
+num_params = families.num_params
+flops_per_item = families.xla_flops_per_item
+trainable_presets = capabilities = None  # None yet.

@@ -17,7 +17,12 @@ import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import hf_layout, layers, vit_hf
+from bigmodel_jax import families
+from bigmodel_jax.hf import layout as hf_layout, vit as vit_hf
+from bigmodel_jax.layers import attention
+from bigmodel_jax.layers.linear import Dense, normal_init, zeros_init
+from bigmodel_jax.layers.mlp import mlp
+from bigmodel_jax.layers.norm import norm
 
 # Transformer sizes of the ViT paper (and DeiT's Ti / S).
 SIZES = {
@@ -52,28 +57,24 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   if size not in SIZES or not patch.isdigit():
     raise ConfigError(f"Unknown ViT variant {variant!r}; use SIZE/PATCH with "
                      f"SIZE in {list(SIZES)}, e.g. 'B/16'.")
-  return layers.config_block("vit", Config, {"patch_size": int(patch)},
+  return families.config_block("vit", Config, {"patch_size": int(patch)},
                              SIZES[size], overrides)
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
-  fields = layers.config_fields(config, Config, {"pool": ("token", "gap")})
-  layers.check_heads(fields, fields.get("head_dim"))
+  fields = families.config_fields(config, Config, {"pool": ("token", "gap")})
+  families.check_heads(fields, fields.get("head_dim"))
   return Model(Config(**fields))
 
 
-def _dense(cfg: Config, features, names: tuple, name: str,
-           init: str = "xavier_uniform"):
-  """Dense layer with bias; big_vision's initialisers."""
-  return layers.Linear(tuple(features), names, use_bias=True, dtype=cfg.dtype,
-                       param_dtype=cfg.param_dtype, init=init, name=name)
+def _dense(cfg: Config) -> Dense:
+  """Dense layers with bias; big_vision's initialisers."""
+  return Dense(True, cfg.dtype, cfg.param_dtype, init="xavier_uniform")
 
 
-def _layer_norm(cfg: Config, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=1e-6, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      bias_init=layers.zeros_init(("norm",)))
+def _layer_norm(cfg: Config, name: str) -> nn.Module:
+  return norm("layernorm", name, eps=1e-6, dtype=cfg.dtype,
+              param_dtype=cfg.param_dtype)
 
 
 class EncoderBlock(nn.Module):
@@ -84,20 +85,16 @@ class EncoderBlock(nn.Module):
   def __call__(self, x, *, train: bool):
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout, deterministic=not train)
-    heads = (cfg.num_heads, cfg.head_dim or cfg.emb_dim // cfg.num_heads)
-    y = _layer_norm(cfg, "ln_1")(x)
-    q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), name)(y)
-               for name in ("query", "key", "value"))
-    y = jax.nn.dot_product_attention(q, k, v, implementation=cfg.attention_impl)
-    y = nn.with_logical_constraint(y, ("batch", "length", "act_heads",
-                                       "act_kv"))
-    x = x + dropout(_dense(cfg, (cfg.emb_dim,), ("heads", "kv", "embed"),
-                           "out")(y))
-    y = _dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), "fc")(
-        _layer_norm(cfg, "ln_2")(x))
-    y = nn.with_logical_constraint(jax.nn.gelu(y), ("batch", "length",
-                                                    "act_mlp"))
-    x = x + dropout(_dense(cfg, (cfg.emb_dim,), ("mlp", "embed"), "proj")(y))
+    heads = attention.Heads(cfg.num_heads,
+                            cfg.head_dim or cfg.emb_dim // cfg.num_heads,
+                            kv_axis="heads")
+    y = attention.attention(self, _layer_norm(cfg, "ln_1")(x), _dense(cfg),
+                            heads, out_dim=cfg.emb_dim,
+                            implementation=cfg.attention_impl)
+    x = x + dropout(y)
+    y = mlp(_layer_norm(cfg, "ln_2")(x), _dense(cfg), cfg.mlp_dim,
+            cfg.emb_dim, "gelu")
+    x = x + dropout(y)
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
@@ -128,15 +125,14 @@ class Model(nn.Module):
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     cfg = self.config
-    x = _dense(cfg, (cfg.emb_dim,), ("patch", "embed"), "embedding",
-               "lecun_normal")(
-        patchify(images, cfg.patch_size))
-    posemb = self.param("posemb", layers.normal_init(0.02, ("position",
+    x = _dense(cfg)((cfg.emb_dim,), ("patch", "embed"), "embedding",
+                    "lecun_normal")(patchify(images, cfg.patch_size))
+    posemb = self.param("posemb", normal_init(0.02, ("position",
                                                             "embed")),
                         x.shape[1:], cfg.param_dtype)
     x = x + posemb.astype(cfg.dtype)
     if cfg.pool == "token":
-      cls = self.param("cls", layers.zeros_init((None, None, "embed")),
+      cls = self.param("cls", zeros_init((None, None, "embed")),
                        (1, 1, cfg.emb_dim), cfg.param_dtype)
       x = jnp.concatenate(
           [jnp.broadcast_to(cls.astype(cfg.dtype), (x.shape[0], 1,
@@ -147,8 +143,8 @@ class Model(nn.Module):
       x = EncoderBlock(cfg, name=f"block_{i}")(x, train=train)
     x = _layer_norm(cfg, "ln_f")(x)
     x = x[:, 0] if cfg.pool == "token" else x.mean(1)
-    logits = _dense(cfg, (cfg.num_classes,), ("embed", "classes"), "head",
-                    "zeros")(x)
+    logits = _dense(cfg)((cfg.num_classes,), ("embed", "classes"), "head",
+                         "zeros")(x)
     return logits.astype(jnp.float32)
 
 
@@ -159,7 +155,7 @@ def adapt_params(loaded: dict, target) -> dict:
   if params["posemb"].shape != target["posemb"].shape:
     params["posemb"] = resample_posemb(params["posemb"],
                                        target["posemb"].shape[0])
-  return layers.restart_mismatched_head(params, target)
+  return families.restart_mismatched_head(params, target)
 
 
 def load_hf(model_dir: str, config) -> dict:
@@ -172,7 +168,7 @@ def load_hf(model_dir: str, config) -> dict:
   hf_layout.check_fields(dataclasses.asdict(ours), vit_hf.config_fields(hf),
                          model_dir)
   size = hf["image_size"]
-  shapes = layers.variable_shapes(
+  shapes = families.variable_shapes(
       Model(ours), (1, size, size, hf["num_channels"]), jnp.float32)
   return {"params": vit_hf.read_params(model_dir, ours, shapes["params"])}
 
@@ -182,7 +178,7 @@ def export_hf(variables, config, class_names) -> hf_layout.HFExport:
   return vit_hf.export(variables["params"], make(config).config, class_names)
 
 
-default_task = layers.classification_task
-num_params = layers.num_params
-flops_per_item = layers.xla_flops_per_item
-trainable_presets = None  # None yet.
+default_task = families.classification_task
+num_params = families.num_params
+flops_per_item = families.xla_flops_per_item
+trainable_presets = capabilities = None  # None yet.

@@ -14,7 +14,8 @@ its own position in the cache and its own sampling settings and seed (a
 request's tokens do not depend on what else is running). With one slot it
 serves one request at a time.
 
-  generator = Generator(run.model, run.variables, run.layout, slots=32)
+  generator = Generator(run.model, run.variables, run.layout,
+                        length=run.parts["decode"], slots=32)
   generator.submit(Request(prompt_ids, max_tokens=64, deliver=callback))
 
 `deliver(tokens, finish)` is called from the generator's thread with the new
@@ -26,6 +27,12 @@ serving: requests prefilled together whose call fails are tried again one
 by one, so only the one that fails alone gets "error"; a failed decode step
 fails the requests it was advancing. Should a failed call have consumed the
 cache, a new one is made and every request that had state in it fails.
+
+Nothing here knows what the cache holds: the model decodes as the
+"decode" capability says (capabilities.py), prefilling right-padded
+prompts with their true `lengths`, and each cache variable's logical axis
+names give its sharding and its slot ("batch") axis. An attention KV cache
+and a recurrent state fit alike.
 """
 import collections
 import dataclasses
@@ -36,14 +43,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigmodel_jax import decoding
-
-CACHE_AXES = {"cached_key": ("batch", "act_heads", "length", "act_kv"),
-              "cached_value": ("batch", "act_heads", "length", "act_kv"),
-              "index": ("batch",)}
-
 
 @dataclasses.dataclass(eq=False)
 class Request:
@@ -70,18 +73,18 @@ def buckets(block_size: int, smallest: int = 16) -> tuple:
 class Generator:
   """Slots, compiled steps and the thread that runs them (see module doc)."""
 
-  def __init__(self, model, variables, layout, *, slots: int,
+  def __init__(self, model, variables, layout, *, length: int, slots: int,
                steps: int = 1):
     self.model, self.variables, self.slots = model, variables, slots
     self.steps = steps  # Decode steps per call (fewer host round trips).
-    self.block_size = model.config.block_size
+    self.block_size = length  # The longest context the cache holds.
     self.buckets = buckets(self.block_size)
-    cache = self._abstract_cache(slots)
-    self._batch_axis = jax.tree.map(
-        lambda many, one: next(i for i, (a, b) in enumerate(
-            zip(many.shape, one.shape)) if a != b) if slots > 1 else 0,
-        cache, self._abstract_cache(1))
-    cache_sharding = _cache_shardings(layout, cache)
+    boxed = self._abstract_cache(slots)
+    cache = nn.unbox(boxed)
+    self._batch_axis = jax.tree.map(  # Each variable's slot axis.
+        lambda leaf: leaf.names.index("batch"), boxed,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    cache_sharding = layout.tree_shardings(boxed)
     var_sharding = jax.tree.map(lambda x: x.sharding, variables)
     replicated = NamedSharding(layout.mesh, P())
     self._empty_cache = jax.jit(
@@ -136,8 +139,6 @@ class Generator:
 
     def step(carry, offset):
       head, tokens = carry
-      head = {**head, "index": jnp.minimum(head["index"],
-                                           self.block_size - 1)}
       logits, new = self.model.apply({**variables, "cache": head},
                                      tokens[:, None], decode=True,
                                      mutable=["cache"])
@@ -156,9 +157,9 @@ class Generator:
                     temperature, top_k, top_p, seed):
     """Runs prompts (rows, bucket) into their `slots` (a slot past the last
     one: a padding row, dropped); returns their first ids."""
-    logits, new = self.model.apply({**variables}, tokens, decode=True,
-                                   mutable=["cache"])
-    rows = {**new["cache"], "index": lengths}
+    logits, new = self.model.apply(variables, tokens, decode=True,
+                                   lengths=lengths, mutable=["cache"])
+    rows = nn.unbox(new["cache"])
     cache = jax.tree.map(
         lambda big, part, axis: big.at[(slice(None),) * axis + (slots,)].set(
             part.astype(big.dtype), mode="drop"),
@@ -339,12 +340,3 @@ def _deliver(request: Request, tokens: list, finish: str | None) -> None:
     logging.exception("A request's receiver failed; cancelling it")
     request.cancelled = True
 
-
-def _cache_shardings(layout, cache):
-  """The cache laid out like the activations it holds: slots over the batch
-  rule, heads over the tensor rule (a leading stacked-layers axis: none)."""
-  def one(path, leaf):
-    names = CACHE_AXES[jax.tree_util.keystr(path[-1:], simple=True)]
-    names = ("layers",) * (leaf.ndim - len(names)) + names
-    return NamedSharding(layout.mesh, layout.fit(names, leaf.shape))
-  return jax.tree_util.tree_map_with_path(one, cache)

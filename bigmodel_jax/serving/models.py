@@ -1,10 +1,10 @@
 """The runs a server serves and what each can do.
 
-A language model (task "lm" with a tokenizer) generates: completions, and
-chat completions when it was fine-tuned on conversations (it has a chat
-template). A BERT-family text model embeds (its pooled hidden states, unit
-length) and, with a classifier head, classifies text; an image classifier
-(ViT, ResNet) classifies images. Encoder calls are batched: inputs that
+What a run serves follows from its capabilities (capabilities.py), never
+from its family's or task's name: "generate" serves completions, and chat
+completions when it was fine-tuned on conversations (it has a chat
+template); "embed" serves embeddings (unit length); "classify" serves
+classification of texts (a run with a tokenizer) or of images. Encoder calls are batched: inputs that
 arrive within `encoder_window_ms` of each other share one call, padded to a
 power-of-two batch so a handful of programs serve every mix.
 """
@@ -19,15 +19,13 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from bigmodel_jax import quantization, runs
-from bigmodel_jax.data import image_ops
+from bigmodel_jax import runs
+from bigmodel_jax.dataio import image_ops
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.models import bert
 from bigmodel_jax.serving.generation import Generator
 
 
@@ -116,7 +114,7 @@ class Served:
 
   @property
   def context(self) -> int:
-    return self.run.model.config.block_size
+    return self.run.parts["decode"]
 
   def prompt_ids(self, prompt: str | None = None, messages=None) -> np.ndarray:
     """A completion prompt or a conversation as token ids."""
@@ -134,23 +132,32 @@ class Served:
 
 
 def load(name: str, workdir: str, config) -> Served:
-  """Loads a run on `config.mesh` and builds what its task serves."""
+  """Loads a run on `config.mesh` and builds what its capabilities serve."""
   run = runs.load(workdir, mesh=dict(config.mesh))
   served = Served(name, run)
-  task, window = run.config.task.name, config.encoder_window_ms / 1000
-  if task == "lm" and run.tokenizer is not None:
+  can, window = run.capabilities, config.encoder_window_ms / 1000
+  if "generate" in can:
     served.generator = Generator(run.model, run.variables, run.layout,
+                                 length=run.parts["decode"],
                                  slots=config.slots,
                                  steps=config.decode_steps)
     if config.warm_up:
       served.generator.warm_up()
-  elif run.config.model.name == "bert":
-    _encoders(served, config.encoder_batch, window)
-  elif task == "classification":
-    _image_classifier(served, config.encoder_batch, window)
-  else:
-    raise ConfigError(f"{workdir}: nothing to serve for task {task!r} of "
-                      f"model {run.config.model.name!r}.")
+  if "embed" in can:
+    served.embedder = _on_texts(run, _embeddings(run.model),
+                                config.encoder_batch, window)
+  if "classify" in can:
+    if run.tokenizer is not None:
+      served.classifier = _on_texts(run, _probabilities(run.model),
+                                    config.encoder_batch, window)
+    else:
+      _image_classifier(served, config.encoder_batch, window)
+    served.class_names = _class_names(run.workdir)
+  if not served.endpoints:
+    raise ConfigError(f"{workdir}: nothing to serve: it has none of the "
+                      "capabilities generate, embed, classify (model "
+                      f"{run.config.model.name!r}, task "
+                      f"{run.config.task.name!r}).")
   return served
 
 
@@ -159,37 +166,19 @@ def _class_names(workdir: str) -> list[str]:
     return json.load(f)
 
 
-def _encoders(served: Served, max_batch: int, window: float) -> None:
-  """Text embeddings (and classification for a classifier head)."""
-  run = served.run
-  seq_len = run.config.input.seq_len
-  model_config = run.config.model.copy_and_resolve_references()
-  model_config.head = "none"
-  example = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
-  body = quantization.configured(run.family.make(model_config), run.config,
-                                 example)
-  pool = run.config.model.get("pool", "mean")
-  pad_id = run.tokenizer.pad_id
+def _embeddings(model):
+  return lambda variables, tokens: model.apply(variables, tokens, embed=True)
 
-  def embed(variables, tokens):
-    hidden = body.apply(variables, tokens)
-    vectors = (hidden[:, 0] if pool == "cls" else
-               bert.mean_pool(hidden, tokens, pad_id))
-    return vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
 
-  def on_texts(fn) -> Batcher:
-    """Batches texts into `fn(variables, tokens)`; (output, tokens) each."""
-    call = _padded_call(run, fn, max_batch)
+def _on_texts(run, fn, max_batch: int, window: float) -> Batcher:
+  """Batches texts into `fn(variables, tokens)`; (output, tokens) each."""
+  call = _padded_call(run, fn, max_batch)
+  seq_len, pad_id = run.config.input.seq_len, run.tokenizer.pad_id
 
-    def batch(texts):
-      tokens = run.tokenizer.encode_batch(texts, seq_len)
-      return list(zip(call(tokens), (tokens != pad_id).sum(1).tolist()))
-    return Batcher(batch, max_batch=max_batch, window=window)
-
-  served.embedder = on_texts(embed)
-  if run.config.task.name == "classification":
-    served.classifier = on_texts(_probabilities(run.model))
-    served.class_names = _class_names(run.workdir)
+  def batch(texts):
+    tokens = run.tokenizer.encode_batch(texts, seq_len)
+    return list(zip(call(tokens), (tokens != pad_id).sum(1).tolist()))
+  return Batcher(batch, max_batch=max_batch, window=window)
 
 
 def _probabilities(model):
@@ -206,7 +195,6 @@ def _image_classifier(served: Served, max_batch: int, window: float) -> None:
   served.classifier = Batcher(
       lambda images: [(p, 1) for p in call(np.stack(images))],
       max_batch=max_batch, window=window)
-  served.class_names = _class_names(run.workdir)
   served.image_input = lambda data: _image(data, size, channels, pp)
 
 

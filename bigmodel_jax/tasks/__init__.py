@@ -1,2 +1,2 @@
 """Tasks, picked by `config.task.name`: each module exposes `Task(config)`
-(see `contracts.Task`); `base.LossTask` serves tasks that are one loss."""
+(see `contracts.Task`); `loss_task.LossTask` serves tasks that are one loss."""

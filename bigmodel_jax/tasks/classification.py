@@ -13,14 +13,15 @@ import jax.numpy as jnp
 import optax
 
 from bigmodel_jax import metrics
-from bigmodel_jax.tasks import base
+from bigmodel_jax import loss_task
 
 TOP_K = 5
 
 
-class Task(base.LossTask):
+class Task(loss_task.LossTask):
   name = "classification"
   optional_keys = frozenset({"weights", "mix_targets", "mix"})
+  capabilities = frozenset({"classify"})
 
   def sums(self, logits, batch: dict) -> dict:
     if "mix" not in batch:

@@ -19,21 +19,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigmodel_jax import optim
+from bigmodel_jax import loss_task, optim
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.state import TrainState
 
 NETWORKS = ("discriminator", "generator")
 
 
-class Task:
+class Task(loss_task.ModelCall):
   name = "gan"
   required_keys = frozenset({"inputs"})
   optional_keys = frozenset({"targets", "weights", "mix_targets", "mix"})
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     self.latent_dim = config.model.latent_dim
+
+  def model_args(self, batch: dict) -> tuple:
+    """The real images and fixed latents, one per image: the model
+    discriminates the images and generates from the latents."""
+    images = batch["inputs"]
+    return images, self._latents(jax.random.key(0), images.shape[0])
 
   def optimizer(self, trainable):
     if trainable is not None:
@@ -123,6 +129,3 @@ class Task:
             "g_loss": float(totals["g_loss"]) / count,
             "d_accuracy": float(totals["d_correct"]) / (2 * count)}
 
-  def report(self, totals: dict, class_names) -> tuple[dict, None]:
-    del totals, class_names
-    return {}, None

@@ -8,16 +8,17 @@ per token, nats), accuracy (next-token), and on evaluation perplexity.
 """
 import math
 
-from bigmodel_jax.tasks import base
+from bigmodel_jax import loss_task
 
 
-class Task(base.LossTask):
+class Task(loss_task.LossTask):
   name = "lm"
   optional_keys = frozenset({"weights", "segments", "positions"})
 
-  def apply(self, model, variables, batch: dict, **kwargs):
-    return model.apply(variables, batch["inputs"], batch.get("segments"),
-                       batch.get("positions"), **kwargs)
+  capabilities = frozenset({"next_token"})
+
+  def model_args(self, batch: dict) -> tuple:
+    return batch["inputs"], batch.get("segments"), batch.get("positions")
 
   def summarize(self, totals: dict) -> dict:
     out = super().summarize(totals)

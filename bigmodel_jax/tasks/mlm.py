@@ -11,23 +11,22 @@ accuracy of the masked tokens; nsp_loss and nsp_accuracy.
 """
 import jax.numpy as jnp
 
-from bigmodel_jax.tasks import base
+from bigmodel_jax import loss_task
 
 
-class Task(base.LossTask):
+class Task(loss_task.LossTask):
   name = "mlm"
   required_keys = frozenset({"inputs", "targets", "weights"})
   optional_keys = frozenset({"segments", "nsp_targets"})
 
-  def apply(self, model, variables, batch: dict, **kwargs):
-    return model.apply(variables, batch["inputs"], batch.get("segments"),
-                       **kwargs)
+  def model_args(self, batch: dict) -> tuple:
+    return batch["inputs"], batch.get("segments")
 
   def sums(self, outputs, batch: dict) -> dict:
     if not isinstance(outputs, dict):
       return super().sums(outputs, batch)
     sums = super().sums(outputs["logits"], batch)
-    nsp = base.cross_entropy_sums(outputs["nsp"], batch["nsp_targets"])
+    nsp = loss_task.cross_entropy_sums(outputs["nsp"], batch["nsp_targets"])
     sums.update({f"nsp_{k}": v for k, v in nsp.items()})
     return sums
 

@@ -1,29 +1,36 @@
-"""Knowledge distillation (Hinton et al. 2015): a student learns from a
-frozen teacher run's logits and from the labels.
+"""Knowledge distillation (Hinton et al. 2015): a training-time wrapper that
+makes any loss task also learn from a frozen teacher run's outputs.
 
-  config.task.name = "distill"
-  config.distill.teacher_workdir = "runs/teacher"   # any run of the same task
+  config.distill.teacher_workdir = "runs/teacher"   # a run of the same task
   config.distill.temperature = 2.0                  # T
   config.distill.alpha = 0.5                        # weight of the soft loss
 
 objective = (1 - alpha) * hard + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))
 
 per predicted position (language models: every token; classifiers: every
-example), under the batch's weights. The hard loss, metrics and report are
-those of the student's own task (the family's default: "lm" for GPT,
-"classification" for BERT, ViT, ResNet classifiers), so the student is
-scored exactly like a model trained without a teacher; "kl" is logged
-beside them. The teacher is loaded by `runs.load` onto this run's mesh
-(its parameters sharded by the rules like the student's), called without
-gradients and never checkpointed with the student (it is not in the train
-state).
+example), under the batch's weights. `experiment.build` wraps the run's
+task when `teacher_workdir` is set, as it adds pruning to the optimizer:
+the hard loss, metrics and report stay those of the task, "kl" is logged
+beside them. The teacher is loaded by `runs.load` onto this run's mesh,
+called without gradients and never checkpointed with the student. The
+student's run is an ordinary run of its task: evaluating, sampling,
+serving or exporting it never needs the teacher. (Runs saved with
+`task.name = "distill"` load as runs of their family's default task.)
 """
 import jax
 import jax.numpy as jnp
+import ml_collections
+from ml_collections.config_dict import placeholder
 
-from bigmodel_jax import registry, runs
+from bigmodel_jax import loss_task, runs
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.tasks import base
+
+
+def config_block() -> ml_collections.ConfigDict:
+  """`config.distill`: off until `teacher_workdir` is set."""
+  return ml_collections.ConfigDict(dict(
+      teacher_workdir=placeholder(str), teacher_step=placeholder(int),
+      temperature=2.0, alpha=0.5))
 
 
 def soft_kl(student, teacher, temperature):
@@ -34,23 +41,27 @@ def soft_kl(student, teacher, temperature):
   return jnp.sum(jnp.where(p_t > 0, p_t * (log_t - log_s), 0.0), -1)
 
 
-class Task(base.LossTask):
-  name = "distill"
+def wrap(task, config):
+  """`task` learning from the teacher of `config.distill` as well, or
+  `task` itself when no teacher is set."""
+  block = config.get("distill") or {}
+  if not block.get("teacher_workdir"):
+    return task
+  return Distilled(task, config)
 
-  def __init__(self, config):
-    super().__init__(config)
+
+class Distilled:
+  """A loss task (`loss_task.LossTask`) with the teacher's soft loss."""
+
+  def __init__(self, task, config):
     block = config.distill
-    if not block.teacher_workdir:
-      raise ConfigError("Task 'distill' needs config.distill.teacher_workdir"
-                        " (a trained run of the same task).")
     if not 0 <= block.alpha <= 1 or block.temperature <= 0:
       raise ConfigError(f"config.distill: alpha={block.alpha} must be in "
                         f"[0, 1], temperature={block.temperature} > 0.")
-    family = registry.get("models", config.model.name)
-    self.student_task = registry.get(
-        "tasks", family.default_task(config.model)).Task(config)
-    self.required_keys = self.student_task.required_keys
-    self.optional_keys = self.student_task.optional_keys
+    if not hasattr(task, "objective"):
+      raise ConfigError(f"Task {task.name!r} has its own update: "
+                        "distillation needs a loss task.")
+    self.task = task
     self.teacher = runs.load(block.teacher_workdir, block.teacher_step,
                              mesh=dict(config.mesh))
     for field in ("vocab_size", "num_classes"):
@@ -62,11 +73,14 @@ class Task(base.LossTask):
                           "predict the same outputs.")
     self.temperature, self.alpha = block.temperature, block.alpha
 
+  def __getattr__(self, name):  # Everything else is the task's.
+    return getattr(self.task, name)
+
   def apply(self, model, variables, batch: dict, **kwargs):
     """(student outputs, teacher logits); with `mutable`, the student's
     updated state after them."""
-    out = self.student_task.apply(model, variables, batch, **kwargs)
-    teacher = jax.lax.stop_gradient(self.student_task.apply(
+    out = self.task.apply(model, variables, batch, **kwargs)
+    teacher = jax.lax.stop_gradient(self.teacher.task.apply(
         self.teacher.model, self.teacher.variables, batch, train=False))
     if kwargs.get("mutable") is not None:
       student, new_state = out
@@ -81,28 +95,24 @@ class Task(base.LossTask):
     return sums
 
   def sums(self, outputs, batch: dict) -> dict:
-    return self._with_kl(self.student_task.sums(outputs[0], batch), outputs,
-                         batch)
+    return self._with_kl(self.task.sums(outputs[0], batch), outputs, batch)
 
   def eval_sums(self, outputs, batch: dict) -> dict:
-    return self._with_kl(self.student_task.eval_sums(outputs[0], batch),
-                         outputs, batch)
-
-  def normalizer(self, batch: dict):
-    return self.student_task.normalizer(batch)
+    return self._with_kl(self.task.eval_sums(outputs[0], batch), outputs,
+                         batch)
 
   def objective(self, sums: dict, normalizer):
-    hard = self.student_task.objective(sums, normalizer)
+    hard = self.task.objective(sums, normalizer)
     soft = sums["kl"] / normalizer * self.temperature ** 2
     return (1 - self.alpha) * hard + self.alpha * soft
 
   def train_metrics(self, sums: dict) -> dict:
-    return {**self.student_task.train_metrics(sums),
-            "kl": sums["kl"] / sums["count"]}
+    return {**self.task.train_metrics(sums), "kl": sums["kl"] / sums["count"]}
 
   def summarize(self, totals: dict) -> dict:
-    return {**self.student_task.summarize(totals),
+    return {**self.task.summarize(totals),
             "kl": float(totals["kl"]) / float(totals["count"])}
 
-  def report(self, totals: dict, class_names):
-    return self.student_task.report(totals, class_names)
+  # The generic steps, over these sums and this objective.
+  train_step = loss_task.LossTask.train_step
+  eval_step = loss_task.LossTask.eval_step

@@ -18,7 +18,8 @@ import dataclasses
 import numpy as np
 
 from bigmodel_jax.errors import ConfigError, NotExportable
-from bigmodel_jax.models import hf_layout, layers
+from bigmodel_jax import families
+from bigmodel_jax.hf import layout as hf_layout
 
 GPT2_CONFIG = {"n_layer": "num_layers", "n_head": "num_heads",
                "n_embd": "emb_dim", "n_positions": "block_size"}
@@ -226,7 +227,7 @@ def read_params(model_dir: str, cfg, shapes) -> dict:
 def export(params, cfg) -> hf_layout.HFExport:
   """The GPT2LMHeadModel / LlamaForCausalLM directory of a `gpt.Config`."""
   arch = kind(cfg)
-  params = _layers(layers.merged(params, cfg), cfg)
+  params = _layers(families.merged(params, cfg), cfg)
   params["wte"] = {"embedding": np.asarray(
       params["wte"]["embedding"])[:cfg.vocab_size]}
   if "lm_head" in params:

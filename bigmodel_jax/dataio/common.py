@@ -6,7 +6,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.data import prefetch
+from bigmodel_jax.dataio import prefetch
 from bigmodel_jax.errors import ConfigError
 
 

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from tensorflow_datasets.core import example_serializer
 from tensorflow_datasets.core.proto import dataset_info_pb2
 
-from bigmodel_jax.data import downloads
+from bigmodel_jax.dataio import downloads
 
 TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 

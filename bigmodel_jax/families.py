@@ -1,7 +1,7 @@
-"""Building blocks shared by the model families, every axis logically named."""
+"""What model family modules share besides layers: config blocks from their
+`Config` dataclass, checks, parameter counts, FLOPs, LoRA merging."""
 import dataclasses
 import typing
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,16 @@ def config_block(name: str, config_class, *field_dicts: dict
     block[key] = (value if value is not None else
                   placeholder(_placeholder_type(hints[key])))
   return ml_collections.ConfigDict(block)
+
+
+def variant_config(name: str, config_class, variants: dict, variant: str,
+                   *field_dicts: dict) -> ml_collections.ConfigDict:
+  """`config_block` of a named variant of `variants`; ConfigError naming
+  the variants for an unknown one."""
+  if variant not in variants:
+    raise ConfigError(f"Unknown {name.upper()} variant {variant!r}; have "
+                      f"{list(variants)}.")
+  return config_block(name, config_class, variants[variant], *field_dicts)
 
 
 def config_fields(config, config_class, choices: dict | None = None) -> dict:
@@ -85,10 +95,10 @@ def num_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-def xla_flops_per_item(model: nn.Module, params, input_shape) -> float:
+def xla_flops_per_item(model: nn.Module, params, example_args) -> float:
   """Training FLOPs per example, counted by XLA (3x the forward pass)."""
   del params
-  return perf.training_flops_per_example(model, input_shape)
+  return perf.training_flops_per_example(model, example_args)
 
 
 def variable_shapes(model: nn.Module, example_shape: tuple, dtype) -> dict:
@@ -96,14 +106,6 @@ def variable_shapes(model: nn.Module, example_shape: tuple, dtype) -> dict:
   return jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(
       model.init, jax.random.key(0),
       jax.ShapeDtypeStruct(example_shape, dtype))))
-
-
-def normal_init(std: float, names: tuple):
-  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
-
-
-def zeros_init(names: tuple):
-  return nn.with_logical_partitioning(nn.initializers.zeros, names)
 
 
 def restart_mismatched_head(params: dict, target) -> dict:
@@ -135,77 +137,3 @@ def merged(params, cfg):
   if not cfg.lora_rank:
     return params
   return merge_lora(params, cfg.lora_alpha / cfg.lora_rank)
-
-
-def _kernel_init(init: str, std: float, num_in: int, ndim: int):
-  fans = dict(in_axis=tuple(range(num_in)), out_axis=tuple(range(num_in, ndim)))
-  if init == "normal":
-    return nn.initializers.normal(std)
-  if init == "xavier_uniform":
-    return nn.initializers.xavier_uniform(**fans)
-  if init == "lecun_normal":
-    return nn.initializers.lecun_normal(**fans)
-  if init == "zeros":
-    return nn.initializers.zeros
-  raise ValueError(f"Unknown init {init!r}.")
-
-
-class Linear(nn.Module):
-  """Contracts the last `len(in_names)` axes of x with a named kernel.
-
-  The kernel has shape in_shape + `features` and logical axes `names`
-  (input axes first); the bias, if any, is named like the output axes.
-  `init` is "normal" (with `std`), "xavier_uniform", "lecun_normal" or
-  "zeros"; fans count all input / all output axes.
-
-  LoRA (Hu et al. 2021): with `lora_rank` r > 0 the output gains
-  (x A) B * lora_alpha / r, A (in, r) initialised as PEFT does and B (r, out)
-  at zero, so the layer starts out equal to the plain one.
-  """
-  features: tuple[int, ...]
-  names: tuple[str, ...]
-  std: float = 0.02
-  use_bias: bool = False
-  dtype: Any = "float32"
-  param_dtype: Any = "float32"
-  init: str = "normal"
-  lora_rank: int = 0
-  lora_alpha: float = 1.0
-
-  @nn.compact
-  def __call__(self, x):
-    num_in = len(self.names) - len(self.features)
-    shape = x.shape[x.ndim - num_in:] + tuple(self.features)
-    init = nn.with_logical_partitioning(
-        _kernel_init(self.init, self.std, num_in, len(shape)), self.names)
-    kernel = self.param("kernel", init, shape, self.param_dtype)
-    # promote_dtype and lax.dot_general: the calls qwix intercepts to run
-    # this layer quantized (compress.py, config.quantization).
-    x_in, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    # Leading axes merged into one: the kernel's gradient then contracts a
-    # single axis (XLA:CPU computes a multi-axis one through transposed
-    # copies, 1.8x slower for the GPT MLP); a bitcast on every backend.
-    lead, in_shape = x.shape[:x.ndim - num_in], x.shape[x.ndim - num_in:]
-    contract = (tuple(range(1, num_in + 1)), tuple(range(num_in)))
-    y = jax.lax.dot_general(x_in.reshape((-1,) + in_shape), kernel,
-                            (contract, ((), ()))).reshape(lead + shape[num_in:])
-    if self.use_bias:
-      bias = self.param("bias", zeros_init(self.names[num_in:]),
-                        tuple(self.features), self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    if self.lora_rank:
-      y = y + self._lora(x, num_in)
-    return y
-
-  def _lora(self, x, num_in: int):
-    in_shape = x.shape[x.ndim - num_in:]
-    a_init = nn.initializers.variance_scaling(  # Kaiming-uniform, a=sqrt(5).
-        1 / 3, "fan_in", "uniform", in_axis=tuple(range(num_in)), out_axis=-1)
-    a = self.param("lora_a", nn.with_logical_partitioning(
-        a_init, self.names[:num_in] + ("lora",)),
-                   in_shape + (self.lora_rank,), self.param_dtype)
-    b = self.param("lora_b", zeros_init(("lora",) + self.names[num_in:]),
-                   (self.lora_rank,) + tuple(self.features), self.param_dtype)
-    low = jnp.tensordot(x.astype(self.dtype), a.astype(self.dtype), num_in)
-    return jnp.tensordot(low, b.astype(self.dtype), 1) * (
-        self.lora_alpha / self.lora_rank)

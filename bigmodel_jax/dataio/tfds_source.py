@@ -8,7 +8,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from bigmodel_jax.data import tfds_prepare
+from bigmodel_jax.dataio import tfds_prepare
 from bigmodel_jax.errors import NotFound
 
 

@@ -12,8 +12,9 @@ of `steps.py`. What a subclass defines:
   train_metrics(sums)       scalars logged as train/NAME
   summarize(totals)         scalars logged as val/NAME (test/NAME)
 
-and, where the defaults do not fit, `apply` (what the model is called with),
-`eval_sums`, `report`.
+and, where the defaults do not fit, `model_args` (the model's arguments
+for a batch: `(batch["inputs"],)` by default), `eval_sums`, `report`,
+`capabilities`, `config_block`.
 """
 import jax.numpy as jnp
 import optax
@@ -31,20 +32,35 @@ def cross_entropy_sums(logits, targets, weights=None) -> dict:
           "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
 
 
-class LossTask:
+class ModelCall:
+  """How a task calls the model; the defaults of every task."""
+  capabilities = frozenset()  # What its outputs give a run (contracts.Task).
+  config_block = None  # Or () -> ConfigDict: the task's settings.
+
+  def __init__(self, config):
+    self.config = config
+
+  def model_args(self, batch: dict) -> tuple:
+    """The model's positional arguments for a batch."""
+    return (batch["inputs"],)
+
+  def apply(self, model, variables, batch: dict, **kwargs):
+    """The model's outputs for a batch (kwargs: train, rngs, mutable)."""
+    return model.apply(variables, *self.model_args(batch), **kwargs)
+
+  def report(self, totals: dict, class_names) -> tuple[dict, str | None]:
+    del totals, class_names
+    return {}, None
+
+
+class LossTask(ModelCall):
   """Scores model outputs against the batch's "targets" (cross-entropy by
   default); masked by the optional "weights" (eval padding)."""
   name = ""
   required_keys = frozenset({"inputs", "targets"})
   optional_keys = frozenset({"weights"})
 
-  def __init__(self, config):
-    self.config = config
-
   # --- The loss -------------------------------------------------------------
-  def apply(self, model, variables, batch: dict, **kwargs):
-    """The model's outputs for a batch (kwargs: train, rngs, mutable)."""
-    return model.apply(variables, batch["inputs"], **kwargs)
 
   def sums(self, outputs, batch: dict) -> dict:
     return cross_entropy_sums(outputs, batch["targets"], batch.get("weights"))
@@ -65,10 +81,6 @@ class LossTask:
 
   def summarize(self, totals: dict) -> dict:
     return {k: float(v) for k, v in self.train_metrics(totals).items()}
-
-  def report(self, totals: dict, class_names) -> tuple[dict, str | None]:
-    del totals, class_names
-    return {}, None
 
   # --- The update: the generic one ------------------------------------------
   def optimizer(self, trainable):

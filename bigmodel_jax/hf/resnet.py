@@ -8,7 +8,7 @@ equivalent.
 import numpy as np
 
 from bigmodel_jax.errors import NotExportable
-from bigmodel_jax.models import hf_layout
+from bigmodel_jax.hf import layout as hf_layout
 
 OPTIONAL = ("classifier.",)
 

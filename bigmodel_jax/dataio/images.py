@@ -12,8 +12,8 @@ import concurrent.futures
 import jax
 import numpy as np
 
-from bigmodel_jax.data import image_ops
-from bigmodel_jax.data.common import (SplitCache, StepInput, eval_positions,
+from bigmodel_jax.dataio import image_ops
+from bigmodel_jax.dataio.common import (SplitCache, StepInput, eval_positions,
                                       save_class_names, shuffled_indices)
 
 

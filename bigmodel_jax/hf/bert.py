@@ -23,7 +23,8 @@ import os
 import numpy as np
 
 from bigmodel_jax.errors import ConfigError, NotExportable, NotFound
-from bigmodel_jax.models import hf_layout, layers
+from bigmodel_jax import families
+from bigmodel_jax.hf import layout as hf_layout
 
 # config.json key -> our config key.
 CONFIG_KEYS = {
@@ -164,7 +165,7 @@ def to_tensors(params, cfg) -> dict:
   """HF-named tensors (numpy, no "bert."/"albert." prefix) of our
   parameters, LoRA adapters merged into their kernels; the inverse of
   `read_params`."""
-  params = layers.merged(params, cfg)
+  params = families.merged(params, cfg)
   if is_albert(cfg) and not cfg.embed_dim:  # ALBERT always projects.
     params = {**params, "embed_proj": {
         "kernel": np.eye(cfg.emb_dim, dtype=np.float32),

@@ -1,0 +1,19 @@
+"""The transformer MLP: "fc" -> GELU (tanh or erf) or SwiGLU -> "proj"."""
+import jax
+from flax import linen as nn
+
+ACTIVATIONS = ("gelu", "gelu_exact", "swiglu")
+
+
+def mlp(x, dense, hidden: int, out: int, activation: str):
+  """`dense` (layers.linear.Dense) makes "fc", SwiGLU's "gate" and "proj"
+  in the calling module."""
+  h = dense((hidden,), ("embed", "mlp"), "fc")(x)
+  if activation == "swiglu":
+    h = jax.nn.silu(dense((hidden,), ("embed", "mlp"), "gate")(x)) * h
+  elif activation in ("gelu", "gelu_exact"):
+    h = jax.nn.gelu(h, approximate=activation == "gelu")
+  else:
+    raise ValueError(f"Unknown activation {activation!r}; have {ACTIVATIONS}.")
+  h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
+  return dense((out,), ("mlp", "embed"), "proj")(h)
