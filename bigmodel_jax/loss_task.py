@@ -1,6 +1,8 @@
-"""`LossTask`: a task that is one differentiable loss and one optimizer.
+"""`ModelCall`, the defaults every task starts from (how the model is
+called, no capabilities, no settings), and `LossTask`: a task that is one
+differentiable loss and one optimizer.
 
-A subclass says what the loss is; the update (gradients, accumulation,
+A `LossTask` subclass says what the loss is; the update (gradients, accumulation,
 clipping, frozen parameters, optimizer step, finiteness) is the generic one
 of `steps.py`. What a subclass defines:
 

@@ -146,8 +146,8 @@ def load(name: str, workdir: str, config) -> Served:
   if "embed" in can:
     served.embedder = _on_texts(run, _embeddings(run.model),
                                 config.encoder_batch, window)
-  if "classify" in can:
-    if run.tokenizer is not None:
+  if "classify" in can:  # Texts, or images.
+    if "text" in run.parts:
       served.classifier = _on_texts(run, _probabilities(run.model),
                                     config.encoder_batch, window)
     else:
