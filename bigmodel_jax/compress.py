@@ -175,6 +175,11 @@ def main(argv=None) -> None:
 
   with workdirs.new_directory(args.out) as staging:
     run = runs.load(args.workdir, args.step)
+    done = run.config.get("compression") or {}
+    if done.get("method") not in (None, "float32"):
+      raise ConfigError(
+          f"{args.workdir} is already compressed ({done['method']}, from "
+          f"{done.get('source')}); compress that float run instead.")
     model_config, variables, block, (count, total) = compress(run, args)
     write(staging, args.workdir, run, model_config, variables, block)
     size = disk_bytes(os.path.join(staging, "checkpoints"))

@@ -51,6 +51,8 @@ def main(argv=None) -> None:
   parser.add_argument("--db", default=default_db(), help="SQLAlchemy URL")
   parser.add_argument("--config", help="experiments/serving.py[:variant]")
   args, rest = parser.parse_known_args(argv)
+  if not 0 < args.port < 65536:
+    raise ConfigError(f"--port={args.port}: it must be in 1..65535.")
   config = _config(args.config, config_loader.parse_overrides(rest))
   if len(args.name) > len(args.workdir):
     raise ConfigError("More --name than --workdir arguments.")

@@ -202,6 +202,9 @@ def main(argv=None) -> None:
   mode.add_argument("--slurm", action="store_true")
   args, (common, points) = config_loader.parse_args(
       parser, argv, lambda spec, common: (common, load_points(spec, common)))
+  if args.parallel < 1:  # 0 or less would wait forever for a free slot.
+    raise config_loader.ConfigError(
+        f"--parallel={args.parallel}: it must be >= 1.")
   if args.dry_run:
     for i, point in enumerate(points):
       print(shlex.join(command(args.config, os.path.join(

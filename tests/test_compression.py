@@ -239,6 +239,19 @@ def test_bad_input_is_one_line(char_run, tmp_path, capsys, args, message):
   assert _files(char_run) == before
 
 
+def test_a_compressed_run_is_not_compressed_again(char_run, tmp_path, capsys):
+  """bf16 or sparse over int8 weights used to write a run nothing loads."""
+  int8 = str(tmp_path / "int8")
+  compress.main(["--workdir", char_run, "--out", int8, "--method", "int8"])
+  for method in ("bf16", "sparse", "int4"):
+    with pytest.raises(SystemExit):
+      compress.main(["--workdir", int8, "--out", str(tmp_path / method),
+                     "--method", method])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is already compressed (int8, from" in err[0]
+    assert not (tmp_path / method).exists()
+
+
 # --- Training-time compression -------------------------------------------------
 def test_gradual_pruning_masks_resume_and_stay_zero(tmp_path):
   overrides = {**SMALL, "total_steps": 8, "checkpoint_every_steps": 4,

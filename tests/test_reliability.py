@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bigmodel_jax import (checkpoints, config_loader, experiment, metric_writer,
-                          sample, train)
+                          sample, serve, sweep, train)
 from bigmodel_jax.errors import CheckpointError, ConfigError, Diverged
 from conftest import EXPERIMENT, TINY
 
@@ -287,6 +287,11 @@ def test_entrypoint_user_errors_are_one_line(tmp_path, capsys, tiny_config):
        "--max_new_tokens=-5 is not allowed"),
       (sample.main, ["--workdir", str(tmp_path / "nothing")],
        "is not a training run: it has no config.json"),
+      (sweep.main, ["--config", EXPERIMENT + ":cpu", "--workdir",
+                    str(tmp_path / "sweep"), "--parallel", "0"],
+       "--parallel=0: it must be >= 1"),  # It used to wait forever.
+      (serve.main, ["--workdir", workdir, "--port", "99999"],
+       "--port=99999: it must be in 1..65535"),
   ]
   os.makedirs(tmp_path / "empty")
   for main, args, message in cases:
