@@ -188,13 +188,23 @@ def save(mgr: ocp.CheckpointManager, step: int, train_state) -> None:
 
 def _verify(tree, workdir: str, step: int, path: str, older: str) -> None:
   """Raises CheckpointError if `tree` (restored) differs from the checksums
-  written at save or holds a NaN or inf."""
+  written at save, holds a NaN or inf, or cannot be verified (its checksum
+  file is missing or unreadable: verification is never silently off)."""
   sums, finite = inspect(tree)
   expected_path = _checksum_path(workdir, step)
-  expected = {}
-  if os.path.exists(expected_path):
+  try:
     with open(expected_path) as f:
       expected = json.load(f)
+    if not isinstance(expected, dict):
+      raise ValueError("not a JSON object")
+  except FileNotFoundError:
+    raise CheckpointError(f"Checkpoint {path} cannot be verified: its "
+                          f"checksum file {expected_path} is missing. "
+                          f"{older}") from None
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"Checkpoint {path} cannot be verified: its "
+                          f"checksum file {expected_path} is unreadable "
+                          f"({e}). {older}") from None
   bad = sorted(k for k in sums if k in expected and expected[k] != sums[k])
   if bad or not finite:
     what = (f"{len(bad)} array(s) differ from the checksums written when it "

@@ -133,6 +133,28 @@ def test_an_array_that_differs_from_its_checksum_is_named(tmp_path,
     checkpoints.restore_params(workdir, exp.factory.abstract.params)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (os.remove, "its checksum file .*/checksums/2.json is missing"),
+    (lambda p: pathlib.Path(p).write_text('{"params/wte'),
+     "its checksum file .*/checksums/2.json is unreadable"),
+])
+def test_a_checkpoint_without_readable_checksums_is_not_trusted(
+    tmp_path, tiny_config, damage, message):
+  """A missing checksum file used to turn verification off; a garbled
+  one was a traceback."""
+  workdir = str(tmp_path)
+  train.train(tiny_config(total_steps=2), workdir, ONE)
+  damage(str(tmp_path / "checksums" / "2.json"))
+  exp = experiment.build(tiny_config(total_steps=2), ONE)
+  mgr = checkpoints.manager(workdir)
+  with pytest.raises(CheckpointError, match="/2 cannot be verified: " +
+                     message):
+    checkpoints.restore(mgr, exp.factory.abstract)
+  mgr.close()
+  with pytest.raises(CheckpointError, match=message):
+    checkpoints.restore_params(workdir, exp.factory.abstract.params)
+
+
 def test_a_checkpoint_of_another_config_says_so_in_a_few_lines(
     tmp_path, capfd, tiny_config):
   workdir = str(tmp_path)
