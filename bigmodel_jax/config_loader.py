@@ -198,6 +198,34 @@ def save_json(config, path: str) -> None:
     f.write(config.to_json(indent=2, sort_keys=True))
 
 
+def save_run_config(config, workdir: str, step: int) -> None:
+  """WORKDIR/config.json, and a line in WORKDIR/config_history.jsonl for
+  each config the run trained with ({"from_step", "config"}), so resuming
+  with another batch size or learning rate keeps the record of how the
+  earlier steps were trained. A run started before the history existed
+  gets its earlier config as the first line (from_step 0: as far as
+  known)."""
+  path = os.path.join(workdir, "config.json")
+  history = os.path.join(workdir, "config_history.jsonl")
+  new = json.loads(config.to_json())
+  records = []
+  if os.path.exists(history):
+    with open(history) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  elif os.path.exists(path):
+    with open(path) as f:
+      records = [{"from_step": 0, "config": json.load(f)}]
+    _append(history, records[0])
+  if not records or records[-1]["config"] != new:
+    _append(history, {"from_step": step, "config": new})
+  save_json(config, path)
+
+
+def _append(path: str, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
 def load_json(path: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))

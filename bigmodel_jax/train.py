@@ -11,7 +11,6 @@ checkpoint, a second run and a bad config.
 """
 import contextlib
 import math
-import os
 import sys
 import time
 
@@ -81,7 +80,7 @@ def _train(config, workdir: str, devices) -> dict:
   writer = metric_writer.MetricWriter(workdir, start)  # Drops steps > start.
   good_steps.update(r["step"] for r in writer.records if _good_eval(r))
   if writer.enabled:
-    config_loader.save_json(config, os.path.join(workdir, "config.json"))
+    config_loader.save_run_config(config, workdir, start)
     exp.data.save(workdir)
     writer.write_text("config", "```\n" + str(config) + "\n```")
 

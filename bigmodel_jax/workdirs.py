@@ -11,6 +11,7 @@ nothing). Object-store paths ("gs://...") are not locked.
 """
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -19,10 +20,48 @@ import tempfile
 from bigmodel_jax.errors import ConfigError, WorkdirError
 
 
+# What a run writes in its workdir (train, inputs' `save`, sweeps).
+RUN_FILES = frozenset({
+    ".lock", "config.json", "config_history.jsonl", "metrics.jsonl",
+    "checkpoints", "checksums", "tokenizer.json", "class_names.json",
+    "chat_template.json", "plugins", "train.log"})
+
+
+def _is_run_config(path: str) -> bool:
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(config, dict) and {"model", "input"} <= config.keys()
+
+
+def check_not_foreign(path: str) -> None:
+  """WorkdirError unless `path` is new, empty or a run's workdir: a
+  training run must never overwrite another program's files (an exported
+  Hugging Face directory's config.json and tokenizer.json)."""
+  if not os.path.isdir(path):
+    return
+  config = os.path.join(path, "config.json")
+  if os.path.exists(config) and not _is_run_config(config):
+    raise WorkdirError(f"--workdir {path!r} is not a training run: its "
+                       "config.json is not a run config (an exported model?)."
+                       " Use a new directory.")
+  foreign = sorted(name for name in os.listdir(path)
+                   if name not in RUN_FILES and
+                   not name.startswith("events.out.tfevents"))
+  if foreign and not os.path.exists(config):
+    raise WorkdirError(f"--workdir {path!r} is not empty and not a training "
+                       f"run: it holds {', '.join(foreign[:4])}"
+                       f"{' ...' if len(foreign) > 4 else ''}. Use a new "
+                       "directory.")
+
+
 def prepare(path: str) -> None:
   """Creates the workdir, or says in one line why it cannot be one."""
   if os.path.exists(path) and not os.path.isdir(path):
     raise WorkdirError(f"--workdir {path!r} is a file, not a directory.")
+  check_not_foreign(path)
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:

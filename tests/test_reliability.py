@@ -383,3 +383,35 @@ def test_kill_9_at_any_moment_resumes_as_an_unbroken_run(tmp_path):
          metric_writer.read_jsonl(broken) if "train/loss" in r]
   assert [step for step, _ in got] == list(range(1, 61))  # Once each.
   assert dict(got) == expected  # Bitwise: the same floats.
+
+
+@pytest.mark.parametrize("files", [
+    {"config.json": '{"architectures": ["BertModel"]}', "tokenizer.json": "{}"},
+    {"signature.json": "{}", "model.jaxexport": "x"},
+])
+def test_a_directory_that_is_not_a_run_is_never_trained_into(
+    tmp_path, capsys, files):
+  """`train --workdir EXPORTED` used to overwrite an exported model's
+  config.json and tokenizer.json."""
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+  code, err = _main_error(capsys, train.main, [
+      "--config", EXPERIMENT + ":cpu", "--workdir", str(tmp_path)])
+  assert code == 2 and "not a training run" in err, err
+  assert {p.name: p.read_text() for p in tmp_path.iterdir()} == files
+
+
+def test_resuming_with_another_config_keeps_the_history(tmp_path,
+                                                        tiny_config):
+  workdir = str(tmp_path)
+  train.train(tiny_config(total_steps=2), workdir, ONE)
+  train.train(tiny_config(total_steps=4, optimizer__learning_rate=2e-3),
+              workdir, ONE)
+  train.train(tiny_config(total_steps=4, optimizer__learning_rate=2e-3),
+              workdir, ONE)  # Nothing to do, nothing new to record.
+  with open(tmp_path / "config_history.jsonl") as f:
+    history = [json.loads(line) for line in f]
+  assert [(h["from_step"], h["config"]["optimizer"]["learning_rate"])
+          for h in history] == [(0, 1e-3), (2, 2e-3)]
+  assert history[-1]["config"] == json.loads(
+      (tmp_path / "config.json").read_text())
