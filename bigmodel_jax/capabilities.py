@@ -22,7 +22,7 @@ PARTS = {
     "classify": "its task predicts classes",
     "decode": "its model family decodes with a cache",
     "embed": "its model family embeds",
-    "text": "its input is text (a tokenizer)",
+    "text": "its input has a tokenizer",
 }
 CAPABILITIES = {  # name -> (parts needed, what uses it)
     "generate": ({"next_token", "decode", "text"},
