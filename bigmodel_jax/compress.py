@@ -28,20 +28,13 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from bigmodel_jax import (checkpoints, config_loader, pruning, quantization,
-                          registry, runs, state, workdirs)
+from bigmodel_jax import (checkpoints, config_loader, families, pruning,
+                          quantization, runs, state, workdirs)
 from bigmodel_jax.errors import ConfigError, entrypoint
-from bigmodel_jax import families
 
 METHODS = ("float32", "bf16", *quantization.METHODS, "sparse", "heads")
 # Run products not carried over; every other top-level file is.
 _NOT_COPIED = ("config.json", "metrics.jsonl", ".lock")
-
-
-def _example(run) -> tuple:
-  """The model's arguments as the run's task calls it (state.example_args)."""
-  return state.example_args(run.task, registry.get(
-      "data", run.config.input.name).batch_spec(run.config.input))
 
 
 def _float_params(run, model_config):
@@ -56,8 +49,9 @@ def _float_params(run, model_config):
 def _quantized(run, model_config, params, block):
   """(variables as stored, description) under qwix PTQ."""
   model = run.family.make(model_config)
-  qmodel = quantization.ptq_model(model, block, params, _example(run))
-  target = state.abstract_variables(qmodel, run.layout, _example(run))
+  args = runs.example_args(run.task, run.config)
+  qmodel = quantization.ptq_model(model, block, params, args)
+  target = state.abstract_variables(qmodel, run.layout, args)
   out_shardings = jax.tree.map(lambda x: x.sharding, target["params"])
   with run.layout.context():
     qparams = jax.jit(lambda p: quantization.quantize(p, target["params"]),
@@ -69,7 +63,7 @@ def _pruned_structure(run, model_config, params, keep_heads, keep_mlp):
   """Parameters without the weakest heads / hidden units; `model_config`
   updated to the smaller shapes."""
   boxed = jax.eval_shape(run.family.make(model_config).init,
-                         jax.random.key(0), *_example(run))["params"]
+                         jax.random.key(0), *runs.example_args(run.task, run.config))["params"]
   names = pruning.named_axes(boxed)
   flat = traverse_util.flatten_dict(params)
   shapes = {name: flat[p].shape[names[p].index(name)]
@@ -125,7 +119,7 @@ def compress(run, args) -> tuple[dict, dict, dict, tuple]:
   if args.method in quantization.METHODS:
     block["group_size"] = quantization.group_size(
         run.family.make(config), {**block, "group_size": args.group_size},
-        params, _example(run))
+        params, runs.example_args(run.task, run.config))
     params = _quantized(run, config, params, block)
   return config, {"params": params, **others}, block, counts
 

@@ -77,21 +77,20 @@ def generate(model, params, prompt: np.ndarray, max_new_tokens: int, rng, *,
              top_k: int | None = None) -> np.ndarray:
   """Continues each row of `prompt` (B, T) by `max_new_tokens` ids, with a
   cache of `context` positions (the "decode" capability's value)."""
-  size = context
   tokens = np.asarray(prompt, np.int32)
   if tokens.shape[1] == 0:
     raise ConfigError("The prompt must hold at least one token.")
   produced = 0
-  keep = size  # The first window may fill the cache; later ones half of it.
+  keep = context  # The first window may fill the cache; later ones half.
   while produced < max_new_tokens:
     window = tokens[:, -keep:]
     length = window.shape[1]
-    num_steps = min(max_new_tokens - produced, size - length + 1) - 1
-    padded = np.pad(window, ((0, 0), (0, size - length)))
+    num_steps = min(max_new_tokens - produced, context - length + 1) - 1
+    padded = np.pad(window, ((0, 0), (0, context - length)))
     rng, key = jax.random.split(rng)
     new = _segment(model, params, padded, jnp.int32(length), key, num_steps,
                    float(temperature), top_k)
     tokens = np.concatenate([tokens, np.asarray(new)], axis=1)
     produced += new.shape[1]
-    keep = size // 2
+    keep = context // 2
   return tokens[:, prompt.shape[1]:]

@@ -84,11 +84,17 @@ def layout(config, devices=None) -> sharding.Layout:
                          sharding.rules_from_config(config.sharding.rules))
 
 
+def example_args(task, config) -> tuple:
+  """The model's arguments for a global batch of the config's input, as
+  `task` calls it (`state.example_args`)."""
+  return state.example_args(task, registry.get(
+      "data", config.input.name).batch_spec(config.input))
+
+
 def model_and_args(family, task, config):
   """(the model as the run's config runs it, its example arguments): for
-  init, restore targets and quantization (`state.example_args`)."""
-  data_module = registry.get("data", config.input.name)
-  args = state.example_args(task, data_module.batch_spec(config.input))
+  init, restore targets and quantization."""
+  args = example_args(task, config)
   return (quantization.configured(family.make(config.model), config, args),
           args)
 

@@ -29,8 +29,10 @@ import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from bigmodel_jax import config_loader, experiment  # noqa: E402
+from bigmodel_jax.serving.generation import Request  # noqa: E402
 
 EXPERIMENT = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
                  "gpt_shakespeare_char.py")
@@ -78,6 +80,25 @@ def cached_logits(model, params, tokens, prefill: int):
                             tokens[:, t:t + 1], decode=True, mutable=["cache"])
     steps.append(logits)
   return jnp.concatenate(steps, 1)
+
+
+def generate_all(generator, prompts, max_tokens, **settings) -> list:
+  """Submits every prompt at once; the ids each got, in order."""
+  outputs = [[] for _ in prompts]
+  done = threading.Semaphore(0)
+
+  def receiver(i):
+    def deliver(tokens, finish):
+      outputs[i].extend(tokens)
+      if finish:
+        done.release()
+    return deliver
+  for i, (prompt, most) in enumerate(zip(prompts, max_tokens)):
+    generator.submit(Request(np.asarray(prompt, np.int32), most, receiver(i),
+                             **settings))
+  for _ in prompts:
+    assert done.acquire(timeout=120)
+  return outputs
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

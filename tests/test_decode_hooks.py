@@ -1,17 +1,15 @@
 """The "decode" capability is a contract, not GPT's cache: a recurrent model
 whose cache is its hidden state (logically named) is served by the same
 continuous-batching generator, prompts prefilled with their true lengths."""
-import threading
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigmodel_jax import sharding
 from bigmodel_jax.layers.linear import normal_init
-from bigmodel_jax.serving.generation import Generator, Request
+from bigmodel_jax.serving.generation import Generator
+from conftest import generate_all
 
 VOCAB, WIDTH = 11, 8
 
@@ -56,19 +54,7 @@ def test_a_recurrent_state_fits_the_decode_hook():
       NamedSharding(mesh, P()))
   generator = Generator(model, variables, layout, length=32, slots=2)
   prompts = [[1, 2, 3, 4, 5], [6], [7, 8]]  # Three prompts, two slots.
-  got, done = {i: [] for i in range(len(prompts))}, threading.Semaphore(0)
-
-  def receiver(i):
-    def deliver(ids, end):
-      got[i].extend(ids)
-      if end:
-        done.release()
-    return deliver
-  for i, prompt in enumerate(prompts):
-    generator.submit(Request(np.asarray(prompt, np.int32), 5, receiver(i),
-                             temperature=0.0))
-  for _ in prompts:
-    assert done.acquire(timeout=60)
+  got = generate_all(generator, prompts, [5] * 3, temperature=0.0)
   generator.close()
   for i, prompt in enumerate(prompts):  # Greedy by whole forward passes.
     text = list(prompt)

@@ -21,27 +21,9 @@ from PIL import Image
 from bigmodel_jax import decoding, experiment, runs
 from bigmodel_jax.serving import process
 from bigmodel_jax.serving.completions import Choice, StopMatcher
-from bigmodel_jax.serving.generation import Generator, Request
+from bigmodel_jax.serving.generation import Generator
 from bigmodel_jax.serving.ledger import Ledger
-
-
-def _generate(generator, prompts, max_tokens, **settings) -> list:
-  """Submits every prompt at once; the ids each got, in order."""
-  outputs = [[] for _ in prompts]
-  done = threading.Semaphore(0)
-
-  def receiver(i):
-    def deliver(tokens, finish):
-      outputs[i].extend(tokens)
-      if finish:
-        done.release()
-    return deliver
-  for i, (prompt, most) in enumerate(zip(prompts, max_tokens)):
-    generator.submit(Request(np.asarray(prompt, np.int32), most, receiver(i),
-                             **settings))
-  for _ in prompts:
-    assert done.acquire(timeout=120)
-  return outputs
+from conftest import generate_all
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +58,7 @@ def test_a_scanned_model_serves_one_slot_from_its_cache_axis_names(
   generator = Generator(exp.model, variables, exp.layout, length=size,
                         slots=1)
   prompts = [[5, 6, 7], [9]]
-  got = _generate(generator, prompts, [6, 6], temperature=0.0)
+  got = generate_all(generator, prompts, [6, 6], temperature=0.0)
   generator.close()
   for prompt, ids in zip(prompts, got):
     np.testing.assert_array_equal(ids, decoding.generate(
@@ -91,7 +73,7 @@ def test_continuous_batching_equals_one_sequence_at_a_time(char_run):
                         steps=4)
   generator.warm_up()
   compiled = generator.compiled()
-  got = _generate(generator, PROMPTS, LENGTHS, temperature=0.0)
+  got = generate_all(generator, PROMPTS, LENGTHS, temperature=0.0)
   forward = jax.jit(lambda tokens: run.model.apply(run.variables, tokens))
   for prompt, length, ids in zip(PROMPTS, LENGTHS, got):
     assert ids == _greedy_without_cache(run, forward, prompt, length)
@@ -107,8 +89,8 @@ def test_a_seeded_request_does_not_depend_on_its_neighbours(char_run):
   generator = Generator(run.model, run.variables, run.layout,
                         length=run.parts["decode"], slots=4)
   settings = dict(temperature=1.0, top_k=20, top_p=0.9, seed=7)
-  alone = _generate(generator, [[5, 6]], [20], **settings)[0]
-  crowded = _generate(generator, [[1], [5, 6], [2, 2, 2]], [20, 20, 20],
+  alone = generate_all(generator, [[5, 6]], [20], **settings)[0]
+  crowded = generate_all(generator, [[1], [5, 6], [2, 2, 2]], [20, 20, 20],
                       **settings)
   assert crowded[1] == alone and crowded[0] != alone
   generator.close()
@@ -121,7 +103,7 @@ def test_sharded_serving_equals_one_device(char_run):
     run = runs.load(char_run, mesh=mesh, devices=devices)
     generator = Generator(run.model, run.variables, run.layout,
                           length=run.parts["decode"], slots=4)
-    outputs.append(_generate(generator, PROMPTS[:4], LENGTHS[:4],
+    outputs.append(generate_all(generator, PROMPTS[:4], LENGTHS[:4],
                              temperature=0.0))
     leaf = jax.tree.leaves(generator.cache)[0]
     generator.close()

@@ -17,6 +17,7 @@ restart in each. LoRA: `lora_rank` > 0 adds low-rank adapters to the
   logits = model.apply({"params": params}, tokens)          # (B, T, padded vocab)
 """
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -150,8 +151,8 @@ def _norm(cfg: Config, name: str) -> nn.Module:
 def _dense(cfg: Config) -> Dense:
   """The block's projections: LoRA on the targets, GPT-2's scaled init on
   those writing to the residual stream."""
-  return Dense(cfg.use_bias, cfg.dtype, cfg.param_dtype, lora_rank=cfg.lora_rank,
-               lora_alpha=cfg.lora_alpha,
+  return Dense(cfg.use_bias, cfg.dtype, cfg.param_dtype,
+               lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                lora_targets=tuple(cfg.lora_targets.split(",")),
                scaled=("out", "proj"), scaled_std=_out_std(cfg))
 
@@ -176,9 +177,9 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, where: dict, *, decode: bool):
     cfg = self.config
-    rotate = None
-    if cfg.position == "rope":
-      rotate = lambda t: rope(t, where["positions"], cfg.rope_theta)  # noqa: E731
+    rotate = (functools.partial(rope, positions=where["positions"],
+                                theta=cfg.rope_theta)
+              if cfg.position == "rope" else None)
     return attention.attention(
         self, x, _dense(cfg), attention.Heads(cfg.num_heads, cfg.head_size,
                                               cfg.kv_heads),

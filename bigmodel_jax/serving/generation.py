@@ -48,6 +48,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigmodel_jax import decoding
 
+
 @dataclasses.dataclass(eq=False)
 class Request:
   prompt: np.ndarray  # Token ids (T,).

@@ -4,9 +4,10 @@ What a run serves follows from its capabilities (capabilities.py), never
 from its family's or task's name: "generate" serves completions, and chat
 completions when it was fine-tuned on conversations (it has a chat
 template); "embed" serves embeddings (unit length); "classify" serves
-classification of texts (a run with a tokenizer) or of images. Encoder calls are batched: inputs that
-arrive within `encoder_window_ms` of each other share one call, padded to a
-power-of-two batch so a handful of programs serve every mix.
+classification of texts (a run with a tokenizer) or of images. Encoder
+calls are batched: inputs that arrive within `encoder_window_ms` of each
+other share one call, padded to a power-of-two batch so a handful of
+programs serve every mix.
 """
 import concurrent.futures
 import dataclasses
