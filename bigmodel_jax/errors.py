@@ -2,7 +2,7 @@
 
 Entrypoints are wrapped in `entrypoint`: a `UserError` prints
 "error: MESSAGE" on stderr and exits with its `exit_code` (2 for bad input,
-1 for a run that had to stop); any other exception is a bug and keeps its
+1 for a run that had to stop, 75 for one interrupted and saved); any other exception is a bug and keeps its
 traceback. Each class also derives from the built-in error it refines, so
 callers can catch ValueError, FileNotFoundError, ... as before.
 """
@@ -43,6 +43,13 @@ class SaveFailed(UserError, RuntimeError):
   exit_now = True
 
 
+class Interrupted(UserError):
+  """A run stopped by SIGTERM or SIGINT after saving its checkpoint: running
+  the same command again resumes it (exit status 75, EX_TEMPFAIL)."""
+  exit_code = 75
+  label = "interrupted"
+
+
 class NotExportable(ConfigError):
   """A model setting the export format cannot reproduce faithfully."""
 
@@ -59,7 +66,8 @@ def entrypoint(main):
     try:
       return main(argv)
     except UserError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
+      print(f"{getattr(e, 'label', 'error')}: {e}", file=sys.stderr,
+            flush=True)
       if getattr(e, "exit_now", False):
         sys.stdout.flush()
         os._exit(e.exit_code)

@@ -13,7 +13,9 @@ dicts, usually built with `product` and `zip_axes`:
 Each point trains with `python -m bigmodel_jax.train` in DIR/NAME (log in
 DIR/NAME/train.log); `--config.*` overrides apply to every point. A finished
 point (DIR/NAME/done.json) is skipped when the sweep is run again; a failed
-one is reported and the others go on. At the end DIR/results.csv and
+one is reported and the others go on. SIGTERM or Ctrl-C is passed to the
+running points (each saves a checkpoint and stops, "interrupted"), no new
+point starts, and the sweep exits 75; running it again resumes. At the end DIR/results.csv and
 DIR/results.md hold one row per point (overrides, final and best metrics,
 steps, wall time) and DIR/plot_*.png one line per point for each metric.
 `--dry-run` prints the commands; `--slurm` writes DIR/sweep.sbatch, a job
@@ -25,12 +27,13 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
 
 from bigmodel_jax import config_loader, metric_writer, perf, plots
-from bigmodel_jax.errors import entrypoint
+from bigmodel_jax.errors import Interrupted, entrypoint
 
 PLOTTED = ("train/loss", "val/loss", "val/accuracy")
 
@@ -75,9 +78,37 @@ def command(spec: str, workdir: str, overrides: dict) -> list[str]:
           [f"--config.{k}={v}" for k, v in overrides.items()])
 
 
+class _Forward:
+  """While a sweep runs: SIGTERM or SIGINT stops starting points and is
+  passed on to the running ones (each saves and exits 75; a second signal
+  makes them exit at once). The runs are in their own sessions, so Ctrl-C
+  in a terminal reaches them once, through the sweep."""
+
+  def __init__(self, running: dict):
+    self.running, self.received = running, None
+
+  def __enter__(self):
+    self.previous = {s: signal.signal(s, self._handle)
+                     for s in (signal.SIGINT, signal.SIGTERM)}
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self.previous.items():
+      signal.signal(signum, handler)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.received = signal.Signals(signum).name
+    os.write(2, f"[sweep] {self.received}: passing it to the running points; "
+             "no new point starts\n".encode())
+    for proc, _, _ in list(self.running.values()):
+      proc.send_signal(signum)
+
+
 def run(spec: str, workdir: str, points: list[dict], common: dict,
         parallel: int = 1) -> dict[str, str]:
-  """Runs the unfinished points, `parallel` at a time; name -> status."""
+  """Runs the unfinished points, `parallel` at a time; name -> status
+  ("done", "failed (exit N)", "interrupted")."""
   names = [point_name(i, p) for i, p in enumerate(points)]
   status = {n: "done" for n in names
             if os.path.exists(os.path.join(workdir, n, "done.json"))}
@@ -85,39 +116,49 @@ def run(spec: str, workdir: str, points: list[dict], common: dict,
   print(f"[sweep] {len(points)} points, {len(status)} already done, "
         f"{len(todo)} to run, {parallel} at a time", flush=True)
   running, durations, start = {}, [], time.time()
-  while todo or running:
-    while todo and len(running) < parallel:
-      name, point = todo.pop(0)
-      point_dir = os.path.join(workdir, name)
-      os.makedirs(point_dir, exist_ok=True)
-      log = open(os.path.join(point_dir, "train.log"), "a")
-      proc = subprocess.Popen(command(spec, point_dir, {**common, **point}),
-                              stdout=log, stderr=subprocess.STDOUT)
-      running[name] = (proc, log, time.time())
-    time.sleep(0.2)
-    for name, (proc, log, began) in list(running.items()):
-      if proc.poll() is None:
-        continue
-      log.close()
-      del running[name]
-      seconds = time.time() - began
-      if proc.returncode == 0:
-        status[name] = "done"
-        durations.append(seconds)
-        with open(os.path.join(workdir, name, "done.json"), "w") as f:
-          json.dump({"wall_seconds": seconds}, f)
-      else:
-        status[name] = f"failed (exit {proc.returncode})"
-      left = len(todo) + len(running)
-      eta = (sum(durations) / len(durations) * left / parallel
-             if durations else 0)
-      print(f"[sweep] {name}: {status[name]} in {perf.hms(seconds)} | "
-            f"{len(status)}/{len(points)} finished | ETA {perf.hms(eta)} "
-            f"(elapsed {perf.hms(time.time() - start)})", flush=True)
-      if proc.returncode:
-        print(f"[sweep]   see {os.path.join(workdir, name, 'train.log')}",
-              flush=True)
+  with _Forward(running) as signals:
+    while (todo and not signals.received) or running:
+      while todo and len(running) < parallel and not signals.received:
+        name, point = todo.pop(0)
+        point_dir = os.path.join(workdir, name)
+        os.makedirs(point_dir, exist_ok=True)
+        log = open(os.path.join(point_dir, "train.log"), "a")
+        proc = subprocess.Popen(
+            command(spec, point_dir, {**common, **point}), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        running[name] = (proc, log, time.time())
+      time.sleep(0.2)
+      for name, (proc, log, began) in list(running.items()):
+        if proc.poll() is None:
+          continue
+        log.close()
+        del running[name]
+        seconds = time.time() - began
+        status[name] = _ended(os.path.join(workdir, name), proc.returncode,
+                              seconds)
+        if status[name] == "done":
+          durations.append(seconds)
+        left = len(todo) + len(running)
+        eta = (sum(durations) / len(durations) * left / parallel
+               if durations else 0)
+        print(f"[sweep] {name}: {status[name]} in {perf.hms(seconds)} | "
+              f"{len(status)}/{len(points)} finished | ETA {perf.hms(eta)} "
+              f"(elapsed {perf.hms(time.time() - start)})", flush=True)
+        if proc.returncode:
+          print(f"[sweep]   see {os.path.join(workdir, name, 'train.log')}",
+                flush=True)
   return status
+
+
+def _ended(point_dir: str, returncode: int, seconds: float) -> str:
+  """A finished point's status; a done one gets its done.json."""
+  if returncode == 0:
+    with open(os.path.join(point_dir, "done.json"), "w") as f:
+      json.dump({"wall_seconds": seconds}, f)
+    return "done"
+  if returncode == Interrupted.exit_code:
+    return "interrupted"
+  return f"failed (exit {returncode})"
 
 
 def summarize(workdir: str, name: str, point: dict,
@@ -219,11 +260,14 @@ def main(argv=None) -> None:
     return
   status = run(args.config, args.workdir, points, common, args.parallel)
   write_results(args.workdir, points)
-  failed = [n for n, s in status.items() if s != "done"]
+  failed = [n for n, s in status.items() if s.startswith("failed")]
+  stopped = len(points) - len(failed) - list(status.values()).count("done")
   print(f"[sweep] wrote {args.workdir}/results.csv, results.md, plot_*.png"
-        + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-  if failed:
-    sys.exit(1)
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+        + (f"; {stopped} point(s) interrupted or not started: run the same "
+           "command to resume" if stopped else ""))
+  if failed or stopped:
+    sys.exit(1 if failed else Interrupted.exit_code)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
       --workdir runs/shakespeare [--config.optimizer.learning_rate=3e-4 ...]
 
 Rerunning the same command resumes from the newest checkpoint in the workdir.
+SIGTERM or Ctrl-C saves a checkpoint after the step in flight and exits
+with status 75 (a second signal exits at once).
 Writes WORKDIR/config.json, metrics.jsonl, TensorBoard events, checkpoints/
 (with checksums/), holding WORKDIR/.lock while it runs. See
 docs/reliability.md for what survives a kill, a full disk, a corrupt
@@ -17,8 +19,9 @@ import time
 import jax
 
 from bigmodel_jax import (checkpoints, config_loader, distributed, experiment,
-                          metric_writer, perf, sharding, steps, workdirs)
-from bigmodel_jax.errors import Diverged, entrypoint
+                          metric_writer, perf, preemption, sharding, steps,
+                          workdirs)
+from bigmodel_jax.errors import Diverged, Interrupted, entrypoint
 
 
 def log(message: str) -> None:
@@ -43,11 +46,12 @@ def train(config, workdir: str, devices=None) -> dict:
   mesh or device count); returns the last metrics. Uses all devices unless
   `devices` is given. Process 0 holds the workdir's lock throughout."""
   with (workdirs.lock(workdir) if jax.process_index() == 0
-        else contextlib.nullcontext()), checkpoints.quiet_failed_saves():
-    return _train(config, workdir, devices)
+        else contextlib.nullcontext()), checkpoints.quiet_failed_saves(), \
+      preemption.Watch() as stop:
+    return _train(config, workdir, devices, stop)
 
 
-def _train(config, workdir: str, devices) -> dict:
+def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
   # --- Mesh, data, task, model, sharded state layout, jitted steps ---------
   began = time.perf_counter()
   exp = experiment.build(config, devices)
@@ -155,6 +159,7 @@ def _train(config, workdir: str, devices) -> dict:
 
   profiler = perf.Profiler(workdir, config.get("profile_steps"))
   batches = exp.data.train_batches(start)
+  stopped_at = None  # The step saved when a signal stopped the run.
   try:
     for step in range(start + 1, config.total_steps + 1):
       check_saves()  # A save started earlier may have failed since.
@@ -167,8 +172,10 @@ def _train(config, workdir: str, devices) -> dict:
         steps.bounded(pending[-1][1])  # The step before this one.
       pending.append((step, step_metrics))
       is_last = step == config.total_steps
+      interrupted = not is_last and stop.requested(step)  # SIGTERM, SIGINT.
       evaluate_now = step % config.eval_every_steps == 0 or is_last
-      save_now = step % config.checkpoint_every_steps == 0 or is_last
+      save_now = (step % config.checkpoint_every_steps == 0 or is_last or
+                  interrupted)
       if evaluate_now or save_now or evaluators_due(step):
         flush(pending)  # Blocks on this step: its state is needed anyway.
         pending = []
@@ -184,6 +191,9 @@ def _train(config, workdir: str, devices) -> dict:
           last.update(run_evaluators(step, train_state, is_last))
           if save_now:  # Refuses a state holding NaN or inf.
             checkpoints.save(mgr, step, train_state)
+        if interrupted:
+          stopped_at = step
+          break
       elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:
         flush(pending[:-1])  # Never waits for the step just dispatched.
         pending = pending[-1:]
@@ -194,6 +204,11 @@ def _train(config, workdir: str, devices) -> dict:
   error = _close(batches, mgr, writer)
   if error is not None:
     raise checkpoints.failure(workdir, error) from error
+  if stopped_at is not None:
+    raise Interrupted(
+        f"{stop.signal_name} received: stopped after step {stopped_at} and "
+        f"saved checkpoint {stopped_at} in {workdir}/checkpoints. Run the "
+        "same command to resume.")
   return last
 
 

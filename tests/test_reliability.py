@@ -350,39 +350,104 @@ def test_divergence_keeps_the_last_good_checkpoint_out_of_rotation(
   assert _steps(workdir) == [4, 5]  # keep_checkpoints=1, yet 4 survives.
 
 
+_KILLABLE = {**TINY, "total_steps": 60, "eval_every_steps": 60,
+             "log_every_steps": 1, "optimizer.decay_steps": 60, "mesh.data": 1}
+_TRAIN = [sys.executable, "-m", "bigmodel_jax.train", "--config",
+          EXPERIMENT + ":cpu"]
+_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+
+
+def _killable(workdir, **overrides) -> list[str]:
+  """The 60-step tiny GPT's train command (log every step) for `workdir`."""
+  return _TRAIN + ["--workdir", str(workdir)] + [
+      f"--config.{k}={v}" for k, v in {**_KILLABLE, **overrides}.items()]
+
+
+@pytest.fixture(scope="module")
+def unbroken_losses(tmp_path_factory) -> dict:
+  """{step: train/loss} of the 60-step run trained without a break."""
+  whole = tmp_path_factory.mktemp("whole")
+  subprocess.run(_killable(whole), check=True, env=_ENV, capture_output=True)
+  return {r["step"]: r["train/loss"] for r in metric_writer.read_jsonl(
+      str(whole)) if "train/loss" in r}
+
+
+def _stop_at(command, step: int, *signals) -> subprocess.CompletedProcess:
+  """Runs `command`, sends `signals` once it logs `step`; its outcome."""
+  run = subprocess.Popen(command, env=_ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+  for line in run.stdout:
+    if line.startswith(f"step {step}/60 "):
+      for signum in signals:
+        run.send_signal(signum)
+      break
+  out, err = run.communicate(timeout=300)
+  return subprocess.CompletedProcess(command, run.returncode, out, err)
+
+
+def _resumed_losses(workdir, command) -> list[tuple[int, float]]:
+  subprocess.run(command, check=True, env=_ENV, capture_output=True)
+  return [(r["step"], r["train/loss"]) for r in
+          metric_writer.read_jsonl(str(workdir)) if "train/loss" in r]
+
+
 @pytest.mark.slow
-def test_kill_9_at_any_moment_resumes_as_an_unbroken_run(tmp_path):
-  overrides = {**TINY, "total_steps": 60, "checkpoint_every_steps": 3,
-               "eval_every_steps": 60, "log_every_steps": 1,
-               "optimizer.decay_steps": 60, "mesh.data": 1}
-  args = [f"--config.{k}={v}" for k, v in overrides.items()]
-  whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-  command = [sys.executable, "-m", "bigmodel_jax.train", "--config",
-             EXPERIMENT + ":cpu"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  subprocess.run(command + ["--workdir", whole] + args, check=True, env=env,
-                 capture_output=True)
+def test_kill_9_at_any_moment_resumes_as_an_unbroken_run(tmp_path,
+                                                         unbroken_losses):
+  broken = tmp_path / "broken"
+  command = _killable(broken, checkpoint_every_steps=3)
   # Killed right after steps that start an async save (6, 21) and between
   # saves (35), each time resuming from what the last run left.
   for kill_at in (7, 22, 35):
-    run = subprocess.Popen(command + ["--workdir", broken] + args, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           text=True)
-    for line in run.stdout:
-      if line.startswith(f"step {kill_at}/60 "):
-        run.send_signal(signal.SIGKILL)
-        break
-    run.wait()
+    run = _stop_at(command, kill_at, signal.SIGKILL)
     assert run.returncode == -signal.SIGKILL  # It really was interrupted.
     assert _steps(broken)[-1] < 60
-  subprocess.run(command + ["--workdir", broken] + args, check=True, env=env,
-                 capture_output=True)
-  expected = {r["step"]: r["train/loss"] for r in
-              metric_writer.read_jsonl(whole) if "train/loss" in r}
-  got = [(r["step"], r["train/loss"]) for r in
-         metric_writer.read_jsonl(broken) if "train/loss" in r]
+  got = _resumed_losses(broken, command)
   assert [step for step, _ in got] == list(range(1, 61))  # Once each.
-  assert dict(got) == expected  # Bitwise: the same floats.
+  assert dict(got) == unbroken_losses  # Bitwise: the same floats.
+
+
+@pytest.mark.slow
+def test_sigterm_and_ctrl_c_save_the_step_in_flight_and_resume_unbroken(
+    tmp_path, unbroken_losses):
+  # No periodic checkpoint before the last step: without the signal
+  # handling every interruption would lose all the steps done.
+  broken = tmp_path / "broken"
+  command = _killable(broken, checkpoint_every_steps=1000)
+  saved = []
+  for signum, at in ((signal.SIGTERM, 9), (signal.SIGINT, 30)):
+    run = _stop_at(command, at, signum)
+    name = signal.Signals(signum).name
+    assert run.returncode == 75, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    saved.append(_steps(broken)[-1])
+    assert at <= saved[-1] < 60
+    assert run.stderr.splitlines()[-1] == (
+        f"interrupted: {name} received: stopped after step {saved[-1]} and "
+        f"saved checkpoint {saved[-1]} in {broken}/checkpoints. Run the same "
+        "command to resume.")
+  assert _steps(broken) == saved  # The second resumed from the first.
+  got = _resumed_losses(broken, command)
+  assert [step for step, _ in got] == list(range(1, 61))
+  assert dict(got) == unbroken_losses
+
+
+def test_a_second_signal_exits_at_once():
+  script = ("import os, signal, time\n"
+            "from bigmodel_jax import preemption\n"
+            "with preemption.Watch() as stop:\n"
+            "  assert not stop.requested(1)\n"
+            "  os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
+            "  assert stop.requested(2)\n"
+            "  os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\n"
+            "print('not reached')\n")
+  run = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                       text=True, env=_ENV, timeout=60)
+  assert run.returncode == 128 + signal.SIGINT and not run.stdout
+  assert run.stderr.splitlines() == [
+      "SIGTERM: finishing the step in flight and saving a checkpoint (SIGTERM"
+      " again exits at once).",
+      "SIGINT again: exiting at once, without saving."]
 
 
 @pytest.mark.parametrize("files", [

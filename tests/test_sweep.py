@@ -1,8 +1,10 @@
 """Sweeps: axes helpers, dry run, SLURM script, a real two-point sweep."""
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -80,3 +82,28 @@ def test_a_sweep_runs_reports_failures_and_resumes(tmp_path):
   assert (workdir / "plot_val_loss.png").stat().st_size > 1000
   again = subprocess.run(args, capture_output=True, text=True)
   assert "1 already done, 1 to run" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_signal_to_a_sweep_saves_its_running_points(tmp_path):
+  workdir = tmp_path / "sweep"
+  overrides = {**TINY, "total_steps": 2000, "checkpoint_every_steps": 5000}
+  sweeping = subprocess.Popen(
+      [sys.executable, "-m", "bigmodel_jax.sweep", "--config",
+       _two_point_experiment(tmp_path) + ":cpu", "--workdir", str(workdir)] +
+      [f"--config.{k}={v}" for k, v in overrides.items()],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  log = workdir / "00_learning_rate=0.01" / "train.log"
+  deadline = time.time() + 120
+  while not (log.exists() and "step 3/2000" in log.read_text()):
+    assert time.time() < deadline and sweeping.poll() is None
+    time.sleep(0.2)
+  sweeping.send_signal(signal.SIGTERM)
+  out, err = sweeping.communicate(timeout=120)
+  assert sweeping.returncode == 75, out + err
+  assert "00_learning_rate=0.01: interrupted" in out
+  assert "2 point(s) interrupted or not started: run the same command" in out
+  assert not (workdir / "01_dataset=no_such_set").exists()  # Not started.
+  saved = os.listdir(workdir / "00_learning_rate=0.01" / "checkpoints")
+  assert len(saved) == 1 and 3 <= int(saved[0]) < 2000
+  assert "interrupted: SIGTERM received" in log.read_text()

@@ -2,6 +2,8 @@
 files and TFDS, batches as a pure function of the step."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,6 +15,7 @@ from bigmodel_jax import config_loader, evaluate, runs, train
 from bigmodel_jax import tokenizer as tokenizer_cli
 from bigmodel_jax.data import text_corpus
 from bigmodel_jax.dataio import bpe, token_store
+from bigmodel_jax.errors import NotFound
 from bigmodel_jax.models import gpt
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments",
@@ -74,6 +77,72 @@ def test_token_store_resumes_to_the_same_tokens(tokenizer, tmp_path,
       np.append(tokenizer.encode(text), tokenizer.eos_id) if ends else
       tokenizer.encode(text) for text, ends in _pieces()])
   np.testing.assert_array_equal(whole, expected)
+
+
+_BUILDER = """
+import sys, time
+from bigmodel_jax.dataio import bpe, token_store
+token_store.CHUNK_BYTES = 16 << 10
+tokenizer = bpe.BPE.from_file(sys.argv[2])
+text = open(sys.argv[3]).read()
+pieces = ((text[i:i + 4096], False) for i in range(0, len(text), 4096))
+tokens = token_store.build(sys.argv[1], pieces, tokenizer)
+print(len(tokens))
+"""
+
+
+def test_two_processes_building_one_store_build_it_once(tokenizer, tmp_path):
+  text = "\n".join(DOCS) * 2000  # About 500 KB: many chunks.
+  (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+  tokenizer.save(str(tmp_path / "tokenizer.json"))
+  store = str(tmp_path / "store")
+  builders = [subprocess.Popen(
+      [sys.executable, "-c", _BUILDER, store, str(tmp_path / "tokenizer.json"),
+       str(tmp_path / "corpus.txt")], stdout=subprocess.PIPE, text=True)
+              for _ in range(2)]
+  outputs = [b.communicate(timeout=300)[0] for b in builders]
+  assert [b.returncode for b in builders] == [0, 0]
+  expected = np.concatenate([tokenizer.encode(text[i:i + 4096])
+                             for i in range(0, len(text), 4096)])
+  assert "waiting for another process building" in "".join(outputs)
+  assert [int(o.split()[-1]) for o in outputs] == [len(expected)] * 2
+  np.testing.assert_array_equal(token_store.load(store), expected)
+
+
+def test_a_damaged_store_is_refused_when_opened(tokenizer, tmp_path):
+  store = tmp_path / "store"
+  token_store.build(str(store), _pieces(), tokenizer)
+  data = bytearray((store / "tokens.bin").read_bytes())
+  data[10] ^= 1  # Same size, one token changed.
+  (store / "tokens.bin").write_bytes(bytes(data))
+  with pytest.raises(NotFound, match="tokens.bin differs from the digest"):
+    token_store.load(str(store))
+  (store / "tokens.bin").write_bytes(bytes(data) * 2)  # Appended to twice.
+  with pytest.raises(NotFound, match=r"is damaged: tokens.bin has \d+ bytes"):
+    token_store.load(str(store))
+
+
+def test_a_corpus_edited_without_changing_its_size_gets_a_new_store(
+    tmp_path):
+  corpus = tmp_path / "c.txt"
+  lines = [f"line {i}: {DOCS[i % 3][:30]}" for i in range(200)]
+  corpus.write_text("\n".join(lines), encoding="utf-8")
+  config = _config(tmp_path, **{"input.files.train": str(corpus),
+                                "input.files.validation": str(corpus)}).input
+  config.tokenizer_file = str(tmp_path / "tok.json")
+  bpe.BPE.train(lines, vocab_size=300, show_progress=False).save(
+      config.tokenizer_file)
+  before = np.array(text_corpus.Input(
+      config, seed=0, process_index=0, process_count=1).tokens("train"))
+  stat = corpus.stat()
+  corpus.write_text("\n".join(reversed(lines)), encoding="utf-8")
+  os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # Even mtime.
+  assert corpus.stat().st_size == stat.st_size
+  after = text_corpus.Input(config, seed=0, process_index=0,
+                            process_count=1)
+  assert not np.array_equal(after.tokens("train"), before)
+  np.testing.assert_array_equal(
+      after.tokens("train")[:5], after.tokenizer.encode(lines[-1])[:5])
 
 
 def _config(tmp_path, **overrides):

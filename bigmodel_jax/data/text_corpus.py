@@ -83,7 +83,7 @@ def pieces(config, split: str) -> tuple:
     return ((piece for path in files
              for piece in _file_pieces(path, config.feature)),
             sum(map(os.path.getsize, files)),
-            [(p, os.path.getsize(p)) for p in files])
+            [token_store.file_key(p) for p in files])
   data = tfds_source.source(config.dataset, split, config.data_dir)
   feature = config.feature
 

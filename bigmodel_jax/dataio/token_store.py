@@ -11,7 +11,17 @@ after its last whole chunk (a partial chunk is cut off) and gives the same
 array as an uninterrupted one; `done.json`, written last, marks a store
 complete. Nothing holds more than a chunk of text in memory. Progress lines
 show MB/s and an ETA. uint16 ids when the vocabulary fits, else uint32.
+
+One builder per store, across processes and runs: the build holds an
+`flock` on DIRECTORY.lock (beside it); another run that wants the store
+waits for it and then reads the finished store. A finished store is
+verified on open: tokens.bin must have the size done.json records and the
+same sampled digest (`digest`), else it is refused as damaged. Stores are
+keyed by content (`file_key`), never by size alone.
 """
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -20,8 +30,37 @@ import time
 import numpy as np
 
 from bigmodel_jax import perf
+from bigmodel_jax.errors import NotFound
 
 CHUNK_BYTES = 4 << 20  # Text tokenized per chunk.
+WHOLE_HASH_BYTES = 1 << 30  # Larger files are hashed by samples.
+SAMPLES, SAMPLE_BYTES = 1024, 64 << 10
+
+
+def digest(path: str, whole_up_to: int = 0) -> str:
+  """A blake2b hex digest of a file's size and bytes: all of them when the
+  file has at most `whole_up_to` bytes, else SAMPLES evenly spaced blocks
+  of SAMPLE_BYTES (the first and last included)."""
+  size = os.path.getsize(path)
+  h = hashlib.blake2b(str(size).encode(), digest_size=16)
+  with open(path, "rb") as f:
+    if size <= max(whole_up_to, SAMPLES * SAMPLE_BYTES):
+      while block := f.read(8 << 20):
+        h.update(block)
+    else:
+      for i in range(SAMPLES):
+        f.seek((size - SAMPLE_BYTES) * i // (SAMPLES - 1))
+        h.update(f.read(SAMPLE_BYTES))
+  return h.hexdigest()
+
+
+def file_key(path: str) -> list:
+  """What names a corpus file's store: its path, size and content digest
+  (of every byte up to 1 GiB; beyond, of samples and the modification
+  time, as an edit between samples changes only that)."""
+  stat = os.stat(path)
+  return [path, stat.st_size, digest(path, WHOLE_HASH_BYTES)] + (
+      [stat.st_mtime_ns] if stat.st_size > WHOLE_HASH_BYTES else [])
 
 
 def _dtype(vocab_size: int):
@@ -35,15 +74,48 @@ def _write_json(path: str, value) -> None:
 
 
 def load(directory: str) -> np.ndarray | None:
-  """The store's tokens (memory-mapped), or None if it is not complete."""
+  """The store's tokens (memory-mapped, verified), or None if it is not
+  complete. A damaged store is a NotFound naming it."""
   done = os.path.join(directory, "done.json")
   if not os.path.exists(done):
     return None
-  with open(done) as f:
-    meta = json.load(f)
-  return np.memmap(os.path.join(directory, "tokens.bin"),
-                   dtype=np.dtype(meta["dtype"]), mode="r",
-                   shape=(meta["tokens"],))
+  path = os.path.join(directory, "tokens.bin")
+  try:
+    with open(done) as f:
+      meta = json.load(f)
+    dtype = np.dtype(meta["dtype"])
+    size = os.path.getsize(path)
+    problem = (f"tokens.bin has {size:,} bytes, done.json says "
+               f"{meta['tokens'] * dtype.itemsize:,}"
+               if size != meta["tokens"] * dtype.itemsize else
+               "tokens.bin differs from the digest in done.json"
+               if meta.get("digest") not in (None, digest(path)) else None)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    problem = f"unreadable ({e})"
+  if problem:
+    raise NotFound(f"The token store {directory} is damaged: {problem}. "
+                   "Remove it to tokenize the corpus again.")
+  return np.memmap(path, dtype=dtype, mode="r", shape=(meta["tokens"],))
+
+
+@contextlib.contextmanager
+def _building(directory: str, label: str):
+  """Holds DIRECTORY.lock exclusively, waiting (and saying so) for another
+  process that builds the same store."""
+  parent = os.path.dirname(os.path.abspath(directory))
+  os.makedirs(parent, exist_ok=True)
+  fd = os.open(os.path.abspath(directory) + ".lock", os.O_RDWR | os.O_CREAT,
+               0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f"{label}: waiting for another process building {directory}",
+            flush=True)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
 
 
 def build(directory: str, pieces, tokenizer, total_bytes: int | None = None,
@@ -52,6 +124,13 @@ def build(directory: str, pieces, tokenizer, total_bytes: int | None = None,
   tokens = load(directory)
   if tokens is not None:
     return tokens
+  with _building(directory, label):
+    tokens = load(directory)  # Another process may have just finished it.
+    return tokens if tokens is not None else _build(
+        directory, pieces, tokenizer, total_bytes, label)
+
+
+def _build(directory, pieces, tokenizer, total_bytes, label) -> np.ndarray:
   os.makedirs(directory, exist_ok=True)
   dtype = _dtype(tokenizer.vocab_size)
   path, progress_path = (os.path.join(directory, name)
@@ -80,7 +159,7 @@ def build(directory: str, pieces, tokenizer, total_bytes: int | None = None,
       done = _append(out, chunk, tokenizer, dtype, done, progress_path)
   _write_json(os.path.join(directory, "done.json"),
               {"tokens": done["tokens"], "dtype": np.dtype(dtype).name,
-               "bytes": done["bytes"]})
+               "bytes": done["bytes"], "digest": digest(path)})
   report(done["bytes"], final=True)
   return load(directory)
 

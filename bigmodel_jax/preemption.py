@@ -1,0 +1,73 @@
+"""Stopping a run cleanly on SIGTERM (preemption) or SIGINT (Ctrl-C).
+
+  with preemption.Watch() as stop:
+    for step in ...:
+      ...                        # dispatch the step
+      if stop.requested(step):   # save a checkpoint at `step`, then stop
+
+The first signal only sets a flag: the loop finishes the step in flight,
+saves a verified checkpoint there and stops with `Interrupted` (exit status
+75, EX_TEMPFAIL: "run it again"). A second signal exits at once (status
+128 + the signal) without saving.
+
+A job of several processes must save the same step everywhere. There JAX's
+preemption service (started by `jax.distributed.initialize`) owns SIGTERM:
+a notice on any process makes `reached_preemption_sync_point(step)` true at
+the same step on all of them, the step Orbax's preemption-aware saving also
+uses. A SIGINT is turned into a SIGTERM for that service; a second SIGINT
+still exits at once.
+"""
+import os
+import signal
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+
+
+def _say(text: str) -> None:
+  os.write(2, (text + "\n").encode())  # Safe inside a signal handler.
+
+
+class Watch:
+  """Installs the handlers for the block (in the main thread only; a run in
+  another thread is stopped the usual way) and restores the old ones."""
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+    self._shared = False  # Several processes: JAX's service decides.
+
+  def __enter__(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    self._shared = jax.process_count() > 1
+    for signum in ((signal.SIGINT,) if self._shared
+                   else (signal.SIGINT, signal.SIGTERM)):
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.signal_name is not None:
+      _say(f"{name} again: exiting at once, without saving.")
+      os._exit(128 + signum)
+    self.signal_name = name
+    _say(f"{name}: finishing the step in flight and saving a checkpoint "
+         f"({name} again exits at once).")
+    if self._shared:
+      signal.raise_signal(signal.SIGTERM)  # To JAX's preemption service.
+
+  def requested(self, step: int) -> bool:
+    """Whether to save at `step` and stop (called at every step)."""
+    if self._shared:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal_name = self.signal_name or "SIGTERM"
+        return True
+      return False
+    return self.signal_name is not None
