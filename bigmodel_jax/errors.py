@@ -6,8 +6,10 @@ Entrypoints are wrapped in `entrypoint`: a `UserError` prints
 traceback. Each class also derives from the built-in error it refines, so
 callers can catch ValueError, FileNotFoundError, ... as before.
 """
+import errno
 import functools
 import os
+import re
 import sys
 
 
@@ -37,8 +39,9 @@ class Diverged(UserError, FloatingPointError):
 
 
 class SaveFailed(UserError, RuntimeError):
-  """A checkpoint could not be written: the run stopped. The entrypoint
-  exits at once: Orbax's save threads cannot finish after such a failure."""
+  """A checkpoint or a metrics file could not be written: the run stopped.
+  The entrypoint exits at once: Orbax's save threads cannot finish after
+  such a failure."""
   exit_code = 1
   exit_now = True
 
@@ -59,8 +62,18 @@ class ExportMismatch(UserError, RuntimeError):
   exit_code = 1
 
 
+def disk_full(error: BaseException) -> bool:
+  """Whether `error` is a full disk or quota: an OSError, or a Rust
+  library's error (safetensors, tokenizers) that ends "(os error 28)"."""
+  if isinstance(error, OSError):
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+  return re.search(r"\(os error (28|122)\)", str(error)) is not None
+
+
 def entrypoint(main):
-  """`main(argv)` with user errors as one line and their exit code."""
+  """`main(argv)` with user errors, and a full disk, as one line and their
+  exit code (1 for a full disk: every command writes through a staging
+  file or directory, or resumes, so nothing half-written is kept)."""
   @functools.wraps(main)
   def wrapped(argv=None):
     try:
@@ -72,4 +85,13 @@ def entrypoint(main):
         sys.stdout.flush()
         os._exit(e.exit_code)
       raise SystemExit(e.exit_code) from None
+    except Exception as e:
+      if not disk_full(e):
+        raise
+      where = getattr(e, "filename", None)
+      print(f"error: {os.strerror(errno.ENOSPC)}"
+            f"{f' writing {where}' if where else ''}. Free some space and run "
+            "the same command again: it keeps nothing half-written.",
+            file=sys.stderr, flush=True)
+      raise SystemExit(1) from None
   return wrapped

@@ -6,13 +6,21 @@ again) and tells TensorBoard to purge its events after S, so curves never
 zig-zag. Each record is one `os.write` of a whole line; a line left damaged
 by a crash or a full disk is dropped on the next start, and `read_jsonl`
 skips it with a note instead of failing.
+
+Both files are written in the calling thread and flushed at each call, so a
+full disk stops the run with one line (`SaveFailed`) at that step: no
+writer thread can die and leave the run waiting on it.
 """
+import contextlib
 import json
 import os
 import sys
+import time
 
 import jax
 import numpy as np
+
+from bigmodel_jax.errors import SaveFailed
 
 
 def _read(path: str) -> tuple[list[dict], int]:
@@ -64,23 +72,42 @@ class MetricWriter:
     self.records = []
     self._fd = self._tb = None
     if self.enabled:
-      from tensorboardX import SummaryWriter  # Imported only where written.
+      from tensorboardX import event_file_writer  # Only where written.
+      from tensorboardX.proto import event_pb2
+      self._event = event_pb2.Event
       os.makedirs(workdir, exist_ok=True)
-      path = os.path.join(workdir, "metrics.jsonl")
-      self.records = _truncate(path, start_step)
-      self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-      self._tb = SummaryWriter(logdir=workdir, purge_step=start_step + 1)
+      self.path = os.path.join(workdir, "metrics.jsonl")
+      with _writing(self.path):
+        self.records = _truncate(self.path, start_step)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                           0o644)
+      self._tb_path = os.path.join(workdir, "events.out.tfevents.*")
+      with _writing(self._tb_path):  # Hides later steps' old events.
+        self._tb = event_file_writer.EventsWriter(
+            os.path.join(workdir, "events"))
+        self._tb.write_event(self._event(
+            step=start_step + 1, session_log=event_pb2.SessionLog(
+                status=event_pb2.SessionLog.START)))
+        self._tb.flush()
 
   def _append(self, record: dict) -> None:
-    os.write(self._fd, (json.dumps(record) + "\n").encode())
+    with _writing(self.path):
+      os.write(self._fd, (json.dumps(record) + "\n").encode())
+
+  def _summaries(self, step: int, summaries: list) -> None:
+    with _writing(self._tb_path):
+      for summary in summaries:
+        self._tb.write_event(self._event(wall_time=time.time(), step=step,
+                                         summary=summary))
+      self._tb.flush()
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
+    from tensorboardX.summary import scalar
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     self._append({"step": int(step), **scalars})
-    for k, v in scalars.items():
-      self._tb.add_scalar(k, v, step)
+    self._summaries(step, [scalar(k, v) for k, v in scalars.items()])
 
   def write_record(self, step: int, record: dict) -> None:
     """A JSON-serialisable record (e.g. a confusion matrix): metrics.jsonl only."""
@@ -89,9 +116,25 @@ class MetricWriter:
 
   def write_text(self, tag: str, text: str) -> None:
     if self.enabled:
-      self._tb.add_text(tag, text)
+      from tensorboardX.summary import text as text_summary
+      self._summaries(0, [text_summary(tag, text)])
 
   def close(self) -> None:
+    """Closes the files; a failure to flush them is left to the error that
+    stopped the run (the writes were flushed at each call)."""
     if self.enabled:
       os.close(self._fd)
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+  """Turns an OSError (a full disk) while writing `path` into one line."""
+  try:
+    yield
+  except OSError as e:
+    raise SaveFailed(f"Writing {path} failed: {e.strerror or e}. Stopping; "
+                     "the checkpoints before it are kept.") from e

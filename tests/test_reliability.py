@@ -1,5 +1,6 @@
 """What survives what: poisoned states, a second run, corrupt checkpoints,
 bad configs, damaged metrics, a full disk, user errors, divergence."""
+import contextlib
 import json
 import os
 import pathlib
@@ -13,8 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from bigmodel_jax import (checkpoints, config_loader, experiment, metric_writer,
-                          sample, serve, sweep, train)
+from bigmodel_jax import (checkpoints, config_loader, experiment, export,
+                          metric_writer, sample, serve, sweep, tokenizer, train,
+                          workdirs)
 from bigmodel_jax.errors import CheckpointError, ConfigError, Diverged
 from conftest import EXPERIMENT, TINY
 
@@ -210,25 +212,34 @@ def test_a_resume_drops_records_past_the_restored_step(tmp_path, tiny_config):
 
 
 # 6. A failed save stops the run at once with one clear line.
-@pytest.fixture
-def small_disk(tmp_path):
-  """A workdir whose checkpoints/ is a 600 KiB tmpfs (needs root, as in CI)."""
-  mount = tmp_path / "run" / "checkpoints"
+@contextlib.contextmanager
+def _tmpfs(mount, size: str):
+  """`mount` as a tmpfs of `size` (needs root, as in CI)."""
   mount.mkdir(parents=True)
-  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs",
-                           str(mount)], capture_output=True, text=True)
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}",
+                           "tmpfs", str(mount)], capture_output=True, text=True)
   if result.returncode:
     pytest.skip(f"cannot mount a small filesystem here: {result.stderr}")
-  yield tmp_path / "run"
-  subprocess.run(["umount", "-l", str(mount)], check=False)
+  try:
+    yield mount
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _train_process(workdir, code: str = "") -> subprocess.CompletedProcess:
+@pytest.fixture
+def small_disk(tmp_path):
+  """A workdir whose checkpoints/ is a 600 KiB tmpfs."""
+  with _tmpfs(tmp_path / "run" / "checkpoints", "600k"):
+    yield tmp_path / "run"
+
+
+def _train_process(workdir, code: str = "", **extra
+                   ) -> subprocess.CompletedProcess:
   """The tiny GPT's train entrypoint in its own process (after `code`),
-  saving every 5 steps of 400."""
+  saving every 5 steps of 400 (unless `extra` overrides say otherwise)."""
   overrides = {**TINY, "total_steps": 400, "checkpoint_every_steps": 5,
                "keep_checkpoints": 1000, "eval_every_steps": 400,
-               "log_every_steps": 1, "mesh.data": 1}
+               "log_every_steps": 1, "mesh.data": 1, **extra}
   args = ["--config", EXPERIMENT + ":cpu", "--workdir", str(workdir)] + [
       f"--config.{k}={v}" for k, v in overrides.items()]
   script = (f"import sys; {code}\nfrom bigmodel_jax import train\n"
@@ -266,6 +277,74 @@ def test_a_disk_filled_during_an_async_save_stops_the_next_step(small_disk):
             if l.startswith("step ")]
   assert max(logged) < 20  # Stopped within a few steps, not at step 400.
   assert _steps(small_disk) == [5]
+
+
+_FILL_AT_STEP_6 = """
+import os, time
+from bigmodel_jax import metric_writer
+write = metric_writer.MetricWriter.write_scalars
+def filling(self, step, scalars):
+  if step == 6:  # Something else fills the disk between two saves.
+    saved = os.path.join(os.path.dirname(self.path), "checkpoints", "5")
+    while not os.path.isdir(saved):  # Its async save has finished.
+      time.sleep(0.05)
+    try:
+      with open(self.path + ".filler", "wb") as f:
+        while True:
+          f.write(bytes(4096)); f.flush()
+    except OSError:
+      pass
+  write(self, step, scalars)
+metric_writer.MetricWriter.write_scalars = filling
+"""
+
+
+def test_a_disk_filled_between_saves_stops_with_one_line(tmp_path):
+  # It used to hang in 2 of 3 trials: TensorBoard's writer thread died and
+  # the main thread waited on its queue forever, holding the workdir lock.
+  with _tmpfs(tmp_path / "run", "2m") as run_dir:
+    run = _train_process(run_dir, _FILL_AT_STEP_6, checkpoint_every_steps=5)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert len(run.stderr.splitlines()) == 1, run.stderr[-3000:]
+    assert re.fullmatch(
+        re.escape(f"error: Writing {run_dir}/") +
+        r"(metrics\.jsonl|events\.out\.tfevents\.\*) failed: No space left on "
+        r"device\. Stopping; the checkpoints before it are kept\.",
+        run.stderr.strip()), run.stderr
+    logged = [int(l.split()[1].split("/")[0]) for l in run.stdout.splitlines()
+              if l.startswith("step ")]
+    assert max(logged) < 10 and _steps(run_dir) == [5]
+    os.remove(run_dir / "metrics.jsonl.filler")
+    with workdirs.lock(str(run_dir)):  # Released, and the run goes on.
+      pass
+    assert _train_process(run_dir, total_steps=12).returncode == 0
+    assert [r["step"] for r in metric_writer.read_jsonl(str(run_dir))
+            if "train/loss" in r] == list(range(1, 13))
+
+
+def test_a_full_disk_in_export_tokenizer_and_token_stores_is_one_line(
+    tmp_path, capsys, tiny_config):
+  workdir = str(tmp_path / "run")
+  train.train(tiny_config(total_steps=2), workdir, ONE)
+  text = str(ROOT / "experiments" / "gpt_text.py") + ":cpu"
+  with _tmpfs(tmp_path / "small", "64k") as small:
+    cases = [
+        (export.main, ["--workdir", workdir, "--out", str(small / "hf")]),
+        (export.main, ["--workdir", workdir, "--out", str(small / "jax"),
+                       "--format", "jax"]),
+        (tokenizer.main, ["--config", text, "--out", str(small / "t.json"),
+                          "--config.input.vocab_size=4000"]),
+        (train.main, ["--config", text, "--workdir", str(tmp_path / "text"),
+                      "--config.input.store_dir", str(small),
+                      "--config.input.batch_size=8"])]
+    for main, args in cases:
+      capsys.readouterr()
+      code, err = _main_error(capsys, main, args)
+      assert code == 1 and err == (
+          "error: No space left on device. Free some space and run the same "
+          "command again: it keeps nothing half-written.\n"), (args, err)
+    # The token store stays to be resumed; nothing else is left behind.
+    assert {p.name.split("-")[0] for p in small.iterdir()} == {"train"}
 
 
 def test_half_written_checkpoints_of_a_crashed_run_are_removed(tmp_path,

@@ -1,6 +1,7 @@
 """Real tiny trainings: sharding equality, resume, NaN stop, entrypoints."""
 import json
 import os
+import struct
 
 import jax
 import numpy as np
@@ -8,6 +9,32 @@ import pytest
 
 from bigmodel_jax import metric_writer, sample, train
 from conftest import EXPERIMENT, run_steps
+
+
+def _tensorboard_scalars(path: str) -> dict:
+  """{(tag, step): value} of a TensorBoard event file, read as TensorBoard
+  does: length-prefixed records with CRCs, each an Event proto."""
+  from tensorboardX.crc32c import crc32c
+  from tensorboardX.proto import event_pb2
+
+  def masked(data):
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
+
+  data, at, scalars = open(path, "rb").read(), 0, {}
+  while at < len(data):
+    header = data[at:at + 8]
+    (length,), (header_crc,) = (struct.unpack("<Q", header),
+                                struct.unpack("<I", data[at + 8:at + 12]))
+    body = data[at + 12:at + 12 + length]
+    (body_crc,) = struct.unpack("<I", data[at + 12 + length:at + 16 + length])
+    assert header_crc == masked(header) and body_crc == masked(body)
+    event = event_pb2.Event.FromString(body)
+    for value in event.summary.value:
+      if value.HasField("simple_value"):
+        scalars[(value.tag, event.step)] = value.simple_value
+    at += 16 + length
+  return scalars
 
 
 def test_mesh_2x2x2_gives_the_single_device_losses(tiny_config):
@@ -92,7 +119,10 @@ def test_train_and_sample_entrypoints(tmp_path, capsys):
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
   assert config["model"]["vocab_size"] == 65 and config["total_steps"] == 4
-  assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir))
+  events = [n for n in os.listdir(workdir) if n.startswith("events.out.")]
+  scalars = _tensorboard_scalars(os.path.join(workdir, events[0]))
+  assert scalars[("train/loss", 4)] == pytest.approx(
+      [r for r in records if "train/loss" in r][-1]["train/loss"])
 
   sample.main(["--workdir", workdir, "--prompt", "ROMEO:",
                "--max_new_tokens", "70", "--temperature", "0.8",

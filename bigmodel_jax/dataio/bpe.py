@@ -96,7 +96,15 @@ class BPE:
     return out
 
   def save(self, path: str) -> None:
-    self.tokenizer.save(path)
+    """Writes tokenizer.json whole or not at all (a full disk leaves the
+    old file, if any, and no partial one)."""
+    staging = f"{path}.tmp-{os.getpid()}"
+    try:
+      self.tokenizer.save(staging)
+      os.replace(staging, path)
+    finally:
+      if os.path.exists(staging):
+        os.remove(staging)
 
   def to_hf(self) -> tokenizers.Tokenizer:
     """The Hugging Face tokenizer (for exported models)."""
