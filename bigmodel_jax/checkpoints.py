@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -223,19 +224,42 @@ def steps(workdir: str) -> list[int]:
                 os.path.isdir(os.path.join(path, name, "default")))
 
 
+def set_aside_after(workdir: str, step: int) -> list[str]:
+  """Moves the checkpoints after `step` (and their checksums) into
+  WORKDIR/set_aside/, so a run resumes from `step`; says what it moved.
+  NotFound if there is no checkpoint `step`."""
+  have = steps(workdir)
+  if step not in have:
+    raise NotFound(f"--resume_from {step}: no checkpoint of step {step} in "
+                   f"{workdir!r}; have steps {have}.")
+  root = os.path.abspath(workdir)
+  moved = []
+  for later in (s for s in have if s > step):
+    target = os.path.join(root, "set_aside", f"{later}-{time.time_ns()}")
+    os.makedirs(target)
+    os.rename(os.path.join(root, "checkpoints", str(later)),
+              os.path.join(target, "checkpoint"))
+    if os.path.exists(_checksum_path(workdir, later)):
+      os.rename(_checksum_path(workdir, later),
+                os.path.join(target, "checksums.json"))
+    moved.append(f"set checkpoint {later} aside in {target}")
+  return moved
+
+
 def _summary(error: Exception) -> str:
   """The first line of an Orbax / TensorStore error, without its dump."""
   text = str(error).split("\n")[0].split(" See full TensorStore")[0]
-  return f"{type(error).__name__}: {text[:200]}"
+  return (text if isinstance(error, FileNotFoundError) else
+          f"{type(error).__name__}: {text[:200]}")
 
 
 def _advice(workdir: str, step: int) -> str:
   """What to do about a bad checkpoint `step`."""
-  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
   older = [s for s in steps(workdir) if s < step]
-  return (f"Move it aside (mv {path} {path}.bad) to resume from step "
-          f"{older[-1]}, or use another --workdir." if older else
-          "Remove it to start afresh, or use another --workdir.")
+  return (f"Add --resume_from {older[-1]} to resume from step {older[-1]} "
+          "(the later checkpoints are set aside), or use another --workdir."
+          if older else "Remove it to start afresh, or use another "
+          "--workdir.")
 
 
 class _QuietOrbax:
@@ -254,8 +278,11 @@ class _QuietOrbax:
 def _saved_tree(path: str) -> dict:
   """Flat {path tuple: metadata with .shape} of a checkpoint's arrays."""
   with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(os.path.join(path, "default")).item_metadata
-  return traverse_util.flatten_dict(tree.tree)
+    metadata = checkpointer.metadata(os.path.join(path, "default"))
+  if metadata is None or metadata.item_metadata is None:
+    raise FileNotFoundError("its metadata (default/_METADATA, manifest) is "
+                            "missing or unreadable")
+  return traverse_util.flatten_dict(metadata.item_metadata.tree)
 
 
 def _saved_params(path: str) -> dict:
@@ -277,7 +304,8 @@ def _check_config(saved: dict, target: dict, path: str) -> None:
         f"Checkpoint {path} was saved with a different config: "
         f"{len(differ)} parameter(s) differ, e.g. {name} is {was} there and "
         f"{now} in this config. Resume with the run's own config "
-        "(WORKDIR/config.json) or use another --workdir.")
+        f"(--config {os.path.dirname(os.path.dirname(path))}/config.json) or "
+        "use another --workdir.")
 
 
 def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None):

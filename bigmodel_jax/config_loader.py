@@ -1,4 +1,5 @@
-"""Experiment configs: `experiments/X.py:arg` files plus `key=value` overrides.
+"""Experiment configs: `experiments/X.py:arg` files (or a run's saved
+config.json) plus `key=value` overrides.
 
   config = config_loader.load("experiments/gpt_shakespeare_char.py:cpu",
                               {"optimizer.learning_rate": 3e-4})
@@ -35,7 +36,15 @@ def load_module(spec: str):
 
 
 def load_file(spec: str) -> ml_collections.ConfigDict:
-  """Calls `get_config(arg)` of the file in "path.py[:arg]"."""
+  """Calls `get_config(arg)` of the file in "path.py[:arg]", or reads a
+  run's saved WORKDIR/config.json (to resume it with its own config)."""
+  if spec.endswith(".json"):
+    if not os.path.isfile(spec):
+      raise ConfigError(f"Config file {spec!r} does not exist.")
+    try:
+      return load_json(spec)
+    except ValueError as e:
+      raise ConfigError(f"{spec} is not a JSON config: {e}.") from e
   module, arg = load_module(spec)
   try:
     return module.get_config(arg)
@@ -94,12 +103,18 @@ def override(config: ml_collections.ConfigDict, overrides: dict):
 # Keys that must hold a whole number >= 1 (None allowed where marked).
 POSITIVE = ("total_steps", "log_every_steps", "eval_every_steps",
             "checkpoint_every_steps", "grad_accum_steps", "input.batch_size",
-            "input.eval_steps", "input.seq_len")
+            "input.eval_steps", "input.seq_len", "pruning.frequency")
 POSITIVE_OR_NONE = ("keep_checkpoints", "optimizer.decay_steps")
 # Keys that must hold a finite number >= 0.
 NON_NEGATIVE = ("optimizer.learning_rate", "optimizer.min_learning_rate",
                 "optimizer.weight_decay", "optimizer.eps",
-                "optimizer.warmup_steps", "optimizer.momentum")
+                "optimizer.warmup_steps", "optimizer.momentum",
+                "pruning.begin_step")
+# Keys that must hold a finite number > 0.
+ABOVE_ZERO = ("optimizer.grad_clip_norm", "distill.temperature")
+# Keys that must hold a number in [0, 1) (or [0, 1] where marked).
+FRACTIONS = ("optimizer.b1", "optimizer.b2", "pruning.sparsity")
+FRACTIONS_TO_ONE = ("distill.alpha",)
 
 
 _ABSENT = object()
@@ -134,13 +149,22 @@ def validate(config) -> ml_collections.ConfigDict:
     if value is not _ABSENT and (not isinstance(value, (int, float)) or
                                  not math.isfinite(value) or value < 0):
       bad(key, value, "a finite number >= 0")
-  for key in ("optimizer.b1", "optimizer.b2"):
+  for key in ABOVE_ZERO + FRACTIONS + FRACTIONS_TO_ONE:
     value = _get(config, key)
-    if value is not _ABSENT and not 0 <= value < 1:
+    if value is _ABSENT:
+      continue
+    number = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value))
+    if key in ABOVE_ZERO and not (number and value > 0):
+      bad(key, value, "a finite number > 0")
+    if key in FRACTIONS and not (number and 0 <= value < 1):
       bad(key, value, "a number in [0, 1)")
-  clip = _get(config, "optimizer.grad_clip_norm")
-  if clip is not _ABSENT and not (isinstance(clip, (int, float)) and clip > 0):
-    bad("optimizer.grad_clip_norm", clip, "a number > 0")
+    if key in FRACTIONS_TO_ONE and not (number and 0 <= value <= 1):
+      bad(key, value, "a number in [0, 1]")
+  low = _get(config, "optimizer.min_learning_rate")
+  if low is not _ABSENT and low > config.optimizer.learning_rate:
+    bad("optimizer.min_learning_rate", low, "at most optimizer.learning_rate="
+        f"{config.optimizer.learning_rate} (the schedule decays to it)")
   warmup = _get(config, "optimizer.warmup_steps")
   if warmup is not _ABSENT and "total_steps" in config:
     decay = config.optimizer.get("decay_steps") or config.total_steps
@@ -179,7 +203,8 @@ def arg_parser(doc: str) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True,
-                      help="experiments/FILE.py[:variant]")
+                      help="experiments/FILE.py[:variant], or a run's "
+                      "WORKDIR/config.json")
   return parser
 
 

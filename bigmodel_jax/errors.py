@@ -12,6 +12,8 @@ import os
 import re
 import sys
 
+from bigmodel_jax import quiet_stderr
+
 
 class UserError(Exception):
   exit_code = 2
@@ -76,15 +78,14 @@ def entrypoint(main):
   file or directory, or resumes, so nothing half-written is kept)."""
   @functools.wraps(main)
   def wrapped(argv=None):
+    if as_program:
+      quiet_stderr.install()
     try:
       return main(argv)
     except UserError as e:
       print(f"{getattr(e, 'label', 'error')}: {e}", file=sys.stderr,
             flush=True)
-      if getattr(e, "exit_now", False):
-        sys.stdout.flush()
-        os._exit(e.exit_code)
-      raise SystemExit(e.exit_code) from None
+      _exit(e.exit_code, getattr(e, "exit_now", False) or as_program)
     except Exception as e:
       if not disk_full(e):
         raise
@@ -93,5 +94,17 @@ def entrypoint(main):
             f"{f' writing {where}' if where else ''}. Free some space and run "
             "the same command again: it keeps nothing half-written.",
             file=sys.stderr, flush=True)
-      raise SystemExit(1) from None
+      _exit(1, as_program)
+  # Run as a program (python -m ...), a command drops TensorStore's
+  # "Event loop is closed" noise and exits at once after its error line
+  # (the interpreter's shutdown would let reads still in flight print more).
+  as_program = main.__module__ == "__main__"
   return wrapped
+
+
+def _exit(code: int, at_once: bool):
+  if at_once:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  raise SystemExit(code) from None

@@ -1,6 +1,7 @@
 """What model family modules share besides layers: config blocks from their
 `Config` dataclass, checks, parameter counts, FLOPs, LoRA merging."""
 import dataclasses
+import math
 import typing
 
 import jax
@@ -53,14 +54,45 @@ def variant_config(name: str, config_class, variants: dict, variant: str,
   return config_block(name, config_class, variants[variant], *field_dicts)
 
 
+def bounded(default, low, high=math.inf):
+  """A `Config` field whose values lie in [low, high), e.g. a dropout rate
+  (0, 1) or a LoRA rank that may be 0. Unmarked fields get their range
+  from their type: an int is a count or size (>= 1), a float a finite
+  number > 0 (an epsilon, a scale)."""
+  return dataclasses.field(default=default, metadata={"range": (low, high)})
+
+
+def _check_range(name: str, value, annotation, metadata) -> None:
+  """ConfigError unless a number field's value is in its range."""
+  kind = _placeholder_type(annotation)
+  if value is None or kind not in (int, float):
+    return
+  if "range" in metadata:
+    low, high = metadata["range"]
+    allowed = (f"a number in [{low}, {high})" if high < math.inf else
+               f"a number >= {low}")
+    in_range = lambda v: low <= v < high
+  elif kind is int:
+    allowed, in_range = "a whole number >= 1", lambda v: v >= 1 and v == int(v)
+  else:
+    allowed, in_range = "a finite number > 0", lambda v: v > 0
+  if (isinstance(value, bool) or not isinstance(value, (int, float)) or
+      not math.isfinite(value) or not in_range(value)):
+    raise ConfigError(f"config.model.{name}={value!r} is not allowed: "
+                      f"{allowed}.")
+
+
 def config_fields(config, config_class, choices: dict | None = None) -> dict:
   """A `config.model` block's fields for the family's `Config`, checking
-  that fields without a default are set and each `choices` key allowed."""
+  that fields without a default are set, each number in its range (see
+  `bounded`) and each `choices` key allowed."""
   fields = {k: v for k, v in config.items() if k != "name"}
+  hints = typing.get_type_hints(config_class)
   for f in dataclasses.fields(config_class):
     if f.default is dataclasses.MISSING and fields.get(f.name) is None:
       raise ConfigError(f"config.model.{f.name} is not set (normally from "
                        "the data or the variant).")
+    _check_range(f.name, fields.get(f.name), hints[f.name], f.metadata)
   for key, allowed in (choices or {}).items():
     if fields.get(key) not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got "

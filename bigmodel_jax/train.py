@@ -41,14 +41,33 @@ def _format_train(step, total, m, unit) -> str:
   return f"step {step}/{total} | {losses} | {lr}{rate}"
 
 
-def train(config, workdir: str, devices=None) -> dict:
+def train(config, workdir: str, devices=None,
+          resume_from: int | None = None) -> dict:
   """Trains to `config.total_steps`, resuming from WORKDIR (saved on any
-  mesh or device count); returns the last metrics. Uses all devices unless
+  mesh or device count; from checkpoint `resume_from` when given, the later
+  ones set aside); returns the last metrics. Uses all devices unless
   `devices` is given. Process 0 holds the workdir's lock throughout."""
   with (workdirs.lock(workdir) if jax.process_index() == 0
         else contextlib.nullcontext()), checkpoints.quiet_failed_saves(), \
       preemption.Watch() as stop:
-    return _train(config, workdir, devices, stop)
+    if resume_from is not None and jax.process_index() == 0:
+      for line in checkpoints.set_aside_after(workdir, resume_from):
+        log(line)
+    try:
+      return _train(config, workdir, devices, stop)
+    except Diverged as e:  # Name the checkpoint to go back to.
+      raise Diverged(f"{e}{_last_good(workdir)}") from None
+
+
+def _last_good(workdir: str) -> str:
+  """Advice naming the newest checkpoint whose evaluation was finite."""
+  saved = set(checkpoints.steps(workdir))
+  good = [r["step"] for r in metric_writer.read_jsonl(workdir)
+          if r.get("step") in saved and _good_eval(r)] if saved else []
+  return (f" The newest checkpoint with a finite evaluation is step "
+          f"{max(good)}: add --resume_from {max(good)} (and change what "
+          "diverged, e.g. a lower learning rate) to resume from it; the "
+          "later checkpoints are set aside." if good else "")
 
 
 def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
@@ -239,8 +258,11 @@ def main(argv=None) -> None:
   distributed.initialize()  # Several processes, when the environment says so.
   parser = config_loader.arg_parser(__doc__)
   parser.add_argument("--workdir", required=True)
+  parser.add_argument("--resume_from", type=int, metavar="STEP",
+                      help="resume from this checkpoint, setting the later "
+                      "ones aside in WORKDIR/set_aside/ (after a divergence)")
   args, config = config_loader.parse_args(parser, argv)
-  train(config, args.workdir)
+  train(config, args.workdir, resume_from=args.resume_from)
 
 
 if __name__ == "__main__":

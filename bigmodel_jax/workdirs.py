@@ -24,7 +24,7 @@ from bigmodel_jax.errors import ConfigError, WorkdirError
 RUN_FILES = frozenset({
     ".lock", "config.json", "config_history.jsonl", "metrics.jsonl",
     "checkpoints", "checksums", "tokenizer.json", "class_names.json",
-    "chat_template.json", "plugins", "train.log"})
+    "chat_template.json", "plugins", "train.log", "set_aside"})
 
 
 def _is_run_config(path: str) -> bool:

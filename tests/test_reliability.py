@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from bigmodel_jax import (checkpoints, config_loader, experiment, export,
-                          metric_writer, sample, serve, sweep, tokenizer, train,
-                          workdirs)
+                          metric_writer, registry, sample, serve, sweep,
+                          tokenizer, train, workdirs)
 from bigmodel_jax.errors import CheckpointError, ConfigError, Diverged
 from conftest import EXPERIMENT, TINY
 
@@ -106,15 +106,15 @@ def test_garbage_inside_a_checkpoint_is_detected_and_nothing_is_changed(
   biggest.write_bytes(bytes(data))
   before = sorted((str(p), p.stat().st_size) for p in tmp_path.rglob("*"))
   with pytest.raises(CheckpointError, match=r"Checkpoint .*/4 is (corrupt|"
-                     r"unreadable).*mv .*/4 .*/4.bad\) to resume from step 2"):
+                     r"unreadable).*Add --resume_from 2 to resume from "
+                     r"step 2 \(the later checkpoints are set aside\)"):
     train.train(tiny_config(total_steps=6), workdir, ONE)
   after = sorted((str(p), p.stat().st_size) for p in tmp_path.rglob("*")
                  if p.name != "metrics.jsonl" and "tfevents" not in p.name)
   assert after == [b for b in before if "tfevents" not in b[0] and
                    not b[0].endswith("metrics.jsonl")]
-  os.rename(tmp_path / "checkpoints" / "4", tmp_path / "4.bad")
-  assert train.train(tiny_config(total_steps=6), workdir, ONE)[
-      "train/loss"] > 0  # Resumed from step 2.
+  assert train.train(tiny_config(total_steps=6), workdir, ONE,
+                     resume_from=2)["train/loss"] > 0  # Resumed from step 2.
 
 
 def test_an_array_that_differs_from_its_checksum_is_named(tmp_path,
@@ -163,11 +163,17 @@ def test_a_checkpoint_of_another_config_says_so_in_a_few_lines(
   train.train(tiny_config(total_steps=2), workdir, ONE)
   capfd.readouterr()
   with pytest.raises(CheckpointError, match=r"saved with a different config:"
-                     r" .* is \(.*32.*\) there and \(.*64.*\) in this config"):
+                     r" .* is \(.*32.*\) there and \(.*64.*\) in this config"
+                     ) as error:
     train.train(tiny_config(total_steps=4, model__emb_dim=64), workdir, ONE)
   out, err = capfd.readouterr()
   assert "Event loop is closed" not in out + err
   assert len((out + err).splitlines()) < 10
+  # The advice works: the run's own config.json resumes it.
+  assert f"(--config {workdir}/config.json)" in str(error.value)
+  train.main(["--config", f"{workdir}/config.json", "--workdir", workdir,
+              "--config.total_steps=4", "--config.mesh.data=-1"])
+  assert _steps(workdir) == [2, 4]
 
 
 # 4. Config values that would destroy checkpoints or crash late.
@@ -176,11 +182,38 @@ def test_a_checkpoint_of_another_config_says_so_in_a_few_lines(
     ("log_every_steps", 0), ("checkpoint_every_steps", 0),
     ("grad_accum_steps", 0), ("input.batch_size", 0), ("input.batch_size", -8),
     ("total_steps", 0), ("optimizer.b2", 1.0), ("optimizer.grad_clip_norm", 0.0),
+    ("optimizer.min_learning_rate", 1.0), ("pruning.sparsity", 1.0),
+    ("pruning.frequency", 0), ("distill.temperature", 0.0),
+    ("distill.alpha", 1.5),
 ])
 def test_bad_values_are_refused_naming_the_key(key, value):
   with pytest.raises(ConfigError, match=rf"config.{key}={value!r} is not "
                      "allowed"):
     config_loader.load(EXPERIMENT + ":cpu", {key: value})
+
+
+@pytest.mark.parametrize("experiment, key, value, allowed", [
+    ("gpt_shakespeare_char.py:cpu", "dropout", 2.0, "a number in [0, 1)"),
+    ("gpt_shakespeare_char.py:cpu", "num_layers", 0, "a whole number >= 1"),
+    ("gpt_shakespeare_char.py:cpu", "lora_rank", -1, "a number >= 0"),
+    ("gpt_shakespeare_char.py:cpu", "rope_theta", -1.0, "a finite number > 0"),
+    ("bert_mlm.py", "layer_norm_eps", 0.0, "a finite number > 0"),
+    ("vit_digits.py", "dropout", -0.5, "a number in [0, 1)"),
+    ("resnet_digits.py", "bn_momentum", 1.0, "a number in [0, 1)"),
+    ("gan_digits.py", "latent_dim", 0, "a whole number >= 1"),
+])
+def test_every_family_checks_its_fields_ranges(experiment, key, value,
+                                               allowed):
+  # The ranges come from the families' Config dataclasses, not a list.
+  config = config_loader.load(str(ROOT / "experiments" / experiment),
+                              {f"model.{key}": value})
+  for name in ("vocab_size", "num_classes", "image_size", "channels"):
+    if name in config.model and config.model[name] is None:
+      config.model[name] = 8  # From the data, normally.
+  family = registry.get("models", config.model.name)
+  with pytest.raises(ConfigError, match=re.escape(
+      f"config.model.{key}={value!r} is not allowed: {allowed}.")):
+    family.make(config.model)
 
 
 def test_num_heads_must_divide_the_width(tiny_config):
@@ -423,10 +456,20 @@ def test_divergence_keeps_the_last_good_checkpoint_out_of_rotation(
   assert _steps(workdir) == [4]
   # Resumed with a learning rate that blows up: step 5 is saved (finite,
   # never evaluated), step 6 is not finite.
-  with pytest.raises(Diverged, match="at step 6"):
+  with pytest.raises(Diverged, match="at step 6") as error:
     train.train(tiny_config(total_steps=8, optimizer__learning_rate=1e30,
                             **common), workdir, ONE)
   assert _steps(workdir) == [4, 5]  # keep_checkpoints=1, yet 4 survives.
+  # A rerun would resume from 5 and diverge again: the error names 4.
+  assert str(error.value).endswith(
+      "The newest checkpoint with a finite evaluation is step 4: add "
+      "--resume_from 4 (and change what diverged, e.g. a lower learning "
+      "rate) to resume from it; the later checkpoints are set aside.")
+  train.train(tiny_config(total_steps=8, **common), workdir, ONE,
+              resume_from=4)
+  assert _steps(workdir) == [8] and os.listdir(tmp_path / "set_aside")
+  assert [r["step"] for r in metric_writer.read_jsonl(workdir)
+          if "train/loss" in r] == list(range(1, 9))
 
 
 _KILLABLE = {**TINY, "total_steps": 60, "eval_every_steps": 60,

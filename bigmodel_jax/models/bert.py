@@ -58,8 +58,8 @@ class Config:
   head_dim: int | None = None  # None: emb_dim // num_heads.
   max_positions: int = 512
   type_vocab_size: int = 2
-  pad_id: int = 0
-  dropout: float = 0.1
+  pad_id: int = families.bounded(0, 0)
+  dropout: float = families.bounded(0.1, 0, 1)
   layer_norm_eps: float = 1e-12
   embed_dim: int | None = None  # ALBERT: factorised embedding size.
   share_layers: bool = False  # ALBERT: one set of layer parameters.
@@ -67,7 +67,7 @@ class Config:
   nsp: bool | None = None  # "mlm": next-sentence head (from the data).
   pool: str = "cls"  # Classifier input: "cls" (first token) or "mean".
   num_classes: int | None = None  # "classifier": from the data.
-  lora_rank: int = 0  # > 0: LoRA adapters of this rank.
+  lora_rank: int = families.bounded(0, 0)  # > 0: LoRA adapters of it.
   lora_alpha: float = 16.0
   lora_targets: str = "query,value"  # Of LORA_TARGETS.
   dtype: Any = "float32"

@@ -96,14 +96,14 @@ class Config:
   mlp: str = "gelu"  # "gelu" (tanh, GPT-2's), "gelu_exact" (erf) or "swiglu".
   tie_embeddings: bool = True
   vocab_multiple: int = 128  # The embedding table is padded to a multiple.
-  dropout: float = 0.0
+  dropout: float = families.bounded(0.0, 0, 1)
   use_bias: bool = False
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   attention_impl: str | None = None  # None (XLA picks), "xla" or "cudnn".
   scan_layers: bool = False
   remat: str = "none"  # See REMAT_POLICIES.
-  lora_rank: int = 0  # > 0: LoRA adapters of this rank.
+  lora_rank: int = families.bounded(0, 0)  # > 0: LoRA adapters of it.
   lora_alpha: float = 16.0
   lora_targets: str = "query,value"  # Of LORA_TARGETS.
 

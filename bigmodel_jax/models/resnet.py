@@ -43,7 +43,7 @@ class Config:
   stem: str = "imagenet"  # "imagenet" (7x7/2 conv + max-pool) or "small".
   norm: str = "batch"  # "batch" or "group".
   num_groups: int = 32
-  bn_momentum: float = 0.9
+  bn_momentum: float = families.bounded(0.9, 0, 1)
   dtype: Any = "float32"
   param_dtype: Any = "float32"
 

@@ -45,7 +45,7 @@ class Config:
   mlp_dim: int
   head_dim: int | None = None  # None: emb_dim // num_heads.
   pool: str = "token"  # "token" (class token) or "gap" (global average pool).
-  dropout: float = 0.0
+  dropout: float = families.bounded(0.0, 0, 1)
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   attention_impl: str | None = None
