@@ -2,7 +2,8 @@
 when restored, restored into the sharded target of the current mesh.
 
 `save` refuses a state holding a NaN or inf and writes per-array checksums
-(WORKDIR/checksums/STEP.json) beside the checkpoint; `restore` brings back a
+(WORKDIR/checksums/STEP.json) beside the checkpoint (removing those of
+checkpoints rotated away); `restore` brings back a
 whole train state (resuming), first checking that the checkpoint was saved
 with this config's shapes, then that every array matches its checksums and
 is finite; `restore_params` reads only the parameters (sampling,
@@ -185,6 +186,12 @@ def save(mgr: ocp.CheckpointManager, step: int, train_state) -> None:
     mgr.save(step, args=ocp.args.StandardSave(train_state))
   except Exception as e:  # Orbax re-raises an earlier async save's error.
     raise failure(workdir, e) from e
+  if jax.process_index() == 0:  # Those of checkpoints rotated away.
+    kept = set(mgr.all_steps()) | {step}
+    for name in os.listdir(os.path.dirname(path)):
+      if name.endswith(".json") and name[:-5].isdigit() and (
+          int(name[:-5]) not in kept):
+        os.remove(os.path.join(os.path.dirname(path), name))
 
 
 def _verify(tree, workdir: str, step: int, path: str, older: str) -> None:

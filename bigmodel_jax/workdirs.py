@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -104,20 +105,60 @@ def lock(path: str):
 def new_directory(out: str):
   """Yields a staging directory beside `out` that becomes `out` when the
   block ends without error (removed otherwise): a half-written result never
-  appears under `out`. `out` must not exist or be empty."""
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise ConfigError(f"--out {out} exists and is not empty; choose a new "
-                      "directory.")
-  parent = os.path.dirname(os.path.abspath(out))
+  appears under `out`. `out` must not exist or be empty.
+
+  Its files get the modes a plain `open` gives (some libraries write
+  0600). The command claims `out` first (an `flock` on .NAME.claim beside it), so
+  a second command writing the same `out` fails at once, before doing its
+  work; the claimant removes staging directories of killed earlier
+  commands for the same `out`."""
+  parent, name = os.path.split(os.path.abspath(out))
   os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(staging, 0o777 & ~umask)  # As a plain mkdir would (not 0700).
+  claim = os.path.join(parent, f".{name}.claim")
+  fd = _claim(claim, out)
   try:
-    yield staging
-    if os.path.exists(out):
-      os.rmdir(out)
-    os.rename(staging, out)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+      raise ConfigError(f"--out {out} exists and is not empty; choose a new "
+                        "directory.")
+    prefix = f".staging-{name}."
+    for entry in os.listdir(parent):  # Left by killed commands.
+      if entry.startswith(prefix) and re.fullmatch(r"[a-z0-9_]{8}",
+                                                   entry[len(prefix):]):
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # As a plain mkdir would (not 0700).
+    try:
+      yield staging
+      for root, _, files in os.walk(staging):  # Some libraries write 0600.
+        for file in files:
+          os.chmod(os.path.join(root, file), 0o666 & ~umask)
+      if os.path.exists(out):
+        os.rmdir(out)
+      os.rename(staging, out)
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    os.remove(claim)  # While still held: see _claim.
+    os.close(fd)
+
+
+def _claim(path: str, out: str) -> int:
+  """An open, exclusively flocked `path` (created if need be); a
+  ConfigError if another command holds it. Retries when the file it locked
+  was removed meanwhile by the previous holder."""
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      raise ConfigError(f"--out {out} is being written by another command; "
+                        "wait for it or choose another --out.") from None
+    try:
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        return fd
+    except FileNotFoundError:
+      pass
+    os.close(fd)

@@ -13,7 +13,7 @@ import transformers
 from flax import traverse_util
 from safetensors.numpy import load_file
 
-from bigmodel_jax import config_loader, experiment, export, runs, train
+from bigmodel_jax import config_loader, experiment, export, runs, train, workdirs
 from bigmodel_jax.errors import NotExportable
 from bigmodel_jax.hf import layout as hf_layout
 from bigmodel_jax.models import gpt, resnet, vit
@@ -201,6 +201,25 @@ def test_a_refused_or_mismatched_export_keeps_nothing(trained, tmp_path,
   with pytest.raises(SystemExit):
     _export(workdir, tmp_path / "out")
   assert os.listdir(tmp_path / "out") == ["keep.txt"]
+
+
+def test_out_is_claimed_first_and_left_clean(trained, tmp_path, capsys):
+  workdir, out = trained("vit"), tmp_path / "out"
+  stale = tmp_path / ".staging-out.k1ll3d_x"  # Of a killed export.
+  (stale / "sub").mkdir(parents=True)
+  with workdirs.new_directory(str(out)):  # Another command writing --out.
+    with pytest.raises(SystemExit) as exit_:
+      _export(workdir, out)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {out} is being written by another command; wait for "
+        "it or choose another --out.\n")
+  _export(workdir, out)
+  assert sorted(os.listdir(tmp_path)) == ["out"]  # No staging, no claim.
+  umask = os.umask(0)
+  os.umask(umask)
+  assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {
+      oct(0o666 & ~umask)}  # model.safetensors was 0600.
 
 
 @pytest.mark.slow

@@ -454,6 +454,8 @@ def test_divergence_keeps_the_last_good_checkpoint_out_of_rotation(
                 eval_every_steps=2, optimizer__decay_steps=8)
   train.train(tiny_config(total_steps=4, **common), workdir, ONE)
   assert _steps(workdir) == [4]
+  # Rotated checkpoints take their checksum files with them.
+  assert os.listdir(tmp_path / "checksums") == ["4.json"]
   # Resumed with a learning rate that blows up: step 5 is saved (finite,
   # never evaluated), step 6 is not finite.
   with pytest.raises(Diverged, match="at step 6") as error:
