@@ -380,6 +380,48 @@ def test_a_full_disk_in_export_tokenizer_and_token_stores_is_one_line(
     assert {p.name.split("-")[0] for p in small.iterdir()} == {"train"}
 
 
+def test_a_truncated_checkpoint_is_one_line_from_the_command(tmp_path,
+                                                             tiny_config):
+  # The line used to be buried in TensorStore's "Event loop is closed"
+  # tracebacks, printed from its threads as the reads in flight failed.
+  workdir = tmp_path / "run"
+  train.train(tiny_config(total_steps=2), str(workdir), ONE)
+  for path in (workdir / "checkpoints" / "2").rglob("d/*"):
+    os.truncate(path, 100)
+  run = subprocess.run(
+      [sys.executable, "-m", "bigmodel_jax.export", "--workdir", str(workdir),
+       "--out", str(tmp_path / "out")], capture_output=True, text=True,
+      env=_ENV, timeout=300)
+  assert run.returncode == 2
+  assert run.stderr.splitlines() == [
+      f"error: Could not read the parameters of checkpoint {workdir}/"
+      "checkpoints/2 (its metadata (default/_METADATA, manifest) is missing "
+      "or unreadable)."]
+
+
+def test_closed_event_loop_tracebacks_from_threads_are_dropped():
+  script = r"""
+import sys, threading, traceback
+from bigmodel_jax import quiet_stderr
+quiet_stderr.install()
+def fail(message):
+  try:
+    raise RuntimeError(message)
+  except RuntimeError:
+    for part in traceback.format_exc().replace(": ", "|: |").split("|"):
+      sys.stderr.write(part)  # In pieces, as the C++ side writes it.
+for message in ("Event loop is closed", "something else"):
+  thread = threading.Thread(target=fail, args=(message,))
+  thread.start(); thread.join()
+sys.stderr.write("main thread\n")
+"""
+  run = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                       text=True, env=_ENV, timeout=60)
+  assert "Event loop is closed" not in run.stderr
+  assert run.stderr.count("Traceback") == 1
+  assert run.stderr.endswith("RuntimeError: something else\nmain thread\n")
+
+
 def test_half_written_checkpoints_of_a_crashed_run_are_removed(tmp_path,
                                                                tiny_config):
   workdir = str(tmp_path)
