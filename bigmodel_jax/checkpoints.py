@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -42,14 +43,29 @@ class KeepLastGood:
     return [c.step == good for c in checkpoints]
 
 
+@dataclasses.dataclass
+class KeepStep:
+  """Orbax preservation policy: keeps the checkpoint of `step()` (e.g. the
+  best evaluation's), whatever the rotation says."""
+  step: typing.Callable[[], int | None]
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    return [c.step == self.step() for c in checkpoints]
+
+
 def manager(workdir: str, *, keep: int | None = None, async_save: bool = True,
-            good_steps: set | None = None) -> ocp.CheckpointManager:
-  """Saves (async) the steps it is asked to, keeps the newest `keep` and the
-  newest of `good_steps`; removes half-written (tmp) checkpoints of crashed
-  runs when it starts (the caller holds the workdir lock)."""
+            good_steps: set | None = None, best_step=None
+            ) -> ocp.CheckpointManager:
+  """Saves (async) the steps it is asked to, keeps the newest `keep`, the
+  newest of `good_steps` and the step `best_step()` names; removes
+  half-written (tmp) checkpoints of crashed runs when it starts (the caller
+  holds the workdir lock)."""
   policies = [ocp.checkpoint_managers.LatestN(keep)]
   if good_steps is not None:
     policies.append(KeepLastGood(good_steps))
+  if best_step is not None:
+    policies.append(KeepStep(best_step))
   options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=async_save, create=True,
       cleanup_tmp_directories=True,

@@ -7,7 +7,8 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from bigmodel_jax import distill, pruning, quantization, registry, sharding
+from bigmodel_jax import (distill, pruning, quantization, registry, selection,
+                          sharding)
 
 
 def base(*, total_steps: int, log_every_steps: int = 50,
@@ -34,6 +35,10 @@ def base(*, total_steps: int, log_every_steps: int = 50,
   config.grad_accum_steps = 1  # Microbatches per update (same global batch).
   # More evaluators: KEY -> block (evaluators/), beside the task's own.
   config.evals = ml_collections.ConfigDict()
+  # Checkpoints chosen by their evaluation (selection.py): the best step
+  # kept (--step best), and early stopping.
+  config.keep_best = selection.keep_best_block()
+  config.early_stopping = selection.early_stopping_block()
   # The settings of the training-time wrappers and of the tasks, each block
   # owned by its module: quantization-aware training, pruning, distillation.
   config.quantization = quantization.config_block()

@@ -103,13 +103,14 @@ def override(config: ml_collections.ConfigDict, overrides: dict):
 # Keys that must hold a whole number >= 1 (None allowed where marked).
 POSITIVE = ("total_steps", "log_every_steps", "eval_every_steps",
             "checkpoint_every_steps", "grad_accum_steps", "input.batch_size",
-            "input.eval_steps", "input.seq_len", "pruning.frequency")
+            "input.eval_steps", "input.seq_len", "pruning.frequency",
+            "early_stopping.patience")
 POSITIVE_OR_NONE = ("keep_checkpoints", "optimizer.decay_steps")
 # Keys that must hold a finite number >= 0.
 NON_NEGATIVE = ("optimizer.learning_rate", "optimizer.min_learning_rate",
                 "optimizer.weight_decay", "optimizer.eps",
                 "optimizer.warmup_steps", "optimizer.momentum",
-                "pruning.begin_step")
+                "pruning.begin_step", "early_stopping.min_delta")
 # Keys that must hold a finite number > 0.
 ABOVE_ZERO = ("optimizer.grad_clip_norm", "distill.temperature")
 # Keys that must hold a number in [0, 1) (or [0, 1] where marked).
@@ -161,6 +162,10 @@ def validate(config) -> ml_collections.ConfigDict:
       bad(key, value, "a number in [0, 1)")
     if key in FRACTIONS_TO_ONE and not (number and 0 <= value <= 1):
       bad(key, value, "a number in [0, 1]")
+  for key in ("keep_best.mode", "early_stopping.mode"):
+    value = _get(config, key)
+    if value is not _ABSENT and value not in ("auto", "min", "max"):
+      bad(key, value, "'auto', 'min' or 'max'")
   low = _get(config, "optimizer.min_learning_rate")
   if low is not _ABSENT and low > config.optimizer.learning_rate:
     bad("optimizer.min_learning_rate", low, "at most optimizer.learning_rate="

@@ -109,8 +109,7 @@ def main(argv=None) -> None:
                       help="--text: score its last fraction (0, 1]")
   parser.add_argument("--batch_size", type=int, default=None,
                       help="--text windows per batch (default: the run's)")
-  parser.add_argument("--step", type=int, default=None,
-                      help="checkpoint step (default: newest)")
+  runs.add_step_arg(parser)
   parser.add_argument("--json", help="also write the figures to this file")
   args = parser.parse_args(argv)
   if not 0 < args.tail <= 1:

@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 
 from bigmodel_jax import (capabilities, checkpoints, config_loader,
-                          quantization, registry, sharding, state)
+                          quantization, registry, selection, sharding, state)
 from bigmodel_jax.dataio import chat
 from bigmodel_jax.errors import NotFound
 
@@ -99,13 +99,35 @@ def model_and_args(family, task, config):
           args)
 
 
-def load(workdir: str, step: int | None = None, *, mesh: dict | None = None,
-         devices=None) -> Run:
-  """The run in `workdir` at its newest (or given) checkpoint."""
+def step_arg(text: str) -> int | str:
+  """A --step value: a checkpoint step, or "best" (selection.best_step)."""
+  if text == "best":
+    return text
+  try:
+    step = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a step number or 'best'") from None
+  if step < 0:
+    raise argparse.ArgumentTypeError(f"{step} is below 0")
+  return step
+
+
+def add_step_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--step", type=step_arg, default=None,
+                      help="checkpoint step, or 'best' (the best evaluation's"
+                      " when trained with config.keep_best; default: newest)")
+
+
+def load(workdir: str, step: int | str | None = None, *,
+         mesh: dict | None = None, devices=None) -> Run:
+  """The run in `workdir` at its newest (or given, or "best") checkpoint."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise NotFound(f"{workdir!r} is not a training run: it has no "
                    "config.json.")
+  if step == "best":
+    step = selection.best_step(workdir)
   family = registry.get("models", config_loader.load_json(path).model.name)
   config = resolve(config_loader.load_json(path), family)
   config.mesh = mesh or {"data": -1}
@@ -130,6 +152,5 @@ def arg_parser(doc: str) -> argparse.ArgumentParser:
       description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True, help="a new directory")
-  parser.add_argument("--step", type=int, default=None,
-                      help="checkpoint step (default: newest)")
+  add_step_arg(parser)
   return parser

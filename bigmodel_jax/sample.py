@@ -40,8 +40,7 @@ def main(argv=None) -> None:
   parser.add_argument("--top_k", type=int, default=200, help="0: no limit")
   parser.add_argument("--num_samples", type=int, default=1)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--step", type=int, default=None,
-                      help="checkpoint step (default: newest)")
+  runs.add_step_arg(parser)
   parser.add_argument("--raw", action="store_true",
                       help="ignore the run's chat template")
   args = parser.parse_args(argv)

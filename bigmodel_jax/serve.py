@@ -18,7 +18,7 @@ Compressed runs (`compress`) serve like any run. See docs/serving.md.
 import argparse
 import os
 
-from bigmodel_jax import config_loader
+from bigmodel_jax import config_loader, runs
 from bigmodel_jax.billing import default_db
 from bigmodel_jax.errors import ConfigError, entrypoint
 from bigmodel_jax.serving import api, http_server, models, settings
@@ -50,6 +50,7 @@ def main(argv=None) -> None:
   parser.add_argument("--port", type=int, default=8000)
   parser.add_argument("--db", default=default_db(), help="SQLAlchemy URL")
   parser.add_argument("--config", help="experiments/serving.py[:variant]")
+  runs.add_step_arg(parser)  # The same for every --workdir.
   args, rest = parser.parse_known_args(argv)
   if not 0 < args.port < 65536:
     raise ConfigError(f"--port={args.port}: it must be in 1..65535.")
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
   ledger = Ledger(args.db)
   served = {}
   for name, workdir in zip(names, args.workdir):
-    served[name] = models.load(name, workdir, config)
+    served[name] = models.load(name, workdir, config, args.step)
     print(f"{name}: {', '.join(api.ENDPOINT_NAMES[e] for e in served[name].endpoints)}"
           f" (step {served[name].run.step})", flush=True)
   app = api.create_app(served, ledger, config)

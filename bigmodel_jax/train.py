@@ -13,6 +13,7 @@ checkpoint, a second run and a bad config.
 """
 import contextlib
 import math
+import os
 import sys
 import time
 
@@ -21,6 +22,7 @@ import jax
 from bigmodel_jax import (checkpoints, config_loader, distributed, experiment,
                           metric_writer, perf, preemption, sharding, steps,
                           workdirs)
+from bigmodel_jax import selection as selection_lib
 from bigmodel_jax.errors import Diverged, Interrupted, entrypoint
 
 
@@ -84,8 +86,10 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
 
   # --- Checkpoint: resume from the newest one, else initialise -------------
   good_steps = set()  # Saved steps whose evaluation was finite.
+  selection = None  # Best step and early stopping, from the evaluations.
   mgr = checkpoints.manager(workdir, keep=config.keep_checkpoints,
-                            good_steps=good_steps)
+                            good_steps=good_steps,
+                            best_step=lambda: selection.best_step)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   train_state = checkpoints.restore(mgr, exp.factory.abstract)
   if train_state is None:
@@ -96,12 +100,17 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
   start = int(jax.device_get(train_state.step))
   log(f"{'resumed at' if start else 'starting from'} step {start}; "
       f"{exp.num_params() / 1e6:.2f}M parameters")
-  if start >= config.total_steps:
-    log(f"already trained to step {start} >= total_steps; nothing to do")
 
   # --- Workdir files (process 0 writes) ------------------------------------
   writer = metric_writer.MetricWriter(workdir, start)  # Drops steps > start.
-  good_steps.update(r["step"] for r in writer.records if _good_eval(r))
+  history = writer.records if writer.enabled else _history(workdir, start)
+  good_steps.update(r["step"] for r in history if _good_eval(r))
+  selection = selection_lib.Selection(config, history)
+  end = config.total_steps if selection.stopped_at is None else start
+  if start >= config.total_steps:
+    log(f"already trained to step {start} >= total_steps; nothing to do")
+  elif selection.stopped_at is not None:
+    log(f"already stopped: {selection.stop_message()}; nothing to do")
   if writer.enabled:
     config_loader.save_run_config(config, workdir, start)
     exp.data.save(workdir)
@@ -180,7 +189,7 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
   batches = exp.data.train_batches(start)
   stopped_at = None  # The step saved when a signal stopped the run.
   try:
-    for step in range(start + 1, config.total_steps + 1):
+    for step in range(start + 1, end + 1):
       check_saves()  # A save started earlier may have failed since.
       batch = exp.global_batch(next(batches))
       profiler.before(step)
@@ -199,19 +208,29 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
         flush(pending)  # Blocks on this step: its state is needed anyway.
         pending = []
         with meter.pause():
+          new_best = stopping = False
           if evaluate_now:
             scalars = run_eval(step, train_state)
             last.update(scalars)
+            new_best = selection.observe(step, scalars)  # Saved, kept.
+            stopping = selection.stopped_at == step and not is_last
+            save_now = save_now or new_best or stopping
             if save_now and _good_eval(scalars):  # Kept out of rotation.
               good_steps.add(step)
-          if is_last and config.input.get("test_split"):  # Held out to here.
+          final = is_last or stopping
+          if final and config.input.get("test_split"):  # Held out to here.
             last.update(run_eval(step, train_state, config.input.test_split,
                                  "test"))
-          last.update(run_evaluators(step, train_state, is_last))
+          last.update(run_evaluators(step, train_state, final))
           if save_now:  # Refuses a state holding NaN or inf.
             checkpoints.save(mgr, step, train_state)
+            if new_best and writer.enabled:
+              selection.write(workdir)
         if interrupted:
           stopped_at = step
+          break
+        if stopping:
+          log(selection.stop_message())
           break
       elif len(pending) > 1 and pending[-2][0] % config.log_every_steps == 0:
         flush(pending[:-1])  # Never waits for the step just dispatched.
@@ -229,6 +248,15 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
         f"saved checkpoint {stopped_at} in {workdir}/checkpoints. Run the "
         "same command to resume.")
   return last
+
+
+def _history(workdir: str, start: int) -> list[dict]:
+  """The records of steps up to `start` (processes other than 0, which
+  only read the run's metrics.jsonl)."""
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    return []
+  return [r for r in metric_writer.read_jsonl(workdir)
+          if r.get("step", 0) <= start]
 
 
 def _good_eval(record: dict) -> bool:

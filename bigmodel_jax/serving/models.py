@@ -132,9 +132,10 @@ class Served:
         np.asarray([i for i in ids if i != eos], np.int32))
 
 
-def load(name: str, workdir: str, config) -> Served:
-  """Loads a run on `config.mesh` and builds what its capabilities serve."""
-  run = runs.load(workdir, mesh=dict(config.mesh))
+def load(name: str, workdir: str, config, step=None) -> Served:
+  """Loads a run (newest, given or "best" step) on `config.mesh` and builds
+  what its capabilities serve."""
+  run = runs.load(workdir, step, mesh=dict(config.mesh))
   served = Served(name, run)
   can, window = run.capabilities, config.encoder_window_ms / 1000
   if "generate" in can:
