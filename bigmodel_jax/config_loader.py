@@ -210,7 +210,25 @@ def arg_parser(doc: str) -> argparse.ArgumentParser:
   parser.add_argument("--config", required=True,
                       help="experiments/FILE.py[:variant], or a run's "
                       "WORKDIR/config.json")
+  parser.add_argument("--overrides", metavar="FILE.json",
+                      help="overrides {\"key\": value} (e.g. a search's "
+                      "--export-best), before the --config.key=value ones")
   return parser
+
+
+def read_overrides(path: str) -> dict:
+  """The {dotted key: value} of an --overrides JSON file."""
+  try:
+    with open(path) as f:
+      overrides = json.load(f)
+  except OSError as e:
+    raise ConfigError(f"--overrides {path}: {e.strerror or e}.") from e
+  except ValueError as e:
+    raise ConfigError(f"--overrides {path} is not JSON: {e}.") from e
+  if not isinstance(overrides, dict):
+    raise ConfigError(f"--overrides {path} must hold a JSON object of "
+                      "config keys and values.")
+  return overrides
 
 
 def parse_args(parser: argparse.ArgumentParser, argv, make=load):
@@ -218,7 +236,10 @@ def parse_args(parser: argparse.ArgumentParser, argv, make=load):
   are the overrides. A ConfigError exits with status 2 and its message."""
   args, rest = parser.parse_known_args(argv)
   try:
-    return args, make(args.config, parse_overrides(rest))
+    overrides = parse_overrides(rest)
+    if getattr(args, "overrides", None):
+      overrides = {**read_overrides(args.overrides), **overrides}
+    return args, make(args.config, overrides)
   except ConfigError as e:
     parser.exit(2, f"error: {e}\n")
 

@@ -17,12 +17,17 @@ the same step on all of them, the step Orbax's preemption-aware saving also
 uses. A SIGINT is turned into a SIGTERM for that service; a second SIGINT
 still exits at once.
 """
+import ctypes
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import jax
 from jax.experimental import multihost_utils
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _say(text: str) -> None:
@@ -71,3 +76,42 @@ class Watch:
         return True
       return False
     return self.signal_name is not None
+
+
+class Forwarding:
+  """While a parent (a sweep, a search) runs training processes: SIGTERM or
+  SIGINT is passed on to `procs()` (each saves and exits 75; a second
+  signal makes them exit at once) and `received` names it, so the parent
+  starts nothing new. The children run in their own sessions, so Ctrl-C
+  in a terminal reaches them once, through the parent."""
+
+  def __init__(self, procs):
+    self.procs, self.received = procs, None
+
+  def __enter__(self):
+    self.previous = {s: signal.signal(s, self._handle)
+                     for s in (signal.SIGINT, signal.SIGTERM)}
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self.previous.items():
+      signal.signal(signum, handler)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.received = signal.Signals(signum).name
+    _say(f"{self.received}: passing it to the running trainings; nothing "
+         "new starts")
+    for proc in self.procs():
+      proc.send_signal(signum)
+
+
+def start_child(command: list[str], log) -> subprocess.Popen:
+  """A training process of a sweep or search, output to `log`: in its own
+  session (see Forwarding) and sent SIGTERM if its parent dies (Linux), so
+  it saves and stops instead of training on unwatched."""
+  def die_with_parent():
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+  return subprocess.Popen(
+      command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+      preexec_fn=die_with_parent if sys.platform == "linux" else None)

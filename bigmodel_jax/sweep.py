@@ -27,12 +27,13 @@ import json
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import time
 
-from bigmodel_jax import config_loader, metric_writer, perf, plots
+from bigmodel_jax import (config_loader, metric_writer, perf, plots,
+                          preemption)
+from bigmodel_jax import search as search_lib
+from bigmodel_jax import trials as trials_lib
 from bigmodel_jax.errors import Interrupted, entrypoint
 
 PLOTTED = ("train/loss", "val/loss", "val/accuracy")
@@ -78,33 +79,6 @@ def command(spec: str, workdir: str, overrides: dict) -> list[str]:
           [f"--config.{k}={v}" for k, v in overrides.items()])
 
 
-class _Forward:
-  """While a sweep runs: SIGTERM or SIGINT stops starting points and is
-  passed on to the running ones (each saves and exits 75; a second signal
-  makes them exit at once). The runs are in their own sessions, so Ctrl-C
-  in a terminal reaches them once, through the sweep."""
-
-  def __init__(self, running: dict):
-    self.running, self.received = running, None
-
-  def __enter__(self):
-    self.previous = {s: signal.signal(s, self._handle)
-                     for s in (signal.SIGINT, signal.SIGTERM)}
-    return self
-
-  def __exit__(self, *exc):
-    for signum, handler in self.previous.items():
-      signal.signal(signum, handler)
-
-  def _handle(self, signum, frame) -> None:
-    del frame
-    self.received = signal.Signals(signum).name
-    os.write(2, f"[sweep] {self.received}: passing it to the running points; "
-             "no new point starts\n".encode())
-    for proc, _, _ in list(self.running.values()):
-      proc.send_signal(signum)
-
-
 def run(spec: str, workdir: str, points: list[dict], common: dict,
         parallel: int = 1) -> dict[str, str]:
   """Runs the unfinished points, `parallel` at a time; name -> status
@@ -116,16 +90,16 @@ def run(spec: str, workdir: str, points: list[dict], common: dict,
   print(f"[sweep] {len(points)} points, {len(status)} already done, "
         f"{len(todo)} to run, {parallel} at a time", flush=True)
   running, durations, start = {}, [], time.time()
-  with _Forward(running) as signals:
+  with preemption.Forwarding(
+      lambda: [proc for proc, _, _ in running.values()]) as signals:
     while (todo and not signals.received) or running:
       while todo and len(running) < parallel and not signals.received:
         name, point = todo.pop(0)
         point_dir = os.path.join(workdir, name)
         os.makedirs(point_dir, exist_ok=True)
         log = open(os.path.join(point_dir, "train.log"), "a")
-        proc = subprocess.Popen(
-            command(spec, point_dir, {**common, **point}), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+        proc = preemption.start_child(
+            command(spec, point_dir, {**common, **point}), log)
         running[name] = (proc, log, time.time())
       time.sleep(0.2)
       for name, (proc, log, began) in list(running.items()):
@@ -192,13 +166,16 @@ def _cell(value) -> str:
   return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_results(workdir: str, points: list[dict]) -> list[dict]:
-  """results.csv, results.md and the plots; returns the rows."""
-  names = [point_name(i, p) for i, p in enumerate(points)]
-  runs = {n: metric_writer.read_jsonl(os.path.join(workdir, n)) for n in names
+def write_results(workdir: str, points: dict, extra: dict | None = None,
+                  notes: list[str] = ()) -> list[dict]:
+  """results.csv, results.md (the table, then `notes`) and the plots of
+  the runs `points` (directory name -> overrides; `extra`: name -> more
+  columns); returns the rows."""
+  runs = {n: metric_writer.read_jsonl(os.path.join(workdir, n))
+          for n in points
           if os.path.exists(os.path.join(workdir, n, "metrics.jsonl"))}
-  rows = [summarize(workdir, n, p, runs.get(n))
-          for n, p in zip(names, points)]
+  rows = [{**summarize(workdir, n, p, runs.get(n)), **(extra or {}).get(n, {})}
+          for n, p in points.items()]
   columns = list(dict.fromkeys(k for row in rows for k in row))
   with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, columns)
@@ -209,7 +186,7 @@ def write_results(workdir: str, points: list[dict]) -> list[dict]:
   lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |"
             for r in rows]
   with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write("\n".join(lines + ([""] + list(notes) if notes else [])) + "\n")
   for metric in PLOTTED:
     if any(plots.series(r, metric)[0] for r in runs.values()):
       plots.plot(runs, metric, os.path.join(
@@ -241,25 +218,44 @@ def main(argv=None) -> None:
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument("--dry-run", action="store_true")
   mode.add_argument("--slurm", action="store_true")
-  args, (common, points) = config_loader.parse_args(
-      parser, argv, lambda spec, common: (common, load_points(spec, common)))
+  searching = parser.add_argument_group("search (get_search_space)")
+  searching.add_argument("--search", choices=search_lib.SAMPLERS)
+  searching.add_argument("--trials", type=int,
+                         help="trials in the study (grid: all its points)")
+  searching.add_argument("--pruner", choices=search_lib.PRUNERS,
+                         default="median")
+  searching.add_argument("--metric", default="val/loss",
+                         help="the evaluation metric to optimize")
+  searching.add_argument("--storage", help="Optuna storage URL (default: "
+                         "sqlite:///DIR/study.db)")
+  searching.add_argument("--seed", type=int, help="the sampler's seed "
+                         "(default: fresh; give each worker its own)")
+  searching.add_argument("--workers", type=int, default=1,
+                         help="--slurm: array tasks working on the study")
+  searching.add_argument("--export-best", metavar="FILE",
+                         help="write the best overrides (train --overrides)")
+  args, common = config_loader.parse_args(
+      parser, argv, lambda spec, common: (config_loader.load(spec, common),
+                                          common)[1])
   if args.parallel < 1:  # 0 or less would wait forever for a free slot.
     raise config_loader.ConfigError(
         f"--parallel={args.parallel}: it must be >= 1.")
+  os.makedirs(args.workdir, exist_ok=True)
+  if args.search:
+    return _search(args, common)
+  points = load_points(args.config, common)
   if args.dry_run:
     for i, point in enumerate(points):
       print(shlex.join(command(args.config, os.path.join(
           args.workdir, point_name(i, point)), {**common, **point})))
     return
-  os.makedirs(args.workdir, exist_ok=True)
   if args.slurm:
-    path = os.path.join(args.workdir, "sweep.sbatch")
-    with open(path, "w") as f:
-      f.write(slurm_script(args.config, args.workdir, points, common))
-    print(f"wrote {path}; submit with: sbatch {path}")
+    _write_sbatch(args.workdir, slurm_script(args.config, args.workdir,
+                                             points, common))
     return
   status = run(args.config, args.workdir, points, common, args.parallel)
-  write_results(args.workdir, points)
+  write_results(args.workdir, {point_name(i, p): p
+                               for i, p in enumerate(points)})
   failed = [n for n, s in status.items() if s.startswith("failed")]
   stopped = len(points) - len(failed) - list(status.values()).count("done")
   print(f"[sweep] wrote {args.workdir}/results.csv, results.md, plot_*.png"
@@ -268,6 +264,75 @@ def main(argv=None) -> None:
            "command to resume" if stopped else ""))
   if failed or stopped:
     sys.exit(1 if failed else Interrupted.exit_code)
+
+
+def _write_sbatch(workdir: str, script: str) -> None:
+  path = os.path.join(workdir, "sweep.sbatch")
+  with open(path, "w") as f:
+    f.write(script)
+  print(f"wrote {path}; submit with: sbatch {path}")
+
+
+def _search(args, common: dict) -> None:
+  """`--search`: an Optuna study of the experiment's search space."""
+  space = load_space(args.config, common)
+  study = search_lib.Search(space, args.workdir, sampler=args.search,
+                            pruner=args.pruner, metric=args.metric,
+                            storage=args.storage, seed=args.seed)
+  trials = args.trials or (study.grid_size if args.search == "grid" else 0)
+  if trials < 1:
+    raise config_loader.ConfigError("--trials N (>= 1) is needed for "
+                                    f"--search {args.search}.")
+  worker = [sys.executable, "-m", "bigmodel_jax.sweep", "--config",
+            args.config, "--workdir", os.path.abspath(args.workdir),
+            "--search", args.search, "--trials", str(trials), "--pruner",
+            args.pruner, "--metric", args.metric, "--storage", study.storage,
+            "--parallel", str(args.parallel)] + [
+                f"--config.{k}={v}" for k, v in common.items()]
+  if args.dry_run:
+    print(shlex.join(worker))
+    return
+  if args.slurm:
+    if study.storage.startswith("sqlite"):
+      raise config_loader.ConfigError(
+          "--slurm needs --storage with a database server (e.g. "
+          "postgresql+psycopg://user@host/db): SQLite is not safe across "
+          "machines.")
+    _write_sbatch(args.workdir, search_lib.slurm_script(
+        args.workdir, args.workers, worker[1:]))
+    return
+  status, received = trials_lib.run_trials(
+      study, trials, args.parallel,
+      lambda directory, overrides: command(args.config, directory,
+                                           {**common, **overrides}))
+  points, extra = trials_lib.rows(study)
+  write_results(args.workdir, points, extra, search_lib.summary(study))
+  wrote = ["results.csv", "results.md", "plot_*.png"]
+  if search_lib.plot(study, os.path.join(args.workdir, "parallel.png")):
+    wrote.append("parallel.png")
+  if args.export_best and study.best() is not None:
+    search_lib.export_best(study, args.export_best)
+    wrote.append(args.export_best)
+  print(f"[search] wrote {', '.join(wrote)} in {args.workdir}; " +
+        "\n".join(search_lib.summary(study)[:1]))
+  if received:
+    print("[search] interrupted: run the same command to resume")
+    sys.exit(Interrupted.exit_code)
+
+
+def load_space(spec: str, common: dict) -> dict:
+  """The experiment's `get_search_space(arg)`, its keys checked."""
+  module, arg = config_loader.load_module(spec)
+  if not hasattr(module, "get_search_space"):
+    raise config_loader.ConfigError(
+        f"{spec.partition(':')[0]} defines no get_search_space(arg).")
+  space = module.get_search_space(arg)
+  known = config_loader.flat_keys(config_loader.load(spec, common))
+  unknown = sorted(set(space) - set(known))
+  if unknown:
+    raise config_loader.ConfigError(
+        f"get_search_space names unknown config keys {unknown}.")
+  return space
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from bigmodel_jax.errors import ConfigError, WorkdirError
 RUN_FILES = frozenset({
     ".lock", "config.json", "config_history.jsonl", "metrics.jsonl",
     "checkpoints", "checksums", "tokenizer.json", "class_names.json",
-    "chat_template.json", "plugins", "train.log", "set_aside"})
+    "chat_template.json", "plugins", "train.log", "set_aside", ".claim",
+    "best.json"})
 
 
 def _is_run_config(path: str) -> bool:

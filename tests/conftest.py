@@ -2,12 +2,16 @@
 and the data home (raw files, rt-polarity) is ../shared/data: no download."""
 import atexit
 import functools
+import glob
 import http.server
 import os
 import pathlib
+import pwd
 import shutil
+import subprocess
 import tempfile
 import threading
+import time
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
@@ -30,8 +34,10 @@ import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import sqlalchemy  # noqa: E402
 
 from bigmodel_jax import config_loader, experiment  # noqa: E402
+from bigmodel_jax.serving import process  # noqa: E402
 from bigmodel_jax.serving.generation import Request  # noqa: E402
 
 EXPERIMENT = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
@@ -169,3 +175,46 @@ def servable(tmp_path_factory):
       cache[name] = workdir
     return cache[name]
   return get
+
+
+def _postgres_binaries() -> str | None:
+  for folder in [os.path.dirname(shutil.which("initdb") or "")] + sorted(
+      glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+    if folder and os.path.isfile(os.path.join(folder, "postgres")):
+      return folder
+  return None
+
+
+@pytest.fixture
+def postgres():
+  """The URL of a PostgreSQL server started for this test (as the
+  "postgres" user when the tests run as root), stopped afterwards."""
+  binaries = _postgres_binaries()
+  if binaries is None:
+    if os.environ.get("BIGMODEL_JAX_REQUIRE_POSTGRES"):
+      pytest.fail("PostgreSQL is not installed (apt-get install postgresql).")
+    pytest.skip("PostgreSQL is not installed here; CI installs it.")
+  folder = tempfile.mkdtemp(prefix="bmj-pg-")
+  as_user = []
+  if os.geteuid() == 0:  # initdb and postgres refuse to run as root.
+    user = pwd.getpwnam("postgres")
+    os.chown(folder, user.pw_uid, user.pw_gid)
+    as_user = ["runuser", "-u", "postgres", "--"]
+  data, port = os.path.join(folder, "data"), process.free_port()
+  subprocess.run(as_user + [f"{binaries}/initdb", "-D", data, "-A", "trust",
+                            "-U", "postgres"], check=True, capture_output=True)
+  server = subprocess.Popen(
+      as_user + [f"{binaries}/postgres", "-D", data, "-p", str(port), "-k",
+                 folder, "-h", "127.0.0.1"],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+  for _ in range(100):
+    try:
+      sqlalchemy.create_engine(url).connect().close()
+      break
+    except Exception:  # noqa: BLE001 — not accepting connections yet.
+      time.sleep(0.2)
+  yield url
+  server.terminate()
+  server.wait(30)
+  shutil.rmtree(folder, ignore_errors=True)

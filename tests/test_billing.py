@@ -6,16 +6,11 @@ import asyncio
 import concurrent.futures
 import csv
 import datetime
-import glob
 import io
 import json
-import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -203,49 +198,6 @@ def test_billing_is_exact_through_kill_9_a_restart_and_retries(servable,
   assert {r["request_id"]: (r["input_units"], r["output_units"])
           for r in after} == {i: (u["prompt_tokens"], u["completion_tokens"])
                               for i, u in received.items()}
-
-
-def _postgres_binaries() -> str | None:
-  for folder in [os.path.dirname(shutil.which("initdb") or "")] + sorted(
-      glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-    if folder and os.path.isfile(os.path.join(folder, "postgres")):
-      return folder
-  return None
-
-
-@pytest.fixture
-def postgres():
-  """The URL of a PostgreSQL server started for this test (as the
-  "postgres" user when the tests run as root), stopped afterwards."""
-  binaries = _postgres_binaries()
-  if binaries is None:
-    if os.environ.get("BIGMODEL_JAX_REQUIRE_POSTGRES"):
-      pytest.fail("PostgreSQL is not installed (apt-get install postgresql).")
-    pytest.skip("PostgreSQL is not installed here; CI installs it.")
-  folder = tempfile.mkdtemp(prefix="bmj-pg-")
-  as_user = []
-  if os.geteuid() == 0:  # initdb and postgres refuse to run as root.
-    user = pwd.getpwnam("postgres")
-    os.chown(folder, user.pw_uid, user.pw_gid)
-    as_user = ["runuser", "-u", "postgres", "--"]
-  data, port = os.path.join(folder, "data"), process.free_port()
-  subprocess.run(as_user + [f"{binaries}/initdb", "-D", data, "-A", "trust",
-                            "-U", "postgres"], check=True, capture_output=True)
-  server = subprocess.Popen(
-      as_user + [f"{binaries}/postgres", "-D", data, "-p", str(port), "-k",
-                 folder, "-h", "127.0.0.1"],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-  for _ in range(100):
-    try:
-      sa.create_engine(url).connect().close()
-      break
-    except Exception:  # noqa: BLE001 — not accepting connections yet.
-      time.sleep(0.2)
-  yield url
-  server.terminate()
-  server.wait(30)
-  shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.slow
