@@ -89,4 +89,7 @@ def image_input(name: str, *, batch_size: int, image_size: int,
       "channels": channels, "train_pp": train_pp, "eval_pp": eval_pp,
       "mixup_alpha": 0.0,  # > 0: mixup with Beta(alpha, alpha) shares.
       "num_workers": 0,  # Preprocessing threads (0: in the prefetch thread).
+      # Cross-validation (dataio/folds.py, sweep --folds K): fold `fold` of
+      # the train split's `num_folds` is the eval split; None: off.
+      "num_folds": placeholder(int), "fold": 0, "split_seed": 0,
       **fields})

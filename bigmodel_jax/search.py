@@ -99,7 +99,16 @@ def choice(values) -> Choice:
   return Choice(tuple(values))
 
 
+def grid_size(space: dict, points: int = 3) -> int:
+  """Trials of `--search grid` (`points` values per numeric range)."""
+  return math.prod(len(spec.grid(points)) for spec in space.values())
+
+
 # --- The study ----------------------------------------------------------------
+def default_storage(workdir: str) -> str:
+  return f"sqlite:///{os.path.abspath(workdir)}/study.db"
+
+
 class Search:
   """An Optuna study over `space` (config key -> Floats/Ints/Choice),
   stored in `storage` (default: WORKDIR/study.db). The sampler's `seed`
@@ -123,7 +132,7 @@ class Search:
                         f"{f'; not {bad}' if bad else ''}.")
     self.space, self.workdir, self.metric = space, workdir, metric
     os.makedirs(workdir, exist_ok=True)
-    self.storage = storage or f"sqlite:///{os.path.abspath(workdir)}/study.db"
+    self.storage = storage or default_storage(workdir)
     self.grid = {k: v.grid(grid_points) for k, v in space.items()}
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                 "random": lambda: optuna.samplers.RandomSampler(seed=seed),
@@ -148,10 +157,6 @@ class Search:
         if attempt == 4:
           raise
         time.sleep(0.2 + random.random())
-
-  @property
-  def grid_size(self) -> int:
-    return math.prod(len(v) for v in self.grid.values())
 
   def counted(self) -> int:
     """Trials that count towards the budget: those started, but for those

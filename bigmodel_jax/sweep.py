@@ -30,6 +30,8 @@ import shlex
 import sys
 import time
 
+import numpy as np
+
 from bigmodel_jax import (config_loader, metric_writer, perf, plots,
                           preemption)
 from bigmodel_jax import search as search_lib
@@ -167,15 +169,19 @@ def _cell(value) -> str:
 
 
 def write_results(workdir: str, points: dict, extra: dict | None = None,
-                  notes: list[str] = ()) -> list[dict]:
-  """results.csv, results.md (the table, then `notes`) and the plots of
-  the runs `points` (directory name -> overrides; `extra`: name -> more
-  columns); returns the rows."""
+                  notes=()) -> list[dict]:
+  """results.csv, results.md (the table, then `notes`: lines, or a
+  function of the rows printed too) and the plots of the runs `points`
+  (directory name -> overrides; `extra`: name -> more columns); returns
+  the rows."""
   runs = {n: metric_writer.read_jsonl(os.path.join(workdir, n))
           for n in points
           if os.path.exists(os.path.join(workdir, n, "metrics.jsonl"))}
   rows = [{**summarize(workdir, n, p, runs.get(n)), **(extra or {}).get(n, {})}
           for n, p in points.items()]
+  if callable(notes):
+    notes = notes(rows)
+    print("\n".join(notes))
   columns = list(dict.fromkeys(k for row in rows for k in row))
   with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, columns)
@@ -218,6 +224,9 @@ def main(argv=None) -> None:
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument("--dry-run", action="store_true")
   mode.add_argument("--slurm", action="store_true")
+  parser.add_argument("--folds", type=int, metavar="K",
+                      help="k-fold cross-validation: the points are the "
+                      "folds of the train split (classification inputs)")
   searching = parser.add_argument_group("search (get_search_space)")
   searching.add_argument("--search", choices=search_lib.SAMPLERS)
   searching.add_argument("--trials", type=int,
@@ -240,10 +249,10 @@ def main(argv=None) -> None:
   if args.parallel < 1:  # 0 or less would wait forever for a free slot.
     raise config_loader.ConfigError(
         f"--parallel={args.parallel}: it must be >= 1.")
-  os.makedirs(args.workdir, exist_ok=True)
   if args.search:
     return _search(args, common)
-  points = load_points(args.config, common)
+  points = (fold_points(args.config, common, args.folds) if args.folds
+            else load_points(args.config, common))
   if args.dry_run:
     for i, point in enumerate(points):
       print(shlex.join(command(args.config, os.path.join(
@@ -253,9 +262,11 @@ def main(argv=None) -> None:
     _write_sbatch(args.workdir, slurm_script(args.config, args.workdir,
                                              points, common))
     return
+  os.makedirs(args.workdir, exist_ok=True)
   status = run(args.config, args.workdir, points, common, args.parallel)
   write_results(args.workdir, {point_name(i, p): p
-                               for i, p in enumerate(points)})
+                               for i, p in enumerate(points)},
+                notes=cross_validation if args.folds else ())
   failed = [n for n, s in status.items() if s.startswith("failed")]
   stopped = len(points) - len(failed) - list(status.values()).count("done")
   print(f"[sweep] wrote {args.workdir}/results.csv, results.md, plot_*.png"
@@ -267,6 +278,7 @@ def main(argv=None) -> None:
 
 
 def _write_sbatch(workdir: str, script: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "sweep.sbatch")
   with open(path, "w") as f:
     f.write(script)
@@ -276,24 +288,23 @@ def _write_sbatch(workdir: str, script: str) -> None:
 def _search(args, common: dict) -> None:
   """`--search`: an Optuna study of the experiment's search space."""
   space = load_space(args.config, common)
-  study = search_lib.Search(space, args.workdir, sampler=args.search,
-                            pruner=args.pruner, metric=args.metric,
-                            storage=args.storage, seed=args.seed)
-  trials = args.trials or (study.grid_size if args.search == "grid" else 0)
+  storage = args.storage or search_lib.default_storage(args.workdir)
+  trials = args.trials or (search_lib.grid_size(space)
+                           if args.search == "grid" else 0)
   if trials < 1:
     raise config_loader.ConfigError("--trials N (>= 1) is needed for "
                                     f"--search {args.search}.")
   worker = [sys.executable, "-m", "bigmodel_jax.sweep", "--config",
             args.config, "--workdir", os.path.abspath(args.workdir),
             "--search", args.search, "--trials", str(trials), "--pruner",
-            args.pruner, "--metric", args.metric, "--storage", study.storage,
+            args.pruner, "--metric", args.metric, "--storage", storage,
             "--parallel", str(args.parallel)] + [
                 f"--config.{k}={v}" for k, v in common.items()]
   if args.dry_run:
     print(shlex.join(worker))
     return
   if args.slurm:
-    if study.storage.startswith("sqlite"):
+    if storage.startswith("sqlite"):
       raise config_loader.ConfigError(
           "--slurm needs --storage with a database server (e.g. "
           "postgresql+psycopg://user@host/db): SQLite is not safe across "
@@ -301,7 +312,10 @@ def _search(args, common: dict) -> None:
     _write_sbatch(args.workdir, search_lib.slurm_script(
         args.workdir, args.workers, worker[1:]))
     return
-  status, received = trials_lib.run_trials(
+  study = search_lib.Search(space, args.workdir, sampler=args.search,
+                            pruner=args.pruner, metric=args.metric,
+                            storage=storage, seed=args.seed)
+  _, received = trials_lib.run_trials(
       study, trials, args.parallel,
       lambda directory, overrides: command(args.config, directory,
                                            {**common, **overrides}))
@@ -318,6 +332,35 @@ def _search(args, common: dict) -> None:
   if received:
     print("[search] interrupted: run the same command to resume")
     sys.exit(Interrupted.exit_code)
+
+
+def fold_points(spec: str, common: dict, k: int) -> list[dict]:
+  """The k points of k-fold cross-validation (input.num_folds, fold)."""
+  config = config_loader.load(spec, common)
+  if "num_folds" not in config.input:
+    raise config_loader.ConfigError(
+        f"--folds: input {config.input.name!r} has no input.num_folds (a "
+        "classification input has).")
+  if k < 2:
+    raise config_loader.ConfigError(f"--folds={k}: it must be >= 2.")
+  return [{"input.num_folds": k, "input.fold": i} for i in range(k)]
+
+
+def cross_validation(rows: list[dict]) -> list[str]:
+  """Markdown lines: each final metric's mean, standard deviation and 95%
+  interval (Student's t) over the folds' rows."""
+  from scipy import stats  # scikit-learn's dependency.
+  lines = ["| metric | mean | std | 95% interval | folds |", "|---|---|---|---|---|"]
+  for column in dict.fromkeys(k for r in rows for k in r):
+    values = [r[column] for r in rows if isinstance(r.get(column), float)]
+    if not column.startswith("final ") or len(values) < 2:
+      continue
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values))
+    lines.append(f"| {column[len('final '):]} | {mean:.4f} | {std:.4f} | "
+                 f"[{mean - half:.4f}, {mean + half:.4f}] | {len(values)} |")
+  return ["Cross-validation over the folds (the test split is not used):",
+          ""] + lines
 
 
 def load_space(spec: str, common: dict) -> dict:

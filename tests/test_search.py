@@ -184,3 +184,27 @@ def test_the_command_resumes_a_dead_workers_trial_and_exports_the_best(
   assert config.optimizer.learning_rate == best["optimizer.learning_rate"]
   assert optuna.load_study(study_name="search", storage=f"sqlite:///"
                            f"{workdir}/study.db").best_trial.params == best
+
+
+def test_the_search_command_line_dry_run_slurm_and_errors(tmp_path, capsys):
+  base = ["--config", _experiment(tmp_path), "--workdir",
+          str(tmp_path / "s"), "--search", "tpe"]
+  with pytest.raises(SystemExit) as exit_:
+    sweep.main(base + ["--dry-run"])
+  assert exit_.value.code == 2
+  assert capsys.readouterr().err == (
+      "error: --trials N (>= 1) is needed for --search tpe.\n")
+  sweep.main(base + ["--trials", "5", "--dry-run"])
+  assert "--search tpe --trials 5" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    sweep.main(base + ["--trials", "5", "--slurm"])
+  assert "--slurm needs --storage with a database server" in (
+      capsys.readouterr().err)
+  url = "postgresql+psycopg://u@db.example/studies"
+  sweep.main(base + ["--trials", "40", "--slurm", "--workers", "4",
+                     "--storage", url])
+  script = (tmp_path / "s" / "sweep.sbatch").read_text()
+  assert "#SBATCH --array=0-3" in script and f"--storage {url}" in script
+  subprocess.run(["bash", "-n", str(tmp_path / "s" / "sweep.sbatch")],
+                 check=True)
+  assert not (tmp_path / "s" / "study.db").exists()  # Nothing ran.

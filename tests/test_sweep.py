@@ -1,15 +1,21 @@
 """Sweeps: axes helpers, dry run, SLURM script, a real two-point sweep."""
 import csv
 import os
+import pathlib
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
-from bigmodel_jax import sweep
+from bigmodel_jax import config_loader, sweep
+from bigmodel_jax.data import sklearn_digits
+from bigmodel_jax.dataio.folds import fold_split, stratified_folds
 from conftest import EXPERIMENT, TINY
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
 
 def test_product_and_zip():
@@ -107,3 +113,50 @@ def test_a_signal_to_a_sweep_saves_its_running_points(tmp_path):
   saved = os.listdir(workdir / "00_learning_rate=0.01" / "checkpoints")
   assert len(saved) == 1 and 3 <= int(saved[0]) < 2000
   assert "interrupted: SIGTERM received" in log.read_text()
+
+
+def test_folds_are_disjoint_stratified_and_cover_the_split():
+  labels = np.random.default_rng(0).integers(0, 3, 1000)
+  folds = stratified_folds(labels, 5, seed=0)
+  assert sorted(np.concatenate(folds).tolist()) == list(range(1000))
+  for c in range(3):
+    counts = [int((labels[f] == c).sum()) for f in folds]
+    assert max(counts) - min(counts) <= 1  # Each class in proportion.
+  train, held_out = fold_split(labels, 5, 2, seed=0)
+  np.testing.assert_array_equal(held_out, folds[2])
+  assert not set(train) & set(held_out) and len(train) + len(held_out) == 1000
+
+
+def test_an_image_input_cross_validates_its_train_split_only():
+  config = config_loader.load(str(EXPERIMENTS / "vit_digits.py"),
+                              {"input.num_folds": 4, "input.fold": 1})
+  folded = sklearn_digits.Input(config.input, seed=0, process_index=0,
+                                process_count=1)
+  whole = sklearn_digits.Input(config_loader.load(
+      str(EXPERIMENTS / "vit_digits.py")).input, seed=0, process_index=0,
+                               process_count=1)
+  train, held_out = folded.sources["train"], folded.sources["test"]
+  assert len(train) + len(held_out) == len(whole.sources["train"])
+  assert set(train.indices).isdisjoint(held_out.indices)
+  assert 0.2 < len(held_out) / len(whole.sources["train"]) < 0.3
+  assert len(whole.sources["test"]) not in (len(held_out), len(train))
+
+
+def test_cross_validation_reports_mean_std_and_a_95_interval():
+  rows = [{"point": str(i), "final val/accuracy": v, "steps": 5}
+          for i, v in enumerate([0.8, 0.9, 0.7])]
+  lines = sweep.cross_validation(rows)
+  assert "| val/accuracy | 0.8000 | 0.1000 | [0.5516, 1.0484] | 3 |" in lines
+
+
+def test_folds_need_a_classification_input(capsys):
+  sweep.main(["--config", str(EXPERIMENTS / "vit_digits.py"), "--workdir",
+              "runs/x", "--folds", "3", "--dry-run"])
+  commands = capsys.readouterr().out.splitlines()
+  assert [c.split()[-1] for c in commands] == [
+      "--config.input.fold=0", "--config.input.fold=1",
+      "--config.input.fold=2"]
+  with pytest.raises(SystemExit):
+    sweep.main(["--config", EXPERIMENT + ":cpu", "--workdir", "runs/x",
+                "--folds", "3"])
+  assert "has no input.num_folds" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import concurrent.futures
 import jax
 import numpy as np
 
-from bigmodel_jax.dataio import image_ops
+from bigmodel_jax.dataio import folds, image_ops
 from bigmodel_jax.dataio.common import (SplitCache, StepInput, eval_positions,
                                       save_class_names, shuffled_indices)
 
@@ -38,6 +38,18 @@ def units(config) -> tuple[str, int]:
 load_tokenizer = None  # Images have no text.
 
 
+def _folded(source, config):
+  """`source` with the train split cut into `input.num_folds` stratified
+  folds: fold `input.fold` is the eval split, the others train."""
+  whole = source(config.train_split)
+  labels = [int(whole[i][1]) for i in range(len(whole))]
+  train, held_out = folds.fold_split(labels, config.num_folds, config.fold,
+                                     config.get("split_seed", 0))
+  parts = {config.train_split: folds.Subset(whole, train),
+           config.eval_split: folds.Subset(whole, held_out)}
+  return lambda split: parts[split] if split in parts else source(split)
+
+
 class ImageInput(StepInput):
   """Train and eval batches of one process; subclasses supply `source`, a
   function from a split name to its (image, label) source."""
@@ -46,6 +58,8 @@ class ImageInput(StepInput):
                process_index: int, process_count: int):
     super().__init__(config, seed=seed, process_index=process_index,
                      process_count=process_count)
+    if config.get("num_folds"):  # Cross-validation: folds of the train split.
+      source = _folded(source, config)
     self.sources = SplitCache(source)
     self.train = self.sources[config.train_split]
     self.sources[config.eval_split]  # Missing data fails now, not mid-run.
