@@ -12,12 +12,16 @@
   python -m bigmodel_jax.sweep --config experiments/gpt_shakespeare_char.py:cpu \
       --workdir runs/ablation_lr_depth --config.total_steps=1000 \
       --config.eval_every_steps=100
+  # Search learning rate x weight decay x warmup (docs/search.md):
+  python -m bigmodel_jax.sweep --config experiments/gpt_shakespeare_char.py:cpu \
+      --workdir runs/search --search tpe --trials 20 \
+      --config.total_steps=400 --config.eval_every_steps=50
 
 The TFDS data dir comes from --config.input.data_dir or $TFDS_DATA_DIR.
 """
 import ml_collections
 
-from bigmodel_jax import config_blocks, sweep
+from bigmodel_jax import config_blocks, search, sweep
 from bigmodel_jax.models import gpt
 
 
@@ -55,3 +59,11 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   del arg
   return sweep.product({"optimizer.learning_rate": [3e-4, 1e-3, 3e-3],
                         "model.num_layers": [2, 4, 6]})
+
+
+def get_search_space(arg: str | None = None) -> dict:
+  """Learning rate x weight decay x warmup (any variant)."""
+  del arg
+  return {"optimizer.learning_rate": search.floats(3e-4, 3e-2, log=True),
+          "optimizer.weight_decay": search.floats(0.0, 0.3),
+          "optimizer.warmup_steps": search.ints(0, 100)}
