@@ -20,6 +20,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   outputs = "".join(o.get("text", "") for cell in notebook.cells
                     if cell.cell_type == "code" for o in cell.outputs)
   assert "ROMEO:" in outputs and "step 30" in outputs
+  assert "best {'optimizer.learning_rate': " in outputs  # The search.
   assert (tmp_path / "checkpoints" / "30").is_dir()
   assert any(o.get("output_type") == "display_data"
              for cell in notebook.cells if cell.cell_type == "code"
