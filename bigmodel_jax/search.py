@@ -111,7 +111,9 @@ def default_storage(workdir: str) -> str:
 
 class Search:
   """An Optuna study over `space` (config key -> Floats/Ints/Choice),
-  stored in `storage` (default: WORKDIR/study.db). The sampler's `seed`
+  stored in `storage` (default: WORKDIR/study.db). The median pruner
+  prunes nothing before `startup_trials` trials are complete. The sampler's
+  `seed`
   (None: fresh entropy) makes one worker's search repeatable; workers of
   one study need different seeds, or they propose the same points."""
 
@@ -119,7 +121,7 @@ class Search:
                pruner: str = "median", metric: str = "val/loss",
                direction: str | None = None, storage: str | None = None,
                name: str = "search", seed: int | None = None,
-               grid_points: int = 3):
+               grid_points: int = 3, startup_trials: int = 5):
     if sampler not in SAMPLERS:
       raise ConfigError(f"--search {sampler!r}: use one of {SAMPLERS}.")
     if pruner not in PRUNERS:
@@ -139,7 +141,7 @@ class Search:
                 "grid": lambda: optuna.samplers.GridSampler(self.grid,
                                                             seed=seed)}
     pruners = {"median": lambda: optuna.pruners.MedianPruner(
-                   n_startup_trials=2, n_warmup_steps=0),
+                   n_startup_trials=startup_trials),
                "halving": optuna.pruners.SuccessiveHalvingPruner,
                "none": optuna.pruners.NopPruner}
     direction = direction or ("minimize" if selection.lower_is_better(metric)

@@ -233,6 +233,9 @@ def main(argv=None) -> None:
                          help="trials in the study (grid: all its points)")
   searching.add_argument("--pruner", choices=search_lib.PRUNERS,
                          default="median")
+  searching.add_argument("--startup-trials", type=int, default=5,
+                         help="complete trials before the median pruner "
+                         "prunes")
   searching.add_argument("--metric", default="val/loss",
                          help="the evaluation metric to optimize")
   searching.add_argument("--storage", help="Optuna storage URL (default: "
@@ -297,7 +300,8 @@ def _search(args, common: dict) -> None:
   worker = [sys.executable, "-m", "bigmodel_jax.sweep", "--config",
             args.config, "--workdir", os.path.abspath(args.workdir),
             "--search", args.search, "--trials", str(trials), "--pruner",
-            args.pruner, "--metric", args.metric, "--storage", storage,
+            args.pruner, "--startup-trials", str(args.startup_trials),
+            "--metric", args.metric, "--storage", storage,
             "--parallel", str(args.parallel)] + [
                 f"--config.{k}={v}" for k, v in common.items()]
   if args.dry_run:
@@ -314,7 +318,8 @@ def _search(args, common: dict) -> None:
     return
   study = search_lib.Search(space, args.workdir, sampler=args.search,
                             pruner=args.pruner, metric=args.metric,
-                            storage=storage, seed=args.seed)
+                            storage=storage, seed=args.seed,
+                            startup_trials=args.startup_trials)
   _, received = trials_lib.run_trials(
       study, trials, args.parallel,
       lambda directory, overrides: command(args.config, directory,

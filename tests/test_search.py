@@ -45,7 +45,7 @@ def test_tpe_finds_the_optimum_region_and_beats_random(tmp_path):
 
 def test_a_bad_trial_is_pruned_at_its_first_report(tmp_path):
   study = search.Search({"x": search.floats(0, 10)}, str(tmp_path))
-  for x in (1.0, 2.0, 9.0):  # Two to compare with, then a bad one.
+  for x in (1.0, 2.0, 1.5, 2.5, 3.0, 9.0):  # Five to compare with, one bad.
     study.study.enqueue_trial({"x": x})
   steps = {}
 
@@ -56,10 +56,10 @@ def test_a_bad_trial_is_pruned_at_its_first_report(tmp_path):
       if report(step, x + 1 / step):
         return None
     return x
-  study.optimize(curve, trials=3)
+  study.optimize(curve, trials=6)
   states = [t.state.name for t in study.study.trials]
-  assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
-  assert steps == {1.0: 10, 2.0: 10, 9.0: 1}
+  assert states == ["COMPLETE"] * 5 + ["PRUNED"]
+  assert steps == {1.0: 10, 2.0: 10, 1.5: 10, 2.5: 10, 3.0: 10, 9.0: 1}
 
 
 _WORKER = """
@@ -121,7 +121,8 @@ _ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 @pytest.mark.slow
 def test_trials_train_report_and_the_bad_one_is_pruned(tmp_path):
   spec = _experiment(tmp_path)
-  study = search.Search(sweep.load_space(spec, {}), str(tmp_path / "s"))
+  study = search.Search(sweep.load_space(spec, {}), str(tmp_path / "s"),
+                        startup_trials=2)
   for lr in (3e-3, 5e-3, 1e-9):  # The last learns nothing: pruned.
     study.study.enqueue_trial({"optimizer.learning_rate": lr})
 
