@@ -175,5 +175,7 @@ def rows(search: search_lib.Search) -> tuple[dict, dict]:
     name = os.path.basename(trial_dir(search.workdir, t.number))
     points[name] = dict(t.params)
     extra[name] = {"state": t.state.name.lower(),
-                   "objective": "" if t.value is None else t.value}
+                   "objective": "" if t.value is None else t.value,
+                   "wall s": "" if t.duration is None else round(
+                       t.duration.total_seconds(), 1)}
   return points, extra
