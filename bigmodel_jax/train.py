@@ -106,6 +106,8 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
   history = writer.records if writer.enabled else _history(workdir, start)
   good_steps.update(r["step"] for r in history if _good_eval(r))
   selection = selection_lib.Selection(config, history)
+  if writer.enabled and selection.best_step is not None:
+    selection.write(workdir)  # As replayed (--resume_from may go back).
   end = config.total_steps if selection.stopped_at is None else start
   if start >= config.total_steps:
     log(f"already trained to step {start} >= total_steps; nothing to do")

@@ -134,9 +134,9 @@ def run_trials(search: search_lib.Search, trials: int, parallel: int,
         run.report(search.metric)
         if run.proc.poll() is None:
           continue
+        status[number] = _tell(search, run)
         run.close()
         del running[number]
-        status[number] = _tell(search, run)
         print(f"[search] trial {number}: {status[number]} in "
               f"{perf.hms(time.time() - run.began)} | {search.counted()}/"
               f"{trials} trials | elapsed {perf.hms(time.time() - start)}",
@@ -150,7 +150,10 @@ def _tell(search: search_lib.Search, run: _Running) -> str:
   if run.pruned is not None:
     search.study.tell(run.trial, state=states.PRUNED)
     step, value = run.pruned
-    return f"pruned at step {step} ({search.metric} {value:.4g})"
+    text = f"pruned at step {step} ({search.metric} {value:.4g})"
+    run.log.write(f"[search] trial {run.trial.number} {text}: the search "
+                  "stopped this run\n")
+    return text
   if code == Interrupted.exit_code:  # Stopped by a signal: resumes later.
     return "interrupted"
   value = run.final(search.metric) if code == 0 else None

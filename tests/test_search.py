@@ -136,6 +136,8 @@ def test_trials_train_report_and_the_bad_one_is_pruned(tmp_path):
   logged = [json.loads(line)["step"] for line in open(
       tmp_path / "s" / "trial_0002" / "metrics.jsonl")]
   assert max(logged) < 30  # Stopped early, and saved where it stopped.
+  assert "[search] trial 2 pruned at step" in (
+      tmp_path / "s" / "trial_0002" / "train.log").read_text()
   assert os.listdir(tmp_path / "s" / "trial_0002" / "checkpoints")
   complete = [t for t in study.study.trials if t.state.name == "COMPLETE"]
   assert all(t.intermediate_values for t in complete)
