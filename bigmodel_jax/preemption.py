@@ -34,27 +34,34 @@ def _say(text: str) -> None:
   os.write(2, (text + "\n").encode())  # Safe inside a signal handler.
 
 
-class Watch:
+class _Handling:
+  """Installs `self._handle` for `signums` for a block, then restores the
+  handlers it replaced."""
+  _previous: dict = {}
+
+  def _install(self, signums) -> None:
+    self._previous = {s: signal.signal(s, self._handle) for s in signums}
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+class Watch(_Handling):
   """Installs the handlers for the block (in the main thread only; a run in
   another thread is stopped the usual way) and restores the old ones."""
 
   def __init__(self):
     self.signal_name = None
-    self._previous = {}
     self._shared = False  # Several processes: JAX's service decides.
 
   def __enter__(self):
     if threading.current_thread() is not threading.main_thread():
       return self
     self._shared = jax.process_count() > 1
-    for signum in ((signal.SIGINT,) if self._shared
-                   else (signal.SIGINT, signal.SIGTERM)):
-      self._previous[signum] = signal.signal(signum, self._handle)
+    self._install((signal.SIGINT,) if self._shared
+                  else (signal.SIGINT, signal.SIGTERM))
     return self
-
-  def __exit__(self, *exc):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -78,7 +85,7 @@ class Watch:
     return self.signal_name is not None
 
 
-class Forwarding:
+class Forwarding(_Handling):
   """While a parent (a sweep, a search) runs training processes: SIGTERM or
   SIGINT is passed on to `procs()` (each saves and exits 75; a second
   signal makes them exit at once) and `received` names it, so the parent
@@ -89,13 +96,8 @@ class Forwarding:
     self.procs, self.received = procs, None
 
   def __enter__(self):
-    self.previous = {s: signal.signal(s, self._handle)
-                     for s in (signal.SIGINT, signal.SIGTERM)}
+    self._install((signal.SIGINT, signal.SIGTERM))
     return self
-
-  def __exit__(self, *exc):
-    for signum, handler in self.previous.items():
-      signal.signal(signum, handler)
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -110,8 +112,10 @@ def start_child(command: list[str], log) -> subprocess.Popen:
   """A training process of a sweep or search, output to `log`: in its own
   session (see Forwarding) and sent SIGTERM if its parent dies (Linux), so
   it saves and stops instead of training on unwatched."""
+  prctl = ctypes.CDLL(None).prctl  # Looked up here, not in the child.
+
   def die_with_parent():
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
   return subprocess.Popen(
       command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
       preexec_fn=die_with_parent if sys.platform == "linux" else None)

@@ -45,31 +45,23 @@ PRUNERS = ("median", "halving", "none")
 
 # --- Search spaces ------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class Floats:
+class Range:
+  """Numbers in [low, high]: floats, or ints with `integer`; log-uniform
+  (and log-spaced on a grid) with `log`."""
   low: float
   high: float
   log: bool = False
+  integer: bool = False
 
   def suggest(self, trial, key):
-    return trial.suggest_float(key, self.low, self.high, log=self.log)
+    suggest = trial.suggest_int if self.integer else trial.suggest_float
+    return suggest(key, self.low, self.high, log=self.log)
 
   def grid(self, points: int) -> list:
     space = np.geomspace if self.log else np.linspace
-    return [float(v) for v in space(self.low, self.high, points)]
-
-
-@dataclasses.dataclass(frozen=True)
-class Ints:
-  low: int
-  high: int
-  log: bool = False
-
-  def suggest(self, trial, key):
-    return trial.suggest_int(key, self.low, self.high, log=self.log)
-
-  def grid(self, points: int) -> list:
-    space = np.geomspace if self.log else np.linspace
-    return sorted({int(round(v)) for v in space(self.low, self.high, points)})
+    values = space(self.low, self.high, points)
+    return (sorted({int(round(v)) for v in values}) if self.integer
+            else [float(v) for v in values])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +76,14 @@ class Choice:
     return list(self.values)
 
 
-def floats(low: float, high: float, log: bool = False) -> Floats:
+def floats(low: float, high: float, log: bool = False) -> Range:
   """A float in [low, high] (log-uniform with `log`)."""
-  return Floats(low, high, log)
+  return Range(low, high, log)
 
 
-def ints(low: int, high: int, log: bool = False) -> Ints:
+def ints(low: int, high: int, log: bool = False) -> Range:
   """An int in [low, high]."""
-  return Ints(low, high, log)
+  return Range(low, high, log, integer=True)
 
 
 def choice(values) -> Choice:
@@ -110,7 +102,7 @@ def default_storage(workdir: str) -> str:
 
 
 class Search:
-  """An Optuna study over `space` (config key -> Floats/Ints/Choice),
+  """An Optuna study over `space` (config key -> Range/Choice),
   stored in `storage` (default: WORKDIR/study.db). The median pruner
   prunes nothing before `startup_trials` trials are complete. The sampler's
   `seed`
@@ -127,7 +119,7 @@ class Search:
     if pruner not in PRUNERS:
       raise ConfigError(f"--pruner {pruner!r}: use one of {PRUNERS}.")
     bad = [k for k, v in space.items()
-           if not isinstance(v, (Floats, Ints, Choice))]
+           if not isinstance(v, (Range, Choice))]
     if not space or bad:
       raise ConfigError("get_search_space must map config keys to "
                         "search.floats/ints/choice ranges"

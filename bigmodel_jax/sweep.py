@@ -325,15 +325,16 @@ def _search(args, common: dict) -> None:
       lambda directory, overrides: command(args.config, directory,
                                            {**common, **overrides}))
   points, extra = trials_lib.rows(study)
-  write_results(args.workdir, points, extra, search_lib.summary(study))
+  summary = search_lib.summary(study)
+  write_results(args.workdir, points, extra, summary)
   wrote = ["results.csv", "results.md", "plot_*.png"]
   if search_lib.plot(study, os.path.join(args.workdir, "parallel.png")):
     wrote.append("parallel.png")
   if args.export_best and study.best() is not None:
     search_lib.export_best(study, args.export_best)
     wrote.append(args.export_best)
-  print(f"[search] wrote {', '.join(wrote)} in {args.workdir}; " +
-        "\n".join(search_lib.summary(study)[:1]))
+  print(f"[search] wrote {', '.join(wrote)} in {args.workdir}; "
+        f"{summary[0]}")
   if received:
     print("[search] interrupted: run the same command to resume")
     sys.exit(Interrupted.exit_code)

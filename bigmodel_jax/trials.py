@@ -74,8 +74,8 @@ def requeue_orphans(search: search_lib.Search) -> list[int]:
 class _Running:
   """A trial's training process, its claim and what it reported."""
 
-  def __init__(self, trial, overrides, command, directory):
-    self.trial, self.overrides, self.directory = trial, overrides, directory
+  def __init__(self, trial, command, directory):
+    self.trial, self.directory = trial, directory
     self.claim = _Claim(os.path.join(directory, ".claim"))
     self.claim.take()
     self.log = open(os.path.join(directory, "train.log"), "a")
@@ -128,7 +128,7 @@ def run_trials(search: search_lib.Search, trials: int, parallel: int,
             trial_dir(search.workdir, resumes)):
           os.rename(trial_dir(search.workdir, resumes), directory)
         running[trial.number] = _Running(
-            trial, overrides, command(directory, overrides), directory)
+            trial, command(directory, overrides), directory)
       time.sleep(0.5)
       for number, run in list(running.items()):
         run.report(search.metric)
