@@ -1,6 +1,7 @@
 """API keys, invoices and prices of the serving ledger.
 
   python -m bigmodel_jax.billing keys create --name acme --quota-tokens 1000000 --rate 60
+  python -m bigmodel_jax.billing keys create --name ops --admin
   python -m bigmodel_jax.billing keys list
   python -m bigmodel_jax.billing keys revoke acme
   python -m bigmodel_jax.billing report --from 2026-11-01 --to 2026-11-30 [--csv]
@@ -10,7 +11,8 @@ Every command takes `--db URL` (an SQLAlchemy URL; default $BIGMODEL_JAX_DB,
 else sqlite:///ledger.sqlite). A key's secret is printed once, at creation;
 the ledger keeps only its hash. `--rate` is requests per minute; `--credit`
 prepaid dollars (calls stop with 402 when it is spent); `--quota-tokens` a
-hard limit on input + output tokens (429 when reached).
+hard limit on input + output tokens (429 when reached). An `--admin` key sees
+every key's usage in the console (/console); other keys see their own.
 
 `report` prints one invoice line per key and model for the days from `--from`
 to `--to` (inclusive, UTC). `suggest-price` prices 1M output tokens from the
@@ -18,7 +20,6 @@ throughput `scripts/load_test.py` measured for the run (its load_test.json),
 or, with `--accelerator` and `--mfu`, from the model's FLOPs per token.
 """
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -26,6 +27,7 @@ import sys
 
 from bigmodel_jax import perf
 from bigmodel_jax.errors import ConfigError, NotFound, entrypoint
+from bigmodel_jax.serving import usage
 from bigmodel_jax.serving.ledger import Ledger, usd
 
 DEFAULT_DB = "sqlite:///ledger.sqlite"
@@ -64,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
   create.add_argument("--quota-tokens", type=int)
   create.add_argument("--rate", type=float, help="requests per minute")
   create.add_argument("--credit", type=float, help="prepaid USD")
+  create.add_argument("--admin", action="store_true",
+                      help="sees every key's usage in the console")
   key_commands.add_parser("list")
   revoke = key_commands.add_parser("revoke")
   revoke.add_argument("name", help="the key's name or its secret's prefix")
@@ -92,18 +96,18 @@ def _keys(ledger: Ledger, args) -> None:
         raise ConfigError(f"--{name.replace('_', '-')}={value}: must be > 0.")
     key, secret = ledger.create_key(args.name, quota_tokens=args.quota_tokens,
                                     rate_per_minute=args.rate,
-                                    credit_usd=args.credit)
-    print(f"Created key {_shown(key.name)!r} ({key.prefix}...). Its secret, "
-          f"shown only now:\n{secret}")
+                                    credit_usd=args.credit, admin=args.admin)
+    print(f"Created {'admin ' * key.admin}key {_shown(key.name)!r} "
+          f"({key.prefix}...). Its secret, shown only now:\n{secret}")
   elif args.action == "list":
     print(f"{'name':20} {'prefix':14} {'created (UTC)':19} {'status':8} "
           f"{'quota':>10} {'rate/min':>8} {'credit $':>12} {'used tokens':>12}"
           f" {'spent $':>12}")
     for key, created in ledger.list_keys():
       tokens, spent = ledger.spent(key.id)
+      status = "revoked" if key.revoked else "admin" if key.admin else "active"
       print(f"{_shown(key.name):20} {key.prefix:14} "
-            f"{created:%Y-%m-%d %H:%M:%S} "
-            f"{'revoked' if key.revoked else 'active':8} "
+            f"{created:%Y-%m-%d %H:%M:%S} {status:8} "
             f"{key.quota_tokens or '-':>10} {key.rate_per_minute or '-':>8} "
             f"{_usd(key.credit_nanousd):>12} {tokens:>12} {_usd(spent):>12}")
   else:
@@ -116,15 +120,10 @@ def _report(ledger: Ledger, args) -> None:
   if end <= args.start:
     raise ConfigError("--to is before --from.")
   lines = ledger.invoices(args.start, end)
-  fields = ("name", "prefix", "model", "unit", "calls", "input_units",
-            "output_units", "amount_usd")
-  rows = [{**line, "amount_usd": _usd(line["price_nanousd"])}
-          for line in lines]
   if args.csv:
-    writer = csv.DictWriter(sys.stdout, fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
+    sys.stdout.write(usage.invoice_csv(lines))
     return
+  rows = usage.invoice_lines(lines)
   print(f"Invoices {args.start:%Y-%m-%d} to {args.end:%Y-%m-%d} (UTC)")
   print(f"{'key':20} {'model':20} {'calls':>7} {'input':>10} {'output':>10} "
         f"{'unit':6} {'amount $':>12}")

@@ -1,6 +1,7 @@
 """Tests run on 8 forced CPU devices; TFDS reads the prepared data that ships
 and the data home (raw files, rt-polarity) is ../shared/data: no download."""
 import atexit
+import contextlib
 import functools
 import glob
 import http.server
@@ -175,6 +176,18 @@ def servable(tmp_path_factory):
       cache[name] = workdir
     return cache[name]
   return get
+
+
+@contextlib.contextmanager
+def model_server(servable, folder, names: list, args: list):
+  """A real server (`process.Server`) of the tiny runs `names` (compiled on
+  use) on a new SQLite ledger in `folder`, whose URL is its `db`."""
+  db = f"sqlite:///{folder / 'ledger.sqlite'}"
+  with process.Server([servable(n) for n in names], names=names, db=db,
+                      log=str(folder / "server.log"),
+                      args=["--config.warm_up=false", *args]) as server:
+    server.db = db
+    yield server
 
 
 def _postgres_binaries() -> str | None:

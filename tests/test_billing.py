@@ -48,6 +48,12 @@ def test_keys_are_shown_once_and_stored_as_hashes(tmp_path, capsys):
   billing.main(["--db", db, "keys", "list"])
   listing = capsys.readouterr().out
   assert "acme" in listing and secret[:12] in listing and secret not in listing
+  billing.main(["--db", db, "keys", "create", "--name", "ops", "--admin"])
+  assert "Created admin key 'ops'" in capsys.readouterr().out
+  billing.main(["--db", db, "keys", "list"])
+  assert [line.split()[4] for line in capsys.readouterr().out.splitlines()[
+      1:]] == ["active", "admin"]
+  assert [k.admin for k, _ in ledger.list_keys()] == [False, True]
   billing.main(["--db", db, "keys", "revoke", "acme"])
   assert ledger.authenticate(secret) is None
   with pytest.raises(SystemExit):
@@ -324,6 +330,7 @@ def _check_upgraded(url: str) -> None:
   Ledger(url)  # A second open finds nothing to upgrade.
   assert [r["request_id"] for r in ledger.rows()] == ["order-1"]
   old_key = ledger.list_keys()[0][0]
+  assert not old_key.admin  # Keys from before admin keys read their own.
   with pytest.raises(Billed):  # Its billed id is still its.
     ledger.claim(old_key.id, "order-1", 1, 0, 60).result()
   hold = ledger.claim(old_key.id, "order-2", 95, 0, 60).result()

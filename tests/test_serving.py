@@ -23,7 +23,7 @@ from bigmodel_jax.serving import process
 from bigmodel_jax.serving.completions import Choice, StopMatcher
 from bigmodel_jax.serving.generation import Generator
 from bigmodel_jax.serving.ledger import Ledger
-from conftest import generate_all
+from conftest import generate_all, model_server
 
 
 @pytest.fixture(scope="module")
@@ -178,17 +178,12 @@ def test_stop_matching_equals_the_plain_search(stops, pieces):
 
 @pytest.fixture(scope="module")
 def server(servable, tmp_path_factory):
-  folder = tmp_path_factory.mktemp("server")
-  db = f"sqlite:///{folder / 'ledger.sqlite'}"
-  names = ["char", "chat", "bert", "vit"]
-  with process.Server([servable(n) for n in names], names=names, db=db,
-                      log=str(folder / "server.log"),
-                      args=["--config.slots=4", "--config.max_body_bytes=20000",
-                            "--config.encoder_window_ms=50",
-                            "--config.warm_up=false",  # Compiled on use.
-                            "--config.prices.default.per_call=0.001"]) as s:
-    s.db = db
-    s.key = process.create_key(db, "tests")
+  with model_server(servable, tmp_path_factory.mktemp("server"),
+                    ["char", "chat", "bert", "vit"],
+                    ["--config.slots=4", "--config.max_body_bytes=20000",
+                     "--config.encoder_window_ms=50",
+                     "--config.prices.default.per_call=0.001"]) as s:
+    s.key = process.create_key(s.db, "tests")
     yield s
 
 

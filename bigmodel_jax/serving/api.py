@@ -4,13 +4,14 @@
 
 Routes: POST /v1/completions, /v1/chat/completions, /v1/embeddings,
 /v1/classify; GET /v1/models (key required, free), /healthz, /metrics
-(Prometheus; no key: keep them on a private network) and /openapi.json. A
-metered call is authenticated, rate-limited, parsed, checked against the
-model, holds what it may use in the ledger (or replays the answer of a
-billed call with the same X-Request-Id), is served, and is written to the
-ledger before its last bytes leave. Every error is {"error": {"message",
-"type", "code"}} with its status, never a traceback. Parsing large bodies
-and tokenizing run off the event loop, so no request stalls the others.
+(Prometheus; no key: keep them on a private network) and /openapi.json;
+the console's page and usage routes (console.py). A metered call is
+authenticated, rate-limited, parsed, checked against the model, holds what
+it may use in the ledger (or replays the answer of a billed call with the
+same X-Request-Id), is served, and is written to the ledger before its last
+bytes leave. Every error is {"error": {"message", "type", "code"}} with its
+status, never a traceback. Parsing large bodies and tokenizing run off the
+event loop, so no request stalls the others.
 """
 import asyncio
 import base64
@@ -25,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from bigmodel_jax.serving import bodies, openapi, schemas, settings
+from bigmodel_jax.serving import bodies, console, openapi, schemas, settings
 from bigmodel_jax.serving.completions import (Generation, check_length,
                                               replayed_events)
 from bigmodel_jax.serving.gate import ApiError, Gate
@@ -273,8 +274,11 @@ def create_app(served: dict, ledger, config) -> FastAPI:
     return {"object": "list", "data": [
         {"id": name, "object": "model", "owned_by": "bigmodel_jax",
          "created": 0, "endpoints": [ENDPOINT_NAMES[e] for e in m.endpoints],
-         "context_length": m.context if m.generator else None}
+         "context_length": m.context if m.generator else None,
+         "input": "text" if m.image_input is None else "image"}
         for name, m in served.items()]}
+
+  console.add_routes(app, gate)
 
   @app.get("/healthz")
   async def healthz():

@@ -47,6 +47,7 @@ class Key:
   quota_tokens: int | None
   rate_per_minute: float | None
   credit_nanousd: int | None
+  admin: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,15 +98,17 @@ class Ledger:
 
   def create_key(self, name: str, *, quota_tokens: int | None = None,
                  rate_per_minute: float | None = None,
-                 credit_usd: float | None = None) -> tuple[Key, str]:
-    """A new key and its secret (the only time the secret exists)."""
+                 credit_usd: float | None = None, admin: bool = False
+                 ) -> tuple[Key, str]:
+    """A new key and its secret (the only time the secret exists); an
+    `admin` key also sees every key's usage in the console."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     row = dict(name=check_name(name), prefix=secret[:12],
                key_hash=hash_key(secret), created_at=now(),
                quota_tokens=quota_tokens, used_tokens=0, spent_nanousd=0,
                held_tokens=0, held_nanousd=0, rate_per_minute=rate_per_minute,
                credit_nanousd=(None if credit_usd is None
-                               else round(credit_usd * NANO)))
+                               else round(credit_usd * NANO)), admin=admin)
     with self.engine.begin() as db:
       key_id = db.execute(keys.insert().values(**row)).inserted_primary_key[0]
     return self._key({**row, "id": key_id, "revoked_at": None}), secret
@@ -115,7 +118,8 @@ class Ledger:
     row = dict(row)
     return Key(row["id"], row["name"], row["prefix"],
                row["revoked_at"] is not None, row["quota_tokens"],
-               row["rate_per_minute"], row["credit_nanousd"])
+               row["rate_per_minute"], row["credit_nanousd"],
+               bool(row["admin"]))
 
   def authenticate(self, secret: str) -> Key | None:
     """The key of a secret, or None (unknown or revoked)."""
@@ -193,9 +197,10 @@ class Ledger:
               keys.c.id == key_id)).one()
     return int(tokens), int(money)
 
-  def invoices(self, start: datetime.datetime, end: datetime.datetime
-               ) -> list[dict]:
-    """Per key and model, the calls in [start, end): counts and totals."""
+  def invoices(self, start: datetime.datetime, end: datetime.datetime,
+               key_id: int | None = None) -> list[dict]:
+    """Per key and model, the calls in [start, end) (of one key, or all):
+    counts and totals."""
     query = (sa.select(
         keys.c.name, keys.c.prefix, usage.c.model, usage.c.unit,
         sa.func.count().label("calls"),
@@ -203,7 +208,8 @@ class Ledger:
         sa.func.sum(usage.c.output_units).label("output_units"),
         sa.func.sum(usage.c.price_nanousd).label("price_nanousd"))
              .join(keys, keys.c.id == usage.c.key_id)
-             .where(usage.c.created_at >= start, usage.c.created_at < end)
+             .where(usage.c.created_at >= start, usage.c.created_at < end,
+                    *([] if key_id is None else [usage.c.key_id == key_id]))
              .group_by(keys.c.name, keys.c.prefix, usage.c.model, usage.c.unit)
              .order_by(keys.c.name, usage.c.model))
     with self.engine.connect() as db:

@@ -35,6 +35,8 @@ keys = sa.Table(
               server_default=_ZERO),
     sa.Column("rate_left", sa.Float),  # Requests left in the bucket.
     sa.Column("rate_at", sa.Float),  # Unix time of rate_left.
+    sa.Column("admin", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),  # Sees every key's usage.
 )
 holds = sa.Table(
     "holds", metadata,

@@ -211,19 +211,24 @@ def settle(db, row: dict, hold) -> None:
       **totals))
 
 
+def rate_level(clock: float):
+  """The requests left in a key's bucket at `clock` (SQL; None: no rate)."""
+  rate = keys.c.rate_per_minute
+  filled = (sa.func.coalesce(keys.c.rate_left, rate) +
+            (clock - sa.func.coalesce(keys.c.rate_at, clock)) * rate / 60)
+  return sa.case((filled > rate, rate), else_=filled)
+
+
 def take_rate(db, key_id: int) -> float:
   """Takes one request from the key's bucket (capacity: its rate per
   minute, refilled continuously); 0, or the seconds until one is left."""
   clock = time.time()
-  rate = keys.c.rate_per_minute
-  filled = (sa.func.coalesce(keys.c.rate_left, rate) +
-            (clock - sa.func.coalesce(keys.c.rate_at, clock)) * rate / 60)
-  level = sa.case((filled > rate, rate), else_=filled)
+  level = rate_level(clock)
   if db.execute(keys.update().where(keys.c.id == key_id, level >= 1).values(
       rate_left=level - 1, rate_at=clock)).rowcount:
     return 0.0
-  left, per_minute = db.execute(sa.select(level, rate).where(
-      keys.c.id == key_id)).one()
+  left, per_minute = db.execute(sa.select(level, keys.c.rate_per_minute)
+                                .where(keys.c.id == key_id)).one()
   return 0.0 if per_minute is None else (1 - left) * 60 / per_minute
 
 
