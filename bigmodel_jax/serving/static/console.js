@@ -92,6 +92,7 @@ const getJson = async (path) => (await api(path)).json();
 // -- Signing in and out ----------------------------------------------------
 
 async function signIn(key) {
+  $("sign-in-error").textContent = "";
   sessionStorage.setItem(KEY_STORE, key);
   try {
     models = (await getJson("/v1/models")).data;
@@ -100,7 +101,6 @@ async function signIn(key) {
     $("sign-in-error").textContent = e.message;
     return;
   }
-  $("sign-in-error").textContent = "";
   $("key").value = "";
   $("sign-in").hidden = true;
   $("tabs").hidden = $("who").hidden = false;
@@ -330,11 +330,14 @@ function keyQuery() {
 
 async function refreshUsage() {
   $("usage-error").textContent = "";
+  $("usage").setAttribute("aria-busy", "true");
   try {
     await showKeys();
     await Promise.all([showDaily(), showCalls(), showInvoices()]);
   } catch (e) {
     $("usage-error").textContent = e.message;
+  } finally {
+    $("usage").setAttribute("aria-busy", "false");
   }
 }
 
