@@ -410,6 +410,12 @@ def test_an_admin_sees_every_key_and_names_are_shown_as_text(
   _complete(console, hostile)
   page = Page(browser, console, tmp_path)
   page.sign_in(console.admin)
+  page.choose("model", "char")
+  request_id = page.run("KING:")  # Its price is found among its own calls.
+  [row] = [r for r in Ledger(console.db).rows() if r["request_id"] ==
+           request_id and r["key_id"] == _key_id(console.db, "ops")]
+  assert page("cost-price").get_attribute("data-usd") == usd(
+      row["price_nanousd"])
   page.show_usage()
   assert page.visible("admin")
   names = [row[0] for row in page.table("keys-table")]

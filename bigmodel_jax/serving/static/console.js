@@ -144,6 +144,11 @@ function fillEndpoints() {
   const model = currentModel();
   $("endpoint").replaceChildren(...(model ? model.endpoints : []).map(
       (path) => option(path, ENDPOINTS[path])));
+  if (model && model.context_length) {  // Leave room for the prompt.
+    const most = Math.max(1, Math.floor(model.context_length / 2));
+    $("max-tokens").max = model.context_length - 1;
+    $("max-tokens").value = Math.min(64, most);
+  }
   chat = [];
   setMode();
 }
@@ -308,8 +313,11 @@ async function showCost(call, ms) {
   $("cost-request").textContent = call.requestId || "-";
   $("cost-time").textContent = (ms / 1000).toFixed(2) + " s";
   // The billed row is in the ledger before the answer's last bytes left.
+  // Request ids are unique per key: look in this key's calls (even an admin's).
+  const own = sessionStorage.getItem(KEY_STORE).slice(0, 12);
   const rows = call.requestId ? (await getJson(
-      "/v1/usage/calls?request_id=" + encodeURIComponent(call.requestId))).data : [];
+      "/v1/usage/calls?request_id=" + encodeURIComponent(call.requestId) +
+      "&key=" + encodeURIComponent(own))).data : [];
   const row = rows[0];
   const usage = call.usage || {};
   $("cost-input").textContent = row ? `${row.input_units} ${row.unit}` :
