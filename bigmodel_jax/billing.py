@@ -39,8 +39,7 @@ def default_db() -> str:
 
 def _date(text: str) -> datetime.datetime:
   try:
-    return datetime.datetime.strptime(text, "%Y-%m-%d").replace(
-        tzinfo=datetime.timezone.utc)
+    return usage.day(text)
   except ValueError:
     raise ConfigError(f"{text!r} is not a date; use YYYY-MM-DD.") from None
 

@@ -102,12 +102,11 @@ def default_storage(workdir: str) -> str:
 
 
 class Search:
-  """An Optuna study over `space` (config key -> Range/Choice),
-  stored in `storage` (default: WORKDIR/study.db). The median pruner
-  prunes nothing before `startup_trials` trials are complete. The sampler's
-  `seed`
-  (None: fresh entropy) makes one worker's search repeatable; workers of
-  one study need different seeds, or they propose the same points."""
+  """An Optuna study over `space` (config key -> Range/Choice), stored in
+  `storage` (default: WORKDIR/study.db). The median pruner prunes nothing
+  before `startup_trials` trials are complete. The sampler's `seed` (None:
+  fresh entropy) makes one worker's search repeatable; workers of one study
+  need different seeds, or they propose the same points."""
 
   def __init__(self, space: dict, workdir: str, *, sampler: str = "tpe",
                pruner: str = "median", metric: str = "val/loss",

@@ -44,8 +44,7 @@ MAX_CALLS = 200  # Most calls listed by one request.
 
 def _date(text: str, name: str) -> datetime.datetime:
   try:
-    return datetime.datetime.strptime(text, "%Y-%m-%d").replace(
-        tzinfo=datetime.timezone.utc)
+    return usage.day(text)
   except ValueError:
     raise ApiError(400, f"{name}={text[:40]!r} is not a date; use "
                    "YYYY-MM-DD.", "invalid_request_error",
@@ -129,12 +128,10 @@ def add_routes(app: FastAPI, gate: Gate) -> None:
 
   @app.get("/v1/usage/calls")
   async def calls(request: Request, key: str | None = None,
-                  limit: str | None = None, request_id: str | None = None):
+                  limit: str = "20", request_id: str | None = None):
     """The latest calls, newest first (or the one with `request_id`)."""
     key_id = await reader(request, key)
     _word(request_id, "request_id")
-    if limit is None:
-      limit = "20"
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_CALLS:
       raise ApiError(400, f"limit={limit[:20]!r}: give 1 to {MAX_CALLS}.",
                      "invalid_request_error", "invalid_limit")

@@ -20,6 +20,12 @@ INVOICE_FIELDS = ("name", "prefix", "model", "unit", "calls", "input_units",
                   "output_units", "amount_usd")
 
 
+def day(text: str) -> datetime.datetime:
+  """The UTC midnight starting a YYYY-MM-DD day (ValueError if not one)."""
+  return datetime.datetime.strptime(text, "%Y-%m-%d").replace(
+      tzinfo=datetime.timezone.utc)
+
+
 def invoice_lines(lines: list[dict]) -> list[dict]:
   """Invoice lines (`Ledger.invoices`) with integer sums and exact dollars."""
   return [{**line, **{k: int(line[k]) for k in (

@@ -67,13 +67,9 @@ function daysBefore(day, n) {
 
 // -- The API ---------------------------------------------------------------
 
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
 async function api(path, options = {}) {
   const key = sessionStorage.getItem(KEY_STORE);
-  const headers = {"Authorization": "Bearer " + key, ...(options.headers || {})};
+  const headers = {"Authorization": "Bearer " + key};
   if (options.body) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {...options, headers});
   if (!response.ok) {
@@ -82,7 +78,7 @@ async function api(path, options = {}) {
       message = (await response.json()).error.message;
     } catch (_) { /* Not the API's JSON error: keep the status line. */ }
     if (response.status === 401 && path !== "/v1/models") signOut(message);
-    throw new ApiError(response.status, message);
+    throw new Error(message);
   }
   return response;
 }
@@ -219,7 +215,7 @@ async function generate(mode, model, text) {
   let answer = "", usage = null;
   try {
     for await (const event of serverEvents(response)) {
-      if (event.error) throw new ApiError(500, event.error.message);
+      if (event.error) throw new Error(event.error.message);
       if (event.usage) usage = event.usage;
       for (const choice of event.choices || []) {
         const piece = mode === "chat" ? (choice.delta || {}).content : choice.text;
