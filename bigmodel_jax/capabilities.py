@@ -12,6 +12,16 @@ ask for a capability, which holds when the run has all of its parts:
   embed          family.capabilities(config)   `apply(..., embed=True)` gives
                                                unit-length vectors (B, D)
   text           the input's tokenizer         the run reads and writes text
+  token_embeddings  family.capabilities        the module (value: its name)
+                                               whose output is the token
+                                               embeddings
+  pixels         family.capabilities           the model reads float images
+  attention      family.capabilities           its attention layers sow their
+                                               weights (layers/attention.py)
+  lens           family.capabilities           the final norm (value: its
+                                               module name) before the
+                                               unembedding; blocks sow
+                                               "residual"
 
 A capability a run lacks is refused in one line naming the parts missing.
 """
@@ -23,6 +33,10 @@ PARTS = {
     "decode": "its model family decodes with a cache",
     "embed": "its model family embeds",
     "text": "its input has a tokenizer",
+    "token_embeddings": "its model family names its token embeddings",
+    "pixels": "its model family reads images",
+    "attention": "its model family sows attention weights",
+    "lens": "its model family names its final norm",
 }
 CAPABILITIES = {  # name -> (parts needed, what uses it)
     "generate": ({"next_token", "decode", "text"},
@@ -30,6 +44,12 @@ CAPABILITIES = {  # name -> (parts needed, what uses it)
     "score_text": ({"next_token", "text"}, "evaluate --text"),
     "embed": ({"embed", "text"}, "/v1/embeddings"),
     "classify": ({"classify"}, "/v1/classify"),
+    "explain_text": ({"classify", "token_embeddings", "text"},
+                     "explain: integrated gradients of tokens"),
+    "explain_image": ({"classify", "pixels"},
+                      "explain: integrated gradients of pixels"),
+    "attention_maps": ({"attention"}, "explain: attention maps, rollout"),
+    "logit_lens": ({"next_token", "lens", "text"}, "explain: logit lens"),
 }
 
 

@@ -92,4 +92,11 @@ def image_input(name: str, *, batch_size: int, image_size: int,
       # Cross-validation (dataio/folds.py, sweep --folds K): fold `fold` of
       # the train split's `num_folds` is the eval split; None: off.
       "num_folds": placeholder(int), "fold": 0, "split_seed": 0,
-      **fields})
+      **labelled_fields(), **fields})
+
+
+def labelled_fields() -> dict:
+  """`config.input` keys of every classification input: per-group
+  evaluation (`dataio/groups.py`) and corrected labels
+  (`dataio/label_overrides.py`)."""
+  return {"groups": placeholder(str), "label_overrides": placeholder(str)}

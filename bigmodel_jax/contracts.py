@@ -95,6 +95,14 @@ class Input(Protocol):
 
   def num_eval_batches(self, split: str | None = None) -> int: ...
 
+  def group_names(self, split: str | None = None) -> list[str] | None:
+    """The groups (`input.groups`) whose (B, G) weights eval batches of
+    `split` carry as "groups", or None (`grouped.py`)."""
+
+  def example_ids(self, split: str | None = None) -> list[str]:
+    """Stable ids of the split's examples in eval order (labelled inputs;
+    `input.label_overrides` and `audit_labels` use them)."""
+
   def model_fields(self) -> dict:
     """Model config fields the data decides (vocab_size, num_classes)."""
 

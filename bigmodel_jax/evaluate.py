@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from bigmodel_jax import perf, registry, runs, steps
+from bigmodel_jax import grouped, perf, registry, runs, steps
 from bigmodel_jax.dataio.common import eval_positions, process_rows
 from bigmodel_jax.errors import ConfigError, NotFound, entrypoint
 
@@ -47,17 +47,22 @@ def text_batches(run, text: str, batch_size: int):
   return total, batches()
 
 
-def split_batches(run, split: str):
-  """(number of batches, batches) of one process's share of a split, read
-  with the run's saved tokenizer (never one trained anew)."""
+def run_input(run):
+  """The run's input (this process's share), read with the run's saved
+  tokenizer (never one trained anew)."""
   config = run.config.input
   saved = os.path.join(run.workdir, "tokenizer.json")
   if "tokenizer_file" in config and os.path.exists(saved):
     config = config.copy_and_resolve_references()
     config.tokenizer_file = saved
-  data = registry.get("data", config.name).Input(
+  return registry.get("data", config.name).Input(
       config, seed=run.config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def split_batches(run, split: str):
+  """(number of batches, batches) of one process's share of a split."""
+  data = run_input(run)
   return data.num_eval_batches(split), data.eval_batches(split)
 
 
@@ -68,9 +73,10 @@ def _bytes(token_bytes: np.ndarray, batch: dict) -> int:
                     (np.asarray(weights) > 0)))
 
 
-def evaluate(run, total: int, batches) -> dict:
+def evaluate(run, total: int, batches, groups=None) -> dict:
   """The task's summary metrics over the batches (and, for runs that can
-  score text, "bits_per_byte" and "bytes")."""
+  score text, "bits_per_byte" and "bytes"; with the names of the batches'
+  `groups`, each group's metrics and the gaps: `grouped.py`)."""
   task = run.task
   step = steps.jit_eval_step(task.eval_step(run.model), run.variables,
                              run.layout)
@@ -86,7 +92,11 @@ def evaluate(run, total: int, batches) -> dict:
   totals = steps.evaluate(step, run.variables, counted(batches), run.layout)
   if totals is None:
     raise NotFound("Nothing to evaluate: the split has no batches.")
-  metrics = task.summarize(totals)
+  metrics = {**task.summarize(totals),
+             **grouped.summarize(task, totals, groups)}
+  table = grouped.table(task, totals, groups)
+  if table and jax.process_index() == 0:
+    print("Per group:\n" + table)
   if count_bytes:
     metrics["bytes"] = int(np.sum(multihost_utils.process_allgather(
         np.array(sum(num_bytes)))))
@@ -129,12 +139,16 @@ def main(argv=None) -> None:
     batch_size = -(-batch_size // shards) * shards
     total, batches = text_batches(run, text, batch_size)
   else:
-    total, batches = split_batches(run, args.split)
-  metrics = evaluate(run, total, batches)
+    data = run_input(run)
+    total, batches = data.num_eval_batches(args.split), data.eval_batches(
+        args.split)
+  metrics = evaluate(run, total, batches,
+                     None if args.text else data.group_names(args.split))
   print(f"{args.workdir} step {run.step} on "
         f"{args.text or 'split ' + args.split}: " +
         " | ".join(f"{k} {v:,.0f}" if k in ("bytes", "tokens", "examples")
-                   else f"{k} {v:.4f}" for k, v in metrics.items()))
+                   else f"{k} {v:.4f}" for k, v in metrics.items()
+                   if not k.startswith("group/")))
   if args.json and jax.process_index() == 0:
     with open(args.json, "w") as f:
       json.dump({"workdir": args.workdir, "step": run.step,

@@ -13,8 +13,8 @@ import jax
 import optax
 from flax import traverse_util
 
-from bigmodel_jax import (checkpoints, distill, optim, perf, pruning,
-                          registry, runs, sharding, state, steps)
+from bigmodel_jax import (checkpoints, distill, grouped, optim, perf,
+                          pruning, registry, runs, sharding, state, steps)
 from bigmodel_jax.errors import ConfigError
 
 
@@ -43,6 +43,19 @@ class Experiment:
     batches = perf.progress(self.data.eval_batches(split),
                             self.data.num_eval_batches(split), "eval batch")
     return steps.evaluate(self.eval_step, variables, batches, self.layout)
+
+  def summary(self, totals: dict, split: str | None = None
+              ) -> tuple[dict, dict, str | None]:
+    """(scalars, records, text table) of eval totals: the task's summary
+    and report, and each group's metrics with the gaps (`grouped.py`)."""
+    records, text = self.task.report(totals, self.data.class_names)
+    names = self.data.group_names(split)
+    scalars = {**self.task.summarize(totals),
+               **grouped.summarize(self.task, totals, names)}
+    groups = grouped.table(self.task, totals, names)
+    if groups:
+      text = (text + "\n\n" if text else "") + "Per group:\n" + groups
+    return scalars, records, text
 
   def evaluate(self, train_state, split: str | None = None) -> dict:
     """Scalar eval metrics of the task (e.g. loss, accuracy)."""

@@ -112,13 +112,30 @@ def make_train_step(task, model, tx: optax.GradientTransformation,
 
 
 def make_eval_step(task, model):
-  """(variables, batch) -> the task's eval sums of one batch."""
+  """(variables, batch) -> the task's eval sums of one batch; with the
+  batch's "groups" ((B, G) weights: `grouped.py`), also the sums of each
+  group under "groups" (leading axis G)."""
 
   def eval_step(variables, batch: dict) -> dict:
-    return task.eval_sums(task.apply(model, variables, batch, train=False),
-                          batch)
+    outputs = task.apply(model, variables, batch, train=False)
+    sums = task.eval_sums(outputs, batch)
+    if "groups" in batch:
+      sums["groups"] = group_sums(task, outputs, batch)
+    return sums
 
   return eval_step
+
+
+def group_sums(task, outputs, batch: dict) -> dict:
+  """The task's eval sums of each group: weights = the group's column."""
+  targets = batch["targets"]
+
+  def of_group(weights):
+    weights = weights.reshape(weights.shape + (1,) * (targets.ndim - 1))
+    return task.eval_sums(outputs, {**batch, "weights": jnp.broadcast_to(
+        weights, targets.shape)})
+
+  return jax.vmap(of_group, in_axes=1)(batch["groups"])
 
 
 def jit_steps(factory, train_step, eval_step):

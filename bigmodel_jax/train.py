@@ -127,16 +127,16 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
       writer.write_record(step, {f"{prefix}/{k}": v
                                  for k, v in records.items()})
     log(f"step {step}/{config.total_steps} | " + " | ".join(
-        f"{k} {v:.4f}" for k, v in scalars.items() if "/class_" not in k) +
+        f"{k} {v:.4f}" for k, v in scalars.items()
+        if "/class_" not in k and "/group/" not in k) +
         f" | {prefix} {time.perf_counter() - began:.1f} s")
     return scalars
 
   def run_eval(step, train_state, split=None, prefix="val") -> dict:
     began = time.perf_counter()
-    totals = exp.eval_totals(train_state.variables, split)
-    records, text = exp.task.report(totals, exp.data.class_names)
-    scalars = written(step, prefix, exp.task.summarize(totals), records,
-                      began)
+    scalars, records, text = exp.summary(
+        exp.eval_totals(train_state.variables, split), split)
+    scalars = written(step, prefix, scalars, records, began)
     if text and step == config.total_steps:
       log(f"{split or config.input.get('eval_split', 'eval')} split:\n{text}")
     return scalars

@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       fold=0,
       eval_split="validation",
       test_split="test",  # Evaluated once, after the last step.
+      **config_blocks.labelled_fields(),
   ))
   config.model = bert.model_config(
       "minilm-L6-H384", vocab_size=30522, head="classifier", pool="mean",

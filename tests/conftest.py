@@ -53,6 +53,34 @@ TINY = {
 }
 
 
+# A tiny BERT classifier of planted_csv's texts, from bert_finetune.py.
+PLANTED_BERT = {
+    "init_from.hf_dir": None, "input.vocab_file": None,
+    "input.vocab_size": 120, "input.seq_len": 12, "input.batch_size": 32,
+    "model.num_layers": 2, "model.emb_dim": 32, "model.num_heads": 2,
+    "model.mlp_dim": 64, "model.dropout": 0.0, "model.max_positions": 16,
+    "total_steps": 120, "log_every_steps": 60, "eval_every_steps": 120,
+    "checkpoint_every_steps": 120, "optimizer.learning_rate": 2e-3,
+    "optimizer.warmup_steps": 10}
+
+
+def planted_csv(path, rows: int = 900) -> list[str]:
+  """A text,label CSV where only the token "zzgood" or "zzbad" (anywhere in
+  7 random filler words; neither: "none") decides the label; the labels."""
+  rng = np.random.default_rng(0)
+  filler = [f"w{i}" for i in range(40)]
+  lines, labels = ["text,label"], []
+  for i in range(rows):
+    words = list(rng.choice(filler, 7))
+    label, planted = [("pos", "zzgood"), ("neg", "zzbad"), ("none", "")][i % 3]
+    if planted:
+      words.insert(int(rng.integers(0, 8)), planted)
+    lines.append(f"{' '.join(words)},{label}")
+    labels.append(label)
+  pathlib.Path(path).write_text("\n".join(lines) + "\n")
+  return labels
+
+
 @pytest.fixture
 def tiny_config():
   """Returns the tiny `cpu` config with extra overrides applied."""

@@ -21,23 +21,16 @@ class Attend(nn.Module):
 
 
 def _by_hand(params, x, context=None, mask=None, bias=None, causal=False):
-  """Softmax(q k / sqrt(d) + bias) v over grouped heads, then "out"."""
+  """Softmax(q k / sqrt(d) + bias) v over grouped heads, then "out", with
+  `attention.probabilities` (what explaining sows) for the weights."""
   source = x if context is None else context
   proj = {n: jnp.einsum("btd,dhk->bthk", t, params[n]["kernel"]) +
           params[n]["bias"] for n, t in
           (("query", x), ("key", source), ("value", source))}
-  q = proj["query"]
-  k, v = (jnp.repeat(proj[n], 2, axis=2) for n in ("key", "value"))
-  scores = jnp.einsum("bthk,bshk->bhts", q, k) / np.sqrt(8)
-  if bias is not None:
-    scores = scores + bias
-  keep = jnp.ones(scores.shape, bool)
-  if mask is not None:
-    keep = keep & mask
-  if causal:
-    keep = keep & jnp.tril(jnp.ones(scores.shape[-2:], bool))
-  weights = jax.nn.softmax(jnp.where(keep, scores, -1e30), -1)
-  out = jnp.einsum("bhts,bshk->bthk", weights, v)
+  weights = attention.probabilities(proj["query"], proj["key"], mask, bias,
+                                    causal)
+  out = jnp.einsum("bhts,bshk->bthk", weights,
+                   jnp.repeat(proj["value"], 2, axis=2))
   return (jnp.einsum("bthk,hkd->btd", out, params["out"]["kernel"]) +
           params["out"]["bias"])
 

@@ -15,6 +15,12 @@ of k is (k-fold cross-validation: run fold = 0 .. k-1, the test split stays
 the same). `splits(config)["train"][i]` is {"text": str, "label": int}, like
 a `tfds.data_source` record.
 
+`input.groups` (a column, or a function of the record: `dataio/groups.py`)
+adds each eval example's group to eval batches (per-group metrics);
+`input.label_overrides` (a JSON file {example id: label}, e.g. from
+`audit_labels import`) corrects labels. An example's id is its position in
+the whole file or folder ("17"), the same for every split and fold.
+
 Batches: texts become [CLS] ... [SEP] WordPiece ids padded to `seq_len`
 (`input.vocab_file` of the pretrained model, or a vocabulary trained on the
 training texts). Training draws shuffled epochs as a function of
@@ -27,7 +33,7 @@ import os
 import jax
 import numpy as np
 
-from bigmodel_jax.dataio import downloads, wordpiece
+from bigmodel_jax.dataio import downloads, groups, label_overrides, wordpiece
 from bigmodel_jax.dataio.common import (StepInput, eval_positions,
                                       save_class_names, shuffled_indices,
                                       token_units)
@@ -51,6 +57,8 @@ class Split:
   texts: list[str]
   labels: np.ndarray
   class_names: list[str]
+  ids: np.ndarray  # Each example's position in the whole data.
+  columns: dict  # Other column -> values, for `input.groups`.
 
   def __len__(self) -> int:
     return len(self.texts)
@@ -78,30 +86,44 @@ def _read_folder(path: str, encoding: str) -> tuple[list, list]:
 
 
 def _read_table(path: str, encoding: str, text_column: str,
-                label_column: str) -> tuple[list, list]:
+                label_column: str, group_column: str | None
+                ) -> tuple[list, list, dict]:
   with open(path, encoding=encoding, newline="") as f:
     reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv")
                             else ",")
-    missing = {text_column, label_column} - set(reader.fieldnames or ())
+    wanted = {text_column, label_column} | ({group_column} if group_column
+                                            else set())
+    missing = wanted - set(reader.fieldnames or ())
     if missing:
       raise ConfigError(f"{path} has no column(s) {sorted(missing)}; its "
                        f"columns are {reader.fieldnames}. Set "
-                       "input.text_column / input.label_column.")
-    rows = [(r[text_column], r[label_column]) for r in reader
-            if r[text_column] and r[text_column].strip()]
-  return [t.strip() for t, _ in rows], [label.strip() for _, label in rows]
+                       "input.text_column / input.label_column / "
+                       "input.groups.")
+    rows = [r for r in reader if r[text_column] and r[text_column].strip()]
+  columns = ({group_column: [r[group_column].strip() for r in rows]}
+             if group_column else {})
+  return ([r[text_column].strip() for r in rows],
+          [r[label_column].strip() for r in rows], columns)
 
 
 def read(path: str, *, encoding: str = "utf-8", text_column: str = "text",
-         label_column: str = "label") -> Split:
-  """All examples of a class folder or a CSV/TSV file."""
+         label_column: str = "label", group_column: str | None = None
+         ) -> Split:
+  """All examples of a class folder or a CSV/TSV file (with the values of
+  `group_column`, a CSV/TSV column)."""
   if not os.path.exists(path):
     raise NotFound(f"No labelled text at {path!r} (input.path).")
+  columns = {}
   try:
     if os.path.isdir(path):
+      if group_column:
+        raise ConfigError(f"input.groups={group_column!r} names a column, "
+                          f"but {path} is a class folder; use a CSV/TSV "
+                          "file or a function (FILE.py:NAME).")
       texts, names = _read_folder(path, encoding)
     elif path.endswith((".csv", ".tsv")):
-      texts, names = _read_table(path, encoding, text_column, label_column)
+      texts, names, columns = _read_table(path, encoding, text_column,
+                                          label_column, group_column)
     else:
       raise ConfigError(f"{path} is neither a folder nor a .csv/.tsv file.")
   except UnicodeDecodeError as e:
@@ -111,7 +133,7 @@ def read(path: str, *, encoding: str = "utf-8", text_column: str = "text",
   class_names = sorted(set(names), key=int if numeric else str)
   index = {n: i for i, n in enumerate(class_names)}
   return Split(texts, np.array([index[n] for n in names], np.int32),
-               class_names)
+               class_names, np.arange(len(texts)), columns)
 
 
 def split_indices(labels: np.ndarray, *, seed: int, test_fraction: float,
@@ -141,14 +163,24 @@ def splits(config) -> dict:
   """{"train", "validation", "test"} `Split`s of `input.path`, or of the
   public dataset `input.dataset` (downloaded and unpacked on first use)."""
   path = config.path or downloads.unpacked(config.dataset)
+  spec = config.get("groups")
   data = read(path, encoding=config.encoding,
-              text_column=config.text_column, label_column=config.label_column)
-  indices = split_indices(
+              text_column=config.text_column, label_column=config.label_column,
+              group_column=spec if spec and not groups.is_function(spec)
+              else None)
+  indices = split_indices(  # By the labels as read: corrections move no
+      # example to another split.
       data.labels, seed=config.split_seed, test_fraction=config.test_fraction,
       validation_fraction=config.validation_fraction,
       num_folds=config.num_folds, fold=config.fold)
+  if config.get("label_overrides"):
+    data.labels = label_overrides.overridden(
+        data.labels, [str(i) for i in data.ids],
+        label_overrides.load(config.label_overrides, data.class_names))
   return {name: Split([data.texts[i] for i in idx], data.labels[idx],
-                      data.class_names) for name, idx in indices.items()}
+                      data.class_names, data.ids[idx],
+                      {k: [v[i] for i in idx] for k, v in data.columns.items()})
+          for name, idx in indices.items()}
 
 
 class Input(StepInput):
@@ -164,6 +196,25 @@ class Input(StepInput):
     self._tokens = {
         name: self.tokenizer.encode_batch(split.texts, config.seq_len)
         for name, split in self.splits.items()}
+    self._groups = {name: self._groups_of(split)
+                    for name, split in self.splits.items()}
+
+  def _groups_of(self, split: Split):
+    spec = self.config.get("groups")
+    if not spec:
+      return None
+    if groups.is_function(spec):
+      return groups.Groups.of_records(spec, (split[i]
+                                             for i in range(len(split))))
+    return groups.Groups(split.columns[spec])
+
+  def group_names(self, split: str | None = None) -> list[str] | None:
+    groups_ = self._groups[self._eval_split(split)]
+    return groups_.names if groups_ else None
+
+  def example_ids(self, split: str | None = None) -> list[str]:
+    """The ids of a split's examples, in eval order."""
+    return [str(i) for i in self.splits[self._eval_split(split)].ids]
 
   def model_fields(self) -> dict:
     return {"num_classes": len(self.class_names),
@@ -194,7 +245,10 @@ class Input(StepInput):
     split = self._eval_split(split)
     for indices, weights in eval_positions(len(self.splits[split]),
                                            self.config.batch_size, self._rows):
-      yield {**self._batch(split, indices), "weights": weights}
+      batch = {**self._batch(split, indices), "weights": weights}
+      if self._groups[split]:
+        batch["groups"] = self._groups[split].masks(indices, weights)
+      yield batch
 
   def save(self, workdir: str) -> None:
     self.tokenizer.save(os.path.join(workdir, "tokenizer.json"))

@@ -124,6 +124,16 @@ class StepInput:
     del split
     return self.config.eval_steps
 
+  def group_names(self, split: str | None = None) -> list[str] | None:
+    """Names of the groups eval batches of `split` carry, or None."""
+    del split
+    return None
+
+  def example_ids(self, split: str | None = None) -> list[str]:
+    del split
+    raise ConfigError(f"Input {self.config.name!r} has no example ids (a "
+                      "labelled input has: text_classification, images).")
+
 
 class WindowInput(StepInput):
   """Language-model inputs over token arrays: subclasses set `tokenizer`,

@@ -6,6 +6,7 @@ Each name is a function here that takes the op's arguments and returns
 `op(image, rng) -> image` on one float32 HWC image in [0, 255] (numpy).
 """
 import ast
+import io
 
 import numpy as np
 from PIL import Image
@@ -112,6 +113,18 @@ def normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
     return (image / 255.0 - mean) / std
 
   return op
+
+
+def decoded(data: bytes, channels: int) -> np.ndarray:
+  """Encoded image bytes (PNG, JPEG, ...) -> (H, W, channels) float32
+  0..255; ValueError naming what is wrong."""
+  try:
+    image = Image.open(io.BytesIO(data))
+    image = image.convert("L" if channels == 1 else "RGB")
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f"Not a readable image: {e}") from None
+  return np.asarray(image, np.float32).reshape(image.height, image.width,
+                                               channels)
 
 
 def parse(spec: str):

@@ -6,15 +6,21 @@ so a resumed run sees the batches an uninterrupted one would; each process
 takes its slice of the global batch and preprocesses only that. Evaluation
 covers the eval split exactly once, in order, padding the last batch with
 zero-weight examples.
+
+An example's id is "SPLIT:INDEX" in the split it comes from (a fold's
+examples keep their train-split ids): `input.label_overrides` uses them.
+`input.groups` ("FILE.py:NAME", a function of {"image", "label"}) adds each
+eval example's group to eval batches (`dataio/groups.py`).
 """
 import concurrent.futures
 
 import jax
 import numpy as np
 
-from bigmodel_jax.dataio import folds, image_ops
+from bigmodel_jax.dataio import folds, groups, image_ops, label_overrides
 from bigmodel_jax.dataio.common import (SplitCache, StepInput, eval_positions,
                                       save_class_names, shuffled_indices)
+from bigmodel_jax.errors import ConfigError
 
 
 def batch_spec(config) -> dict:
@@ -38,6 +44,17 @@ def units(config) -> tuple[str, int]:
 load_tokenizer = None  # Images have no text.
 
 
+def _relabelled(source, config, class_names):
+  """`source` with `input.label_overrides` applied to the splits they name."""
+  overrides = label_overrides.load(config.label_overrides, class_names)
+  by_split = {}
+  for example, label in overrides.items():
+    by_split.setdefault(example.rpartition(":")[0], {})[example] = label
+  made = {split: label_overrides.Relabelled(source(split), split, o)
+          for split, o in by_split.items()}
+  return lambda split: made[split] if split in made else source(split)
+
+
 def _folded(source, config):
   """`source` with the train split cut into `input.num_folds` stratified
   folds: fold `input.fold` is the eval split, the others train."""
@@ -58,12 +75,15 @@ class ImageInput(StepInput):
                process_index: int, process_count: int):
     super().__init__(config, seed=seed, process_index=process_index,
                      process_count=process_count)
+    if config.get("label_overrides"):
+      source = _relabelled(source, config, class_names)
     if config.get("num_folds"):  # Cross-validation: folds of the train split.
       source = _folded(source, config)
     self.sources = SplitCache(source)
     self.train = self.sources[config.train_split]
     self.sources[config.eval_split]  # Missing data fails now, not mid-run.
     self.class_names = list(class_names)
+    self._groups = SplitCache(self._groups_of)
     self.train_pp = image_ops.parse(config.train_pp)
     self.eval_pp = image_ops.parse(config.eval_pp)
     workers = config.get("num_workers", 0)
@@ -72,6 +92,29 @@ class ImageInput(StepInput):
 
   def model_fields(self) -> dict:
     return {"num_classes": len(self.class_names)}
+
+  def _groups_of(self, split: str):
+    spec = self.config.get("groups")
+    if not spec:
+      return None
+    if not groups.is_function(spec):
+      raise ConfigError(f"input.groups={spec!r}: images have no columns; "
+                        "name a function (FILE.py:NAME of the record).")
+    source = self.sources[split]
+    return groups.Groups.of_records(spec, (
+        dict(zip(("image", "label"), source[i])) for i in range(len(source))))
+
+  def group_names(self, split: str | None = None) -> list[str] | None:
+    found = self._groups[split or self.config.eval_split]
+    return found.names if found else None
+
+  def example_ids(self, split: str | None = None) -> list[str]:
+    """The ids of a split's examples, in eval order."""
+    split = split or self.config.eval_split
+    source = self.sources[split]
+    if isinstance(source, folds.Subset):  # A fold of the train split.
+      return [f"{self.config.train_split}:{i}" for i in source.indices]
+    return [f"{split}:{i}" for i in range(len(source))]
 
   def _examples(self, source, indices, pp, rngs) -> tuple:
     def one(i, rng):
@@ -104,12 +147,16 @@ class ImageInput(StepInput):
 
   def eval_batches(self, split: str | None = None):
     """A whole split once, in order; padding has weight 0."""
-    source = self.sources[split or self.config.eval_split]
+    split = split or self.config.eval_split
+    source = self.sources[split]
     for indices, weights in eval_positions(len(source),
                                            self.config.batch_size, self._rows):
       rngs = [np.random.default_rng([self.seed, int(i)]) for i in indices]
-      images, labels = self._examples(source, indices, self.eval_pp, rngs)
-      yield {"inputs": images, "targets": labels, "weights": weights}
+      images, targets = self._examples(source, indices, self.eval_pp, rngs)
+      batch = {"inputs": images, "targets": targets, "weights": weights}
+      if self._groups[split]:
+        batch["groups"] = self._groups[split].masks(indices, weights)
+      yield batch
 
   def save(self, workdir: str) -> None:
     save_class_names(workdir, self.class_names)

@@ -4,7 +4,8 @@
       name="split", split="test", every_steps=500))   # -> test/loss, ...
 
 Also "train" (overfitting), or any split the input has; the task's report
-(e.g. a confusion matrix) goes to metrics.jsonl under the same prefix.
+(e.g. a confusion matrix) goes to metrics.jsonl under the same prefix, with
+per-group metrics when the input has `input.groups`.
 """
 from bigmodel_jax.errors import ConfigError
 
@@ -20,6 +21,6 @@ class Evaluator:
     self.every_steps = block.get("every_steps", 0)
 
   def __call__(self, variables) -> tuple[dict, dict]:
-    totals = self.exp.eval_totals(variables, self.split)
-    records, _ = self.exp.task.report(totals, self.exp.data.class_names)
-    return self.exp.task.summarize(totals), records
+    scalars, records, _ = self.exp.summary(
+        self.exp.eval_totals(variables, self.split), self.split)
+    return scalars, records

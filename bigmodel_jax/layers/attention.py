@@ -12,7 +12,9 @@ initialisers) in the calling `module`, so each family keeps its parameter
 paths. With `cache_start` (B,) the keys and values are written into
 `module`'s "cache" collection at each row's position and the queries
 attend over it (decoding); its variables carry logical axis names, so
-servers shard them by the rules like any activation.
+servers shard them by the rules like any activation. Applied with
+`mutable=["intermediates"]`, it also sows its attention weights as
+"attention" (`attribution.py`).
 """
 import dataclasses
 
@@ -65,12 +67,42 @@ def attention(module: nn.Module, x, dense, heads: Heads, *, out_dim: int,
   q, k, v = (nn.with_logical_constraint(t, ACT) for t in (q, k, v))
   if cache_start is not None:
     out = _cached(module, q, k, v, cache_start, cache_size, mask, bias)
+  elif explaining(module):
+    probs = probabilities(q, k, mask, bias, causal)
+    module.sow("intermediates", "attention", probs)
+    out = jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype),
+                     jnp.repeat(v, q.shape[2] // v.shape[2], axis=2))
   else:
     out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
                                        is_causal=causal,
                                        implementation=implementation)
   out = nn.with_logical_constraint(out, ACT)
   return dense((out_dim,), ("heads", "kv", "embed"), "out")(out)
+
+
+def explaining(module: nn.Module) -> bool:
+  """Whether `module` runs for `attribution.py`: "intermediates" mutable
+  outside init (so sown values never become variables of a run)."""
+  return (module.is_mutable_collection("intermediates") and
+          not module.is_initializing())
+
+
+def probabilities(q, k, mask=None, bias=None, causal: bool = False):
+  """(B, heads, T, S) attention weights, as `dot_product_attention` computes
+  them inside: explaining a model reads them (sown as "attention" in
+  "intermediates" when that collection is mutable)."""
+  k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)  # GQA groups.
+  scores = jnp.einsum("bthd,bshd->bhts", q, k,
+                      preferred_element_type=jnp.float32)
+  scores = scores / np.sqrt(q.shape[-1])
+  if bias is not None:
+    scores = scores + bias
+  keep = jnp.ones(scores.shape, bool)
+  if mask is not None:
+    keep = keep & mask
+  if causal:
+    keep = keep & jnp.tril(jnp.ones(scores.shape[-2:], bool))
+  return jax.nn.softmax(jnp.where(keep, scores, -1e30), -1)
 
 
 def _cached(module, q, k, v, start, size: int, mask, bias):

@@ -248,9 +248,11 @@ def export_hf(variables, config, class_names) -> hf_layout.HFExport:
 
 
 def capabilities(config) -> dict:
-  """Every BERT embeds (`apply(..., embed=True)`)."""
+  """Every BERT embeds (`apply(..., embed=True)`); explaining reads its
+  token embeddings ("word_embeddings") and attention."""
   del config
-  return {"embed": None}
+  return {"embed": None, "token_embeddings": "word_embeddings",
+          "attention": None}
 
 
 adapt_params = None  # Hugging Face checkpoints need no fitting.

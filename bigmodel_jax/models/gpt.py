@@ -218,6 +218,8 @@ class Block(nn.Module):
         _norm(cfg, "ln_1")(x), where, decode=self.decode))
     x = x + dropout(mlp(_norm(cfg, "ln_2")(x), _dense(cfg), cfg.hidden,
                         cfg.emb_dim, cfg.mlp))
+    if attention.explaining(self):  # The logit lens reads it.
+      self.sow("intermediates", "residual", x)
     return nn.with_logical_constraint(x, _residual(self.decode)), None
 
 
@@ -228,7 +230,8 @@ def _blocks(cfg: Config, train: bool, decode: bool):
     block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
                      prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
-    stack = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+    stack = nn.scan(block, variable_axes={"params": 0, "cache": 0,
+                                          "intermediates": 0},
                     split_rngs={"params": True, "dropout": True},
                     in_axes=nn.broadcast, length=cfg.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
@@ -344,8 +347,10 @@ def export_hf(variables, config, class_names) -> hf_layout.HFExport:
 
 
 def capabilities(config) -> dict:
-  """GPT decodes with its KV cache, up to `block_size` tokens."""
-  return {"decode": config.block_size}
+  """GPT decodes with its KV cache, up to `block_size` tokens; explaining
+  reads its token embeddings ("wte"), attention and logit lens ("ln_f")."""
+  return {"decode": config.block_size, "token_embeddings": "wte",
+          "attention": None, "lens": "ln_f"}
 
 
 adapt_params = None  # Hugging Face checkpoints need no fitting.

@@ -181,4 +181,10 @@ def export_hf(variables, config, class_names) -> hf_layout.HFExport:
 default_task = families.classification_task
 num_params = families.num_params
 flops_per_item = families.xla_flops_per_item
-trainable_presets = capabilities = None  # None yet.
+trainable_presets = None  # None yet.
+
+
+def capabilities(config) -> dict:
+  """Gradients reach its pixels; explaining reads its attention."""
+  del config
+  return {"pixels": None, "attention": None}

@@ -11,7 +11,6 @@ programs serve every mix.
 """
 import concurrent.futures
 import dataclasses
-import io
 import json
 import os
 import queue
@@ -22,7 +21,6 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from PIL import Image
 
 from bigmodel_jax import runs
 from bigmodel_jax.dataio import image_ops
@@ -204,15 +202,12 @@ def _image(data: bytes, size: int, channels: int, pp) -> np.ndarray:
   """Encoded image bytes (PNG, JPEG, ...) -> the model's input, made by the
   run's own evaluation preprocessing."""
   try:
-    image = Image.open(io.BytesIO(data))
-    image = image.convert("L" if channels == 1 else "RGB")
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise BadInput(f"Not a readable image: {e}") from None
-  pixels = np.asarray(image, np.float32).reshape(
-      image.height, image.width, channels)
-  pixels = pp(pixels, np.random.default_rng(0))
+    image = image_ops.decoded(data, channels)
+  except ValueError as e:
+    raise BadInput(str(e)) from None
+  pixels = pp(image, np.random.default_rng(0))
   if pixels.shape != (size, size, channels):
-    raise BadInput(f"An image of {image.width}x{image.height} becomes "
+    raise BadInput(f"An image of {image.shape[1]}x{image.shape[0]} becomes "
                    f"{pixels.shape} after the model's preprocessing; it "
                    f"needs {(size, size, channels)}.")
   return pixels.astype(np.float32)
