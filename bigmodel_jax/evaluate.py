@@ -47,17 +47,26 @@ def text_batches(run, text: str, batch_size: int):
   return total, batches()
 
 
-def run_input(run):
+# Input config keys that name a tokenizer file (BPE's, WordPiece's).
+TOKENIZER_KEYS = ("tokenizer_file", "vocab_file")
+
+
+def run_input(run, process_index=None, process_count=None):
   """The run's input (this process's share), read with the run's saved
-  tokenizer (never one trained anew)."""
+  tokenizer: never one trained anew, whose ids could differ (the
+  `tokenizers` trainers are not deterministic)."""
   config = run.config.input
   saved = os.path.join(run.workdir, "tokenizer.json")
-  if "tokenizer_file" in config and os.path.exists(saved):
+  key = next((k for k in TOKENIZER_KEYS if k in config), None)
+  if key and os.path.exists(saved):
     config = config.copy_and_resolve_references()
-    config.tokenizer_file = saved
+    config[key] = saved
   return registry.get("data", config.name).Input(
       config, seed=run.config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=(jax.process_index() if process_index is None
+                     else process_index),
+      process_count=(jax.process_count() if process_count is None
+                     else process_count))
 
 
 def split_batches(run, split: str):

@@ -29,7 +29,7 @@ import sys
 import jax
 import numpy as np
 
-from bigmodel_jax import (jax_loader, metric_writer, quantization, registry,
+from bigmodel_jax import (evaluate, jax_loader, metric_writer, quantization,
                           runs, workdirs)
 from bigmodel_jax.errors import (ConfigError, ExportMismatch, NotExportable,
                                  entrypoint)
@@ -38,9 +38,7 @@ from bigmodel_jax.errors import (ConfigError, ExportMismatch, NotExportable,
 # --- The run's outputs on its own data -------------------------------------
 def example_batch(run, num_examples: int) -> dict:
   """The first `num_examples` real examples of the run's evaluation data."""
-  data = registry.get("data", run.config.input.name).Input(
-      run.config.input, seed=run.config.seed, process_index=0,
-      process_count=1)
+  data = evaluate.run_input(run, process_index=0, process_count=1)
   batch = {k: np.asarray(v) for k, v in next(iter(data.eval_batches())).items()}
   weights = batch.get("weights")
   real = (weights.reshape(len(weights), -1).any(1) if weights is not None
