@@ -101,11 +101,10 @@ def evaluate(run, total: int, batches, groups=None) -> dict:
   totals = steps.evaluate(step, run.variables, counted(batches), run.layout)
   if totals is None:
     raise NotFound("Nothing to evaluate: the split has no batches.")
-  metrics = {**task.summarize(totals),
-             **grouped.summarize(task, totals, groups)}
-  table = grouped.table(task, totals, groups)
-  if table and jax.process_index() == 0:
-    print("Per group:\n" + table)
+  by_group = grouped.per_group(task, totals, groups)
+  metrics = {**task.summarize(totals), **grouped.summarize(by_group)}
+  if by_group and jax.process_index() == 0:
+    print("Per group:\n" + grouped.table(by_group))
   if count_bytes:
     metrics["bytes"] = int(np.sum(multihost_utils.process_allgather(
         np.array(sum(num_bytes)))))

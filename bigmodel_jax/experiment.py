@@ -49,12 +49,12 @@ class Experiment:
     """(scalars, records, text table) of eval totals: the task's summary
     and report, and each group's metrics with the gaps (`grouped.py`)."""
     records, text = self.task.report(totals, self.data.class_names)
-    names = self.data.group_names(split)
-    scalars = {**self.task.summarize(totals),
-               **grouped.summarize(self.task, totals, names)}
-    groups = grouped.table(self.task, totals, names)
+    groups = grouped.per_group(self.task, totals,
+                               self.data.group_names(split))
+    scalars = {**self.task.summarize(totals), **grouped.summarize(groups)}
     if groups:
-      text = (text + "\n\n" if text else "") + "Per group:\n" + groups
+      text = ((text + "\n\n" if text else "") + "Per group:\n" +
+              grouped.table(groups))
     return scalars, records, text
 
   def evaluate(self, train_state, split: str | None = None) -> dict:

@@ -4,7 +4,8 @@ groups, so a model's unequal quality across groups is measured.
 
 Eval batches that carry "groups" ((B, G) weights, one group per example)
 get the task's eval sums once more per group (`steps.make_eval_step`,
-under "groups", with a leading G axis); `summarize` turns those into
+under "groups", with a leading G axis); `per_group` summarizes each
+group once, and `summarize` turns that into
 
   group/NAME/accuracy ...   each group's metrics (the task's summary)
   group_gap/accuracy ...    max - min over the groups
@@ -37,8 +38,8 @@ def per_group(task, totals: dict, names) -> dict:
   return out
 
 
-def summarize(task, totals: dict, names) -> dict:
-  groups = per_group(task, totals, names)
+def summarize(groups: dict) -> dict:
+  """Scalars of `per_group`'s result: each group's metrics, the gaps."""
   scalars = {f"group/{_key(name)}/{k}": v for name, metrics in groups.items()
              for k, v in metrics.items()}
   shared = set.intersection(*(set(m) for m in groups.values())) if groups \
@@ -49,9 +50,9 @@ def summarize(task, totals: dict, names) -> dict:
   return scalars
 
 
-def table(task, totals: dict, names) -> str | None:
-  """Rows of groups, columns of metrics; None without groups."""
-  groups = per_group(task, totals, names)
+def table(groups: dict) -> str | None:
+  """`per_group`'s result as rows of groups, columns of metrics; None
+  without groups."""
   if not groups:
     return None
   columns = ["count"] + sorted({k for m in groups.values() for k in m} -

@@ -148,9 +148,9 @@ def test_groups_table_and_gap_of_known_sums():
       return {"accuracy": float(sums["correct"] / sums["count"])}
   totals = {"groups": {"correct": np.array([3.0, 1.0]),
                        "count": np.array([4.0, 4.0])}}
-  assert grouped.summarize(Task(), totals, ["a b", "c/d"]) == {
+  groups = grouped.per_group(Task(), totals, ["a b", "c/d"])
+  assert grouped.summarize(groups) == {
       "group/a_b/accuracy": 0.75, "group/a_b/count": 4.0,
       "group/c_d/accuracy": 0.25, "group/c_d/count": 4.0,
       "group_gap/accuracy": 0.5}
-  assert "| c/d | 4 | 0.2500 |" in grouped.table(Task(), totals,
-                                                 ["a b", "c/d"])
+  assert "| c/d | 4 | 0.2500 |" in grouped.table(groups)
