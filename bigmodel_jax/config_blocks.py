@@ -7,8 +7,8 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from bigmodel_jax import (distill, pruning, quantization, registry, selection,
-                          sharding)
+from bigmodel_jax import (distill, federated, privacy, pruning, quantization,
+                          registry, selection, sharding)
 
 
 def base(*, total_steps: int, log_every_steps: int = 50,
@@ -44,6 +44,8 @@ def base(*, total_steps: int, log_every_steps: int = 50,
   config.quantization = quantization.config_block()
   config.pruning = pruning.config_block()
   config.distill = distill.config_block()
+  config.federated = federated.config_block()  # Rounds of clients.
+  config.dp = privacy.config_block()  # Differential privacy.
   for name, block in registry.task_blocks().items():
     config[name] = block
   return config

@@ -109,6 +109,18 @@ class Input(Protocol):
   def save(self, workdir: str) -> None:
     """Writes what reading the run's outputs needs (tokenizer, labels)."""
 
+  def train_size(self) -> int:
+    """Training examples that `train_examples` indexes (federated clients
+    and DP accounting; `StepInput` refuses in one line by default)."""
+
+  def train_examples(self, indices, step: int) -> Batch:
+    """The training examples at `indices` (global, not this process's
+    rows), augmented as at step `step`: what clients' batches are."""
+
+  def train_labels(self):
+    """Every training example's class (label-skewed client partitions), or
+    None (partitions by position, i.e. by document)."""
+
 
 @runtime_checkable
 class InputModule(Protocol):
@@ -137,6 +149,11 @@ class Task(Protocol):
   update is something else (alternating generator and discriminator steps,
   several clients per step) defines `optimizer` and `train_step` itself,
   from the pieces `steps.py` exposes; see `tasks/gan.py`.
+
+  A wrapper of the task (privacy.py, federated/) may add `accountant`
+  (`privacy.Accountant`: what a run spends per step): train.py prints its
+  `describe()`, logs `spent(step)` with every evaluation as privacy/NAME
+  and trains to `limit()`. Tasks have none.
   """
   name: str
   required_keys: frozenset  # Batch entries it needs ...

@@ -114,5 +114,6 @@ class Distilled:
             "kl": float(totals["kl"]) / float(totals["count"])}
 
   # The generic steps, over these sums and this objective.
+  grad_fn = loss_task.LossTask.grad_fn
   train_step = loss_task.LossTask.train_step
   eval_step = loss_task.LossTask.eval_step

@@ -13,8 +13,9 @@ import jax
 import optax
 from flax import traverse_util
 
-from bigmodel_jax import (checkpoints, distill, grouped, optim, perf,
-                          pruning, registry, runs, sharding, state, steps)
+from bigmodel_jax import (checkpoints, distill, federated, grouped, optim,
+                          perf, privacy, pruning, registry, runs, sharding,
+                          state, steps)
 from bigmodel_jax.errors import ConfigError
 
 
@@ -30,6 +31,7 @@ class Experiment:
   factory: state.StateFactory
   train_step: Callable
   eval_step: Callable
+  trainable: Callable | None = None  # params -> bools (optim.trainable).
 
   @property
   def mesh(self) -> jax.sharding.Mesh:
@@ -60,6 +62,19 @@ class Experiment:
   def evaluate(self, train_state, split: str | None = None) -> dict:
     """Scalar eval metrics of the task (e.g. loss, accuracy)."""
     return self.task.summarize(self.eval_totals(train_state.variables, split))
+
+  def rngs(self) -> tuple:
+    """(init rng, train rng) of the run's seed."""
+    return tuple(jax.random.split(jax.random.key(self.config.seed)))
+
+  def initial_state(self) -> tuple[Any, str | None]:
+    """(the freshly initialised state, with pretrained parameters when
+    `init_from` names them; the loading report or None)."""
+    train_state = self.factory.init(self.rngs()[0])
+    init_from = self.config.init_from
+    if init_from.workdir or init_from.get("hf_dir"):
+      return self.load_pretrained(train_state, init_from)
+    return train_state, None
 
   def evaluators(self) -> dict:
     """KEY -> the evaluator of `config.evals.KEY` (evaluators/)."""
@@ -106,8 +121,9 @@ class Experiment:
 
   def units(self) -> tuple[str, int]:
     """("tokens" or "images", how many a global batch holds)."""
-    return registry.get("data", self.config.input.name).units(
-        self.config.input)
+    unit, items = registry.get("data", self.config.input.name).units(
+        self.config.input)  # A federated round is several batches.
+    return unit, items * getattr(self.task, "batches_per_step", 1)
 
   def flops_per_item(self) -> float:
     """Training FLOPs per token (language models) or example."""
@@ -166,6 +182,8 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
         f" (optional {sorted(task.optional_keys)}); input "
         f"{config.input.name!r} gives {sorted(spec)}.")
   task = distill.wrap(task, config)  # With a teacher when one is set.
+  task = privacy.wrap(task, config, data)  # DP-SGD when config.dp says so.
+  task, data = federated.wrap(task, config, data)  # Rounds of clients.
 
   # Model (called as the task declares) and optimizer (on the trainable
   # parameters, pruned when pruning is set).
@@ -180,4 +198,4 @@ def build(config, devices=None, *, load_data: bool = True) -> Experiment:
   train_step, eval_step = steps.jit_steps(
       factory, task.train_step(model, tx, trainable), task.eval_step(model))
   return Experiment(config, layout_, data, family, task, model, tx, factory,
-                    train_step, eval_step)
+                    train_step, eval_step, trainable)

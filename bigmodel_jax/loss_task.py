@@ -89,11 +89,18 @@ class LossTask(ModelCall):
     return optim.make(self.config.optimizer, self.config.total_steps,
                       trainable)
 
+  def grad_fn(self, model, trainable):
+    """The gradient function of the update (`steps.loss_grads`'s
+    signature); wrappers replace it (DP-SGD: privacy.py)."""
+    del trainable  # Frozen gradients are zeroed by the update.
+    return steps.loss_grads(self, model)
+
   def train_step(self, model, tx, trainable):
     return steps.make_train_step(
         self, model, tx,
         optim.schedule(self.config.optimizer, self.config.total_steps),
-        self.config.get("grad_accum_steps", 1), trainable)
+        self.config.get("grad_accum_steps", 1), trainable,
+        self.grad_fn(model, trainable))
 
   def eval_step(self, model):
     return steps.make_eval_step(self, model)

@@ -89,9 +89,15 @@ def make(config, total_steps: int, trainable_mask: Callable | None = None
   name = config.get("name", "adamw")
   if name not in OPTIMIZERS:
     raise ConfigError(f"Unknown optimizer {name!r}; have {list(OPTIMIZERS)}.")
-  tx = optax.chain(
+  return masked(optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
-      OPTIMIZERS[name](config, schedule(config, total_steps)))
+      OPTIMIZERS[name](config, schedule(config, total_steps))),
+      trainable_mask)
+
+
+def masked(tx: optax.GradientTransformation, trainable_mask: Callable | None
+           ) -> optax.GradientTransformation:
+  """`tx` on the `trainable_mask` parameters only (no state for the rest)."""
   if trainable_mask is None:
     return tx
   return optax.multi_transform(

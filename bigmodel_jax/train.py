@@ -90,12 +90,11 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
   mgr = checkpoints.manager(workdir, keep=config.keep_checkpoints,
                             good_steps=good_steps,
                             best_step=lambda: selection.best_step)
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  train_rng = exp.rngs()[1]
   train_state = checkpoints.restore(mgr, exp.factory.abstract)
   if train_state is None:
-    train_state = exp.factory.init(init_rng)
-    if config.init_from.workdir or config.init_from.get("hf_dir"):
-      train_state, report = exp.load_pretrained(train_state, config.init_from)
+    train_state, report = exp.initial_state()
+    if report:
       log(report)  # Fine-tuning: pretrained params, fresh optimizer state.
   start = int(jax.device_get(train_state.step))
   log(f"{'resumed at' if start else 'starting from'} step {start}; "
@@ -109,6 +108,13 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
   if writer.enabled and selection.best_step is not None:
     selection.write(workdir)  # As replayed (--resume_from may go back).
   end = config.total_steps if selection.stopped_at is None else start
+  accountant = getattr(exp.task, "accountant", None)  # Privacy spent.
+  if accountant is not None:
+    log(accountant.describe())
+    last_step, line = accountant.limit()
+    end = min(end, last_step)
+    if line:
+      log(line)
   if start >= config.total_steps:
     log(f"already trained to step {start} >= total_steps; nothing to do")
   elif selection.stopped_at is not None:
@@ -137,6 +143,9 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
     scalars, records, text = exp.summary(
         exp.eval_totals(train_state.variables, split), split)
     scalars = written(step, prefix, scalars, records, began)
+    if accountant is not None and prefix == "val":
+      scalars.update(written(step, "privacy", accountant.spent(step), {},
+                             time.perf_counter()))
     if text and step == config.total_steps:
       log(f"{split or config.input.get('eval_split', 'eval')} split:\n{text}")
     return scalars
@@ -201,7 +210,7 @@ def _train(config, workdir: str, devices, stop: preemption.Watch) -> dict:
       if pending:
         steps.bounded(pending[-1][1])  # The step before this one.
       pending.append((step, step_metrics))
-      is_last = step == config.total_steps
+      is_last = step == end  # total_steps, or where the budget ends.
       interrupted = not is_last and stop.requested(step)  # SIGTERM, SIGINT.
       evaluate_now = step % config.eval_every_steps == 0 or is_last
       save_now = (step % config.checkpoint_every_steps == 0 or is_last or

@@ -232,7 +232,7 @@ def test_an_unknown_evaluator_is_one_line_naming_those_there_are(tiny_config):
   config = tiny_config()
   config.evals = ml_collections.ConfigDict({"bleu": {"every_steps": 1}})
   with pytest.raises(ValueError, match=r"Unknown evaluators 'bleu'; have "
-                     r"\['param_norms', 'split'\]"):
+                     r"\['membership', 'param_norms', 'split'\]"):
     experiment.build(config, jax.devices()[:1]).evaluators()
 
 

@@ -229,6 +229,16 @@ class Input(StepInput):
                                self.config.batch_size, self.seed, step)
     return self._batch("train", indices[self._rows])
 
+  def train_size(self) -> int:
+    return len(self.splits["train"])
+
+  def train_examples(self, indices: np.ndarray, step: int) -> dict:
+    del step
+    return self._batch("train", indices)
+
+  def train_labels(self) -> np.ndarray:
+    return self.splits["train"].labels
+
   def _eval_split(self, split: str | None) -> str:
     split = split or self.config.eval_split
     if split not in SPLITS or not len(self.splits[split]):

@@ -92,11 +92,17 @@ class TextWindows:
                        f"windows of {seq_len + 1}.")
     self.tokens, self.seq_len, self.eos_id = tokens, seq_len, eos_id
 
+  @property
+  def num_windows(self) -> int:
+    return len(self.tokens) - self.seq_len
+
   def batch(self, rng: np.random.Generator, batch_size: int,
             rows: slice = slice(None)) -> dict:
     """`rows` of a batch of `batch_size` windows drawn with `rng`."""
-    starts = rng.integers(0, len(self.tokens) - self.seq_len,
-                          size=batch_size)[rows]
+    return self.at(rng.integers(0, self.num_windows, size=batch_size)[rows])
+
+  def at(self, starts: np.ndarray) -> dict:
+    """The windows that start at `starts`."""
     windows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)
                           ].astype(np.int32)
     batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
@@ -134,6 +140,22 @@ class StepInput:
     raise ConfigError(f"Input {self.config.name!r} has no example ids (a "
                       "labelled input has: text_classification, images).")
 
+  def train_size(self) -> int:
+    """How many training examples `train_examples` indexes."""
+    raise ConfigError(f"Input {self.config.name!r} cannot be split among "
+                      "federated clients (inputs that can: images, "
+                      "text_classification, char_lm, text_corpus).")
+
+  def train_examples(self, indices: np.ndarray, step: int) -> dict:
+    """The training examples at `indices` (augmented as at step `step`)."""
+    del indices, step
+    self.train_size()  # Raises the refusal.
+
+  def train_labels(self) -> np.ndarray | None:
+    """Every training example's class (label-skewed client partitions), or
+    None: unlabelled examples are partitioned by position (by document)."""
+    return None
+
 
 class WindowInput(StepInput):
   """Language-model inputs over token arrays: subclasses set `tokenizer`,
@@ -149,6 +171,14 @@ class WindowInput(StepInput):
     for any number of processes)."""
     rng = np.random.default_rng([self.seed, step])
     return self.train.batch(rng, self.config.batch_size, self._rows)
+
+  def train_size(self) -> int:
+    """Training examples: the windows' start positions, in text order."""
+    return self.train.num_windows
+
+  def train_examples(self, indices: np.ndarray, step: int) -> dict:
+    del step
+    return self.train.at(np.asarray(indices))
 
   def eval_batches(self, split: str | None = None):
     """The same `eval_steps` batches of a split every time."""

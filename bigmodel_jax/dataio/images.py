@@ -125,13 +125,26 @@ class ImageInput(StepInput):
     images, labels = zip(*pairs)
     return np.stack(images).astype(np.float32), np.asarray(labels, np.int32)
 
+  def train_size(self) -> int:
+    return len(self.train)
+
+  def train_labels(self) -> np.ndarray:
+    labels = getattr(self.train, "labels", None)  # Without decoding images.
+    if not (isinstance(labels, np.ndarray) and len(labels) == len(self.train)):
+      labels = [self.train[i][1] for i in range(len(self.train))]
+    return np.asarray(labels)
+
+  def train_examples(self, indices: np.ndarray, step: int) -> dict:
+    """The training images at `indices`, augmented as at step `step`."""
+    rngs = [np.random.default_rng([self.seed, step, int(i)]) for i in indices]
+    images, labels = self._examples(self.train, indices, self.train_pp, rngs)
+    return {"inputs": images, "targets": labels}
+
   def train_batch(self, step: int) -> dict:
     indices = shuffled_indices(len(self.train), self.config.batch_size,
                                self.seed, step)
-    indices = indices[self._rows]
-    rngs = [np.random.default_rng([self.seed, step, int(i)]) for i in indices]
-    images, labels = self._examples(self.train, indices, self.train_pp, rngs)
-    batch = {"inputs": images, "targets": labels}
+    batch = self.train_examples(indices[self._rows], step)
+    images, labels = batch["inputs"], batch["targets"]
     alpha = self.config.get("mixup_alpha")
     if alpha:  # Mixes each example with its neighbour in the local batch.
       share = np.random.default_rng([self.seed, step, 1 << 20]).beta(alpha,
