@@ -125,6 +125,14 @@ class Experiment:
         self.config.input)  # A federated round is several batches.
     return unit, items * getattr(self.task, "batches_per_step", 1)
 
+  def train_batch_spec(self) -> dict:
+    """Name -> ShapeDtypeStruct of a global train batch (a federated
+    round's when the task trains in rounds: `round_spec`)."""
+    spec = registry.get("data", self.config.input.name).batch_spec(
+        self.config.input)
+    round_spec = getattr(self.task, "round_spec", None)
+    return round_spec(spec) if round_spec is not None else spec
+
   def flops_per_item(self) -> float:
     """Training FLOPs per token (language models) or example."""
     return self.family.flops_per_item(self.model, self.factory.abstract.params,

@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from bigmodel_jax import config_loader, experiment, registry, sharding
+from bigmodel_jax import config_loader, experiment, sharding
 from bigmodel_jax.errors import entrypoint
 
 MAX_CPU_DEVICES = 2048  # 4,096 fail in XLA:CPU (JAX 0.10.2).
@@ -39,7 +39,7 @@ def plan(config, devices=None) -> dict:
   """Compiles the train step abstractly; returns sizes, FLOPs and memory."""
   exp = experiment.build(config, devices, load_data=False)
   abstract = exp.factory.abstract
-  batch = registry.get("data", config.input.name).batch_spec(config.input)
+  batch = exp.train_batch_spec()
   start = time.perf_counter()
   with exp.layout.context():  # The jitted step under in_context.
     compiled = exp.train_step.__wrapped__.lower(

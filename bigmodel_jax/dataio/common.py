@@ -142,8 +142,9 @@ class StepInput:
 
   def train_size(self) -> int:
     """How many training examples `train_examples` indexes."""
-    raise ConfigError(f"Input {self.config.name!r} cannot be split among "
-                      "federated clients (inputs that can: images, "
+    raise ConfigError(f"Input {self.config.name!r} does not give its "
+                      "training examples by index, which federated clients "
+                      "and DP accounting need (inputs that do: images, "
                       "text_classification, char_lm, text_corpus).")
 
   def train_examples(self, indices: np.ndarray, step: int) -> dict:

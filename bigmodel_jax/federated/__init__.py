@@ -48,23 +48,23 @@ def wrap(task, config, data):
   parts = None if data is None else partition.of_config(block, data,
                                                         config.seed)
   accountant = None
-  if privacy.enabled(config) and parts is not None:
-    smallest = min(len(p) for p in parts)
-    if config.dp.level == "example":
-      task = privacy.Private(
-          task, config, data, events_per_step=block.local_steps,
-          sampling_rate=min(1.0, config.input.batch_size / smallest),
-          examples=smallest,
-          what="example-level DP-SGD in each client, as if in every round")
-      accountant = task.accountant
-    elif config.dp.level == "user":
-      accountant = privacy.Accountant(
-          config.dp, examples=block.clients, total_steps=config.total_steps,
-          sampling_rate=block.clients_per_round / block.clients,
-          what="user-level DP-FedAvg at the server")
-    else:
-      raise ConfigError(f"dp.level={config.dp.level!r}; use one of "
-                                f"{privacy.LEVELS}.")
+  level = config.dp.level if privacy.enabled(config) else None
+  if level not in (None, *privacy.LEVELS):
+    raise ConfigError(f"dp.level={level!r}; use one of {privacy.LEVELS}.")
+  smallest = min(len(p) for p in parts) if parts else None
+  if level == "example":  # Without data (planning): nothing to account.
+    task = privacy.Private(
+        task, config, data, events_per_step=block.local_steps,
+        sampling_rate=smallest and min(1.0, config.input.batch_size /
+                                       smallest),
+        examples=smallest,
+        what="example-level DP-SGD in each client, as if in every round")
+    accountant = task.accountant
+  elif level == "user" and parts:
+    accountant = privacy.Accountant(
+        config.dp, examples=block.clients, total_steps=config.total_steps,
+        sampling_rate=block.clients_per_round / block.clients,
+        what="user-level DP-FedAvg at the server")
   task = rounds.Federated(task, config, accountant)
   if data is not None:
     data = partition.ClientRounds(

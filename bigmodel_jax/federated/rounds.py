@@ -140,6 +140,14 @@ class Federated:
   def optimizer(self, trainable):
     return server_optimizer(self.block, trainable)
 
+  def round_spec(self, spec: dict) -> dict:
+    """A round's batch spec from the input's: K * S batches, client-major,
+    and "fed_weight"."""
+    rows = self.batches_per_step * next(iter(spec.values())).shape[0]
+    return {**{k: jax.ShapeDtypeStruct((rows, *v.shape[1:]), v.dtype)
+               for k, v in spec.items()},
+            "fed_weight": jax.ShapeDtypeStruct((rows,), jnp.float32)}
+
   def client(self, model, trainable):
     """One client's local training (`client_update` of the task)."""
     return client_update(self.task.grad_fn(model, trainable), self.task,
