@@ -153,7 +153,10 @@ class Task(Protocol):
   A wrapper of the task (privacy.py, federated/) may add `accountant`
   (`privacy.Accountant`: what a run spends per step): train.py prints its
   `describe()`, logs `spent(step)` with every evaluation as privacy/NAME
-  and trains to `limit()`. Tasks have none.
+  and trains to `limit()`. A wrapper whose step trains on several input
+  batches (a federated round) adds `batches_per_step` (throughput) and
+  `round_spec(batch_spec)` (the step's batch spec, for planning). Tasks
+  have none of these.
   """
   name: str
   required_keys: frozenset  # Batch entries it needs ...
