@@ -147,6 +147,22 @@ class Accountant:
     return self.last_step, f"{line}: stopping there (dp.on_budget)"
 
 
+def clipped(tree, clip_norm: float) -> tuple:
+  """(`tree` scaled to norm at most `clip_norm`, its norm before)."""
+  norm = optax.tree.norm(tree)
+  scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
+  return jax.tree.map(lambda x: x * scale, tree), norm
+
+
+def noised(tree, std: float, rng, trainable):
+  """`tree` plus Gaussian noise of std `std` on its trainable leaves."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(jax.random.fold_in(rng, 1 << 30), len(leaves))
+  return steps.frozen_zeroed(jax.tree.unflatten(treedef, [
+      x + std * jax.random.normal(k, x.shape, x.dtype)
+      for x, k in zip(leaves, keys)]), trainable)
+
+
 def clipped_noised(grad_fn, trainable, clip_norm: float,
                    noise_multiplier: float):
   """`grad_fn` (steps.loss_grads's signature) made DP-SGD's: per-example
@@ -166,20 +182,16 @@ def clipped_noised(grad_fn, trainable, clip_norm: float,
       grads, objective, sums, _ = grad_fn(
           params, model_state, jax.tree.map(lambda x: x[None], example),
           jax.random.fold_in(rng, i), 1.0)
-      grads = steps.frozen_zeroed(grads, trainable)
-      norm = optax.tree.norm(grads)
-      scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
+      grads, norm = clipped(steps.frozen_zeroed(grads, trainable),
+                            clip_norm)
       sums = {**sums, "clipped": (norm > clip_norm).astype(jnp.float32)}
-      return jax.tree.map(lambda g: g * scale, grads), objective, sums
+      return grads, objective, sums
 
     grads, objectives, sums = jax.vmap(one)(batch, jnp.arange(size))
-    leaves, tree = jax.tree.flatten(jax.tree.map(lambda g: g.sum(0), grads))
-    keys = jax.random.split(jax.random.fold_in(rng, 1 << 30), len(leaves))
-    noised = steps.frozen_zeroed(jax.tree.unflatten(tree, [
-        (g + noise_multiplier * clip_norm *
-         jax.random.normal(k, g.shape, g.dtype)) / normalizer
-        for g, k in zip(leaves, keys)]), trainable)
-    return (noised, objectives.sum() / normalizer,
+    total = noised(jax.tree.map(lambda g: g.sum(0), grads),
+                   noise_multiplier * clip_norm, rng, trainable)
+    return (jax.tree.map(lambda g: g / normalizer, total),
+            objectives.sum() / normalizer,
             jax.tree.map(lambda s: s.sum(0), sums), model_state)
 
   return dp_grad_fn

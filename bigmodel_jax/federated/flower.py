@@ -88,10 +88,8 @@ class Client(flwr.client.NumPyClient):
   def fit(self, parameters, config):
     exp, block = self.exp, self.block
     round_, position = int(config["round"]), int(config["position"])
-    part = exp.data.parts[self.index]
-    rows = block.local_steps * exp.config.input.batch_size
-    batch = exp.data.train_examples(partition.client_indices(
-        part, self.index, rows, exp.config.seed, round_), round_)
+    batch = exp.data.train_examples(
+        exp.data.client_rows(self.index, round_), round_)
     batches = {k: np.asarray(v).reshape(block.local_steps, -1, *v.shape[1:])
                for k, v in batch.items()}
     rng = rounds.client_rngs(jax.random.fold_in(exp.rngs()[1], round_),
@@ -101,7 +99,8 @@ class Client(flwr.client.NumPyClient):
                                            batches, rng)
     arrays = [np.asarray(x) for x in
               _sent(delta, exp.trainable) + jax.tree.leaves(model_state)]
-    return arrays, len(part), {k: float(v) for k, v in sums.items()}
+    return (arrays, len(exp.data.parts[self.index]),
+            {k: float(v) for k, v in sums.items()})
 
 
 class Strategy(flwr.server.strategy.Strategy):
@@ -165,9 +164,8 @@ class Strategy(flwr.server.strategy.Strategy):
         round_)]
     by_client = {index[proxy.cid]: fit for proxy, fit in results}
     fits = [by_client[k] for k in chosen]
-    sizes = np.array([fit.num_examples for fit in fits], np.float64)
-    weights = (np.full(len(fits), 1 / len(fits)) if
-               self.block.weighting == "uniform" else sizes / sizes.sum())
+    weights = partition.client_weights([fit.num_examples for fit in fits],
+                                       self.block.weighting)
     sent = len(_sent(self.state.params, self.exp.trainable))
     stacked = [np.stack(a) for a in zip(*[parameters_to_ndarrays(
         fit.parameters) for fit in fits])]
@@ -177,7 +175,7 @@ class Strategy(flwr.server.strategy.Strategy):
         jax.tree.structure(self.state.model_state), stacked[sent:])
     rng = jax.random.fold_in(self.exp.rngs()[1], round_)
     self.state, mean = self.aggregate(self.state, deltas, model_states,
-                                      jnp.asarray(weights, jnp.float32), rng)
+                                      jnp.asarray(weights), rng)
     sums = {k: sum(fit.metrics[k] for fit in fits) for k in fits[0].metrics}
     metrics = {k: float(v) for k, v in self.exp.task.metrics(
         {k: jnp.asarray(v) for k, v in sums.items()}, mean).items()}

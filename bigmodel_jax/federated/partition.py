@@ -76,6 +76,19 @@ def client_indices(part: np.ndarray, client: int, rows: int, seed: int,
                                       seed * 1_000_003 + client, round_)]
 
 
+def client_weights(sizes, weighting: str) -> np.ndarray:
+  """The sampled clients' weights in the average, from their example
+  counts: shares of their examples ("examples", FedAvg's n_k / n) or equal
+  ("uniform")."""
+  if weighting == "uniform":
+    return np.full(len(sizes), 1 / len(sizes), np.float32)
+  if weighting != "examples":
+    raise ConfigError(f"federated.weighting={weighting!r}; use examples or "
+                      "uniform.")
+  sizes = np.asarray(sizes, np.float64)
+  return (sizes / sizes.sum()).astype(np.float32)
+
+
 class ClientRounds:
   """The run's input, whose train batches are rounds: `local_steps`
   batches of every sampled client, client-major (K * S * B rows), with
@@ -93,32 +106,22 @@ class ClientRounds:
   def __getattr__(self, name):
     return getattr(self.data, name)
 
-  def round_indices(self, round_: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the round's clients, their example indices (K, S * B))."""
-    block = self.block
-    clients = sampled_clients(block.clients, block.clients_per_round,
-                              self.seed, round_)
-    rows = block.local_steps * self.batch_size
-    return clients, np.stack([
-        client_indices(self.parts[k], int(k), rows, self.seed, round_)
-        for k in clients])
-
-  def client_weights(self, clients: np.ndarray) -> np.ndarray:
-    """Each sampled client's weight in the average: its share of their
-    examples ("examples", FedAvg's n_k / n) or equal ("uniform")."""
-    if self.block.weighting == "uniform":
-      return np.full(len(clients), 1 / len(clients), np.float32)
-    if self.block.weighting != "examples":
-      raise ConfigError(f"federated.weighting={self.block.weighting!r}; use "
-                        "examples or uniform.")
-    sizes = np.array([len(self.parts[k]) for k in clients], np.float64)
-    return (sizes / sizes.sum()).astype(np.float32)
+  def client_rows(self, client: int, round_: int) -> np.ndarray:
+    """Client `client`'s example indices for round `round_` (S * B)."""
+    return client_indices(self.parts[client], client,
+                          self.block.local_steps * self.batch_size,
+                          self.seed, round_)
 
   def train_batch(self, step: int) -> dict:
     """This process's rows of round `step`."""
-    clients, indices = self.round_indices(step)
+    block = self.block
+    clients = sampled_clients(block.clients, block.clients_per_round,
+                              self.seed, step)
+    indices = np.stack([self.client_rows(int(k), step) for k in clients])
     batch = self.data.train_examples(indices.reshape(-1)[self._rows], step)
-    weights = np.repeat(self.client_weights(clients), indices.shape[1])
+    weights = np.repeat(client_weights(
+        [len(self.parts[k]) for k in clients], block.weighting),
+        indices.shape[1])
     return {**batch, "fed_weight": weights[self._rows]}
 
   def train_batches(self, start_step: int):

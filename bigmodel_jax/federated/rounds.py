@@ -94,14 +94,6 @@ def server_update(tx):
   return update
 
 
-def clipped(delta, clip_norm: float):
-  """`delta` scaled to norm at most `clip_norm` (user-level DP)."""
-  norm = optax.tree.norm(delta)
-  return jax.tree.map(
-      lambda d: d * jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12)),
-      delta)
-
-
 def _client_rules():
   """The current logical rules with "batch" unsharded (inside a client),
   and the mesh axes "batch" had (the clients' axis)."""
@@ -163,17 +155,12 @@ class Federated:
 
     def aggregate(state, deltas, model_states, weights, rng):
       if self.user_dp:
-        deltas = jax.vmap(clipped, in_axes=(0, None))(deltas, clip)
+        deltas, _ = jax.vmap(privacy.clipped, in_axes=(0, None))(deltas,
+                                                                  clip)
         weights = jnp.full_like(weights, 1 / clients)
       mean = jax.tree.map(lambda d: jnp.tensordot(weights, d, 1), deltas)
       if self.user_dp:
-        leaves, tree = jax.tree.flatten(mean)
-        keys = jax.random.split(jax.random.fold_in(rng, 1 << 30),
-                                len(leaves))
-        mean = steps.frozen_zeroed(jax.tree.unflatten(tree, [
-            d + noise * clip / clients * jax.random.normal(k, d.shape,
-                                                           d.dtype)
-            for d, k in zip(leaves, keys)]), trainable)
+        mean = privacy.noised(mean, noise * clip / clients, rng, trainable)
       model_state = jax.tree.map(lambda s: jnp.tensordot(weights, s, 1),
                                  model_states)
       return server(state, mean, model_state), mean
