@@ -5,7 +5,7 @@
   python -m bigmodel_jax.train --config experiments/federated_digits.py:dp_eps3 \\
       --workdir runs/dp_eps3
 
-Federated variants: 50 clients holding the 1,437 training images, 10
+Federated variants: 50 clients holding the 1,438 training images, 10
 sampled per round, 5 local SGD steps of 16 images at learning rate 0.1,
 150 rounds; "iid", or label-skewed by Dirichlet(alpha) ("alpha0.1",
 "alpha1", "alpha100"), and "fedprox" (alpha 0.1 with mu = 0.1) and

@@ -11,8 +11,9 @@ the mean loss of each side. Members are scored as evaluation sees them
 (no augmentation). For tasks whose outputs are per-example class logits.
 """
 import jax
+import jax.numpy as jnp
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from bigmodel_jax.errors import ConfigError
 
@@ -35,7 +36,7 @@ class Evaluator:
                         f"logits; task {self.exp.task.name!r} gives shape "
                         f"{logits.shape}.")
     log_p = jax.nn.log_softmax(logits.astype("float32"))
-    return -np.take_along_axis(log_p, batch["targets"][:, None], 1)[:, 0]
+    return -jnp.take_along_axis(log_p, batch["targets"][:, None], 1)[:, 0]
 
   def split_losses(self, variables, split: str) -> np.ndarray:
     """Per-example losses of a split (padding rows dropped)."""
@@ -52,11 +53,7 @@ class Evaluator:
     truth = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
     scores = -np.r_[inside, outside]
     auc = roc_auc_score(truth, scores)
-    balanced = []  # Best threshold's accuracy, each side weighted equally.
-    for threshold in np.unique(scores):
-      guess = scores >= threshold
-      balanced.append((guess[truth == 1].mean() +
-                       (~guess[truth == 0]).mean()) / 2)
-    return {"auc": float(auc), "advantage": float(2 * max(balanced) - 1),
+    false, true, _ = roc_curve(truth, scores)  # Advantage: max TPR - FPR
+    return {"auc": float(auc), "advantage": float(np.max(true - false)),
             "member_loss": float(inside.mean()),
             "outsider_loss": float(outside.mean())}, {}
