@@ -9,8 +9,10 @@ ask for a capability, which holds when the run has all of its parts:
   decode         family.capabilities(config)   `apply(..., decode=True,
                  (value: the longest context)  lengths=, mutable=["cache"])`
                                                prefills and extends a cache
-  embed          family.capabilities(config)   `apply(..., embed=True)` gives
-                                               unit-length vectors (B, D)
+  embed          family.capabilities(config)   `apply(v, x, embed=True)` gives
+                                               unit-length vectors (B, D) of
+                                               token ids x, or of images x
+                                               when it also has "pixels"
   text           the input's tokenizer         the run reads and writes text
   token_embeddings  family.capabilities        the module (value: its name)
                                                whose output is the token
@@ -18,12 +20,16 @@ ask for a capability, which holds when the run has all of its parts:
   pixels         family.capabilities           the model reads float images
   attention      family.capabilities           its attention layers sow their
                                                weights (layers/attention.py)
+  image_prompt   family.capabilities           decoding takes `images=` at
+                                               prefill (a captioner)
   lens           family.capabilities           the final norm (value: its
                                                module name) before the
                                                unembedding; blocks sow
                                                "residual"
 
-A capability a run lacks is refused in one line naming the parts missing.
+A capability a run lacks is refused in one line naming the parts missing
+(or the part that excludes it: a model that decodes from an image cannot
+generate or score text alone; it captions).
 """
 from bigmodel_jax.errors import ConfigError
 
@@ -37,12 +43,20 @@ PARTS = {
     "pixels": "its model family reads images",
     "attention": "its model family sows attention weights",
     "lens": "its model family names its final norm",
+    "image_prompt": "its model family decodes from an image",
 }
-CAPABILITIES = {  # name -> (parts needed, what uses it)
+# Text alone is not enough for a model that decodes from an image.
+NEEDS_IMAGE = {"image_prompt"}
+CAPABILITIES = {  # name -> (parts needed, what uses it[, parts it excludes])
     "generate": ({"next_token", "decode", "text"},
-                 "sample, /v1/completions, /v1/chat/completions"),
-    "score_text": ({"next_token", "text"}, "evaluate --text"),
+                 "sample, /v1/completions, /v1/chat/completions",
+                 NEEDS_IMAGE),
+    "score_text": ({"next_token", "text"}, "evaluate --text", NEEDS_IMAGE),
     "embed": ({"embed", "text"}, "/v1/embeddings"),
+    "embed_image": ({"embed", "pixels"}, "/v1/embeddings of images"),
+    "caption": ({"next_token", "decode", "text", "image_prompt"},
+                "sample --image, /v1/chat/completions with an image, the "
+                "captions evaluator"),
     "classify": ({"classify"}, "/v1/classify"),
     "explain_text": ({"classify", "token_embeddings", "text"},
                      "explain: integrated gradients of tokens"),
@@ -63,17 +77,29 @@ def parts(family, task, model_config, tokenizer) -> dict:
   return found
 
 
+def _needs(name: str) -> tuple[set, str, set]:
+  needs, uses, *excludes = CAPABILITIES[name]
+  return needs, uses, (excludes[0] if excludes else set())
+
+
 def of(have: dict) -> list[str]:
   """The capabilities that `parts` make."""
-  return [name for name, (needs, _) in CAPABILITIES.items()
-          if needs <= have.keys()]
+  return [name for name in CAPABILITIES
+          if _needs(name)[0] <= have.keys() and
+          not _needs(name)[2] & have.keys()]
 
 
 def require(have: dict, name: str, what: str) -> None:
-  """ConfigError naming the missing parts unless `have` makes `name`."""
-  needs, uses = CAPABILITIES[name]
+  """ConfigError naming the missing (or excluding) parts unless `have`
+  makes `name`."""
+  needs, uses, excludes = _needs(name)
   missing = sorted(needs - have.keys())
-  if missing:
+  excluded = sorted(excludes & have.keys())
+  if missing or excluded:
     raise ConfigError(
-        f"{what} cannot {name.replace('_', ' ')} (used by {uses}): it lacks " +
-        ", ".join(f"{part!r} ({PARTS[part]})" for part in missing) + ".")
+        f"{what} cannot {name.replace('_', ' ')} (used by {uses}): " + (
+            "it lacks " + ", ".join(f"{part!r} ({PARTS[part]})"
+                                    for part in missing)
+            if missing else ", ".join(f"{part!r}: {PARTS[part]}"
+                                      for part in excluded) +
+            " (it needs more than text)") + ".")

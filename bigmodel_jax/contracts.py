@@ -55,7 +55,9 @@ class ModelFamily(Protocol):
   `apply(v, tokens, decode=True, lengths=, mutable=["cache"])` prefills
   right-padded rows of `lengths` tokens into a cache whose variables carry
   logical axis names with a "batch" axis, then extends it a step at a
-  time), "embed" (`apply(v, *args, embed=True)` -> unit vectors (B, D))."""
+  time), "embed" (`apply(v, x, embed=True)` -> unit vectors (B, D) of token
+  ids x; a family that also declares "pixels" embeds images x the same
+  way: two towers, one space)."""
   load_hf: Callable[[str, ml_collections.ConfigDict], dict] | None
   """(Hugging Face checkpoint dir, config block) -> host variables
   ({"params": ..., and e.g. "batch_stats"}); every directory that

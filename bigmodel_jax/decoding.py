@@ -45,8 +45,9 @@ def _pick(logits, rng, temperature: float, top_k: int | None):
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
 def _segment(model, params, context, length, rng, num_steps, temperature,
-             top_k):
-  """Prefills the cache with context[:, :length]; then decodes num_steps + 1 ids."""
+             top_k, inputs):
+  """Prefills the cache with context[:, :length] (and the model's other
+  prefill `inputs`); then decodes num_steps + 1 ids."""
   cache = jax.tree.map(
       lambda x: jnp.zeros(x.shape, x.dtype),
       nn.unbox(jax.eval_shape(lambda: model.init(
@@ -54,7 +55,7 @@ def _segment(model, params, context, length, rng, num_steps, temperature,
   logits, variables = model.apply(
       {"params": params, "cache": cache}, context, decode=True,
       lengths=jnp.full(context.shape[:1], length, jnp.int32),
-      mutable=["cache"])
+      mutable=["cache"], **inputs)
   cache = variables["cache"]
   rngs = jax.random.split(rng, num_steps + 1)
   first = _pick(jnp.take(logits, length - 1, axis=1), rngs[0], temperature,
@@ -74,9 +75,11 @@ def _segment(model, params, context, length, rng, num_steps, temperature,
 
 def generate(model, params, prompt: np.ndarray, max_new_tokens: int, rng, *,
              context: int, temperature: float = 1.0,
-             top_k: int | None = None) -> np.ndarray:
+             top_k: int | None = None, inputs: dict | None = None
+             ) -> np.ndarray:
   """Continues each row of `prompt` (B, T) by `max_new_tokens` ids, with a
-  cache of `context` positions (the "decode" capability's value)."""
+  cache of `context` positions (the "decode" capability's value); `inputs`:
+  the model's other prefill arguments (a captioner's "images")."""
   tokens = np.asarray(prompt, np.int32)
   if tokens.shape[1] == 0:
     raise ConfigError("The prompt must hold at least one token.")
@@ -89,7 +92,7 @@ def generate(model, params, prompt: np.ndarray, max_new_tokens: int, rng, *,
     padded = np.pad(window, ((0, 0), (0, context - length)))
     rng, key = jax.random.split(rng)
     new = _segment(model, params, padded, jnp.int32(length), key, num_steps,
-                   float(temperature), top_k)
+                   float(temperature), top_k, inputs or {})
     tokens = np.concatenate([tokens, np.asarray(new)], axis=1)
     produced += new.shape[1]
     keep = context // 2

@@ -238,7 +238,7 @@ def main(argv=None) -> None:
       verified = "Not verified: the reference library was not installed."
     else:
       diffs = compare(ours, theirs, args.tolerance)
-      verified = (f"Reloaded and run on {len(batch['inputs'])} evaluation "
+      verified = (f"Reloaded and run on {len(next(iter(batch.values())))} evaluation "
                   "examples of the run: max |difference| " + ", ".join(
                       f"{k} {v:.2g}" for k, v in diffs.items()) + ".")
     with open(os.path.join(staging, "README.md"), "w") as f:

@@ -1,5 +1,6 @@
 """What model family modules share besides layers: config blocks from their
-`Config` dataclass, checks, parameter counts, FLOPs, LoRA merging."""
+`Config` dataclass, checks, parameter counts, FLOPs, LoRA merging, and
+families composed of others by name (`part_block`, `part`)."""
 import dataclasses
 import math
 import typing
@@ -11,7 +12,7 @@ import ml_collections
 from flax import linen as nn
 from ml_collections.config_dict import placeholder
 
-from bigmodel_jax import perf
+from bigmodel_jax import perf, registry
 from bigmodel_jax.errors import ConfigError
 
 
@@ -42,6 +43,23 @@ def config_block(name: str, config_class, *field_dicts: dict
     block[key] = (value if value is not None else
                   placeholder(_placeholder_type(hints[key])))
   return ml_collections.ConfigDict(block)
+
+
+def part_block(family: str, variant: str, overrides: dict
+               ) -> ml_collections.ConfigDict:
+  """The config block of a family's variant, as a part of a composed
+  family's block (two towers' image and text towers)."""
+  return registry.get("models", family).model_config(variant, **overrides)
+
+
+def part(block, **fields) -> nn.Module:
+  """The model of a part's block (its family picked by `block.name`), the
+  placeholders among `fields` filled in."""
+  block = ml_collections.ConfigDict(block.to_dict())
+  for key, value in fields.items():
+    if key in block and block[key] is None:
+      block[key] = value
+  return registry.get("models", block.name).make(block)
 
 
 def variant_config(name: str, config_class, variants: dict, variant: str,
@@ -83,11 +101,14 @@ def _check_range(name: str, value, annotation, metadata) -> None:
 
 
 def config_fields(config, config_class, choices: dict | None = None) -> dict:
-  """A `config.model` block's fields for the family's `Config`, checking
-  that fields without a default are set, each number in its range (see
+  """A `config.model` block's fields for the family's `Config` (absent
+  ones at their defaults), checking that fields without a default are set, each number in its range (see
   `bounded`) and each `choices` key allowed."""
   fields = {k: v for k, v in config.items() if k != "name"}
   hints = typing.get_type_hints(config_class)
+  for f in dataclasses.fields(config_class):  # Older runs' configs lack
+    if f.name not in fields and f.default is not dataclasses.MISSING:
+      fields[f.name] = f.default              # fields added since.
   for f in dataclasses.fields(config_class):
     if f.default is dataclasses.MISSING and fields.get(f.name) is None:
       raise ConfigError(f"config.model.{f.name} is not set (normally from "

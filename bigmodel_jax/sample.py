@@ -6,7 +6,8 @@
 
 A run fine-tuned on conversations (it has a chat template) takes the prompt
 as the user's message and prints the assistant's reply, up to the
-end-of-document token; `--raw` continues the prompt text as it is.
+end-of-document token; `--raw` continues the prompt text as it is. A run
+that captions images reads `--image PATH` and prints its captions.
 """
 import argparse
 
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 
 from bigmodel_jax import decoding, runs
+from bigmodel_jax.dataio import images
 from bigmodel_jax.errors import ConfigError, entrypoint
 
 
@@ -26,6 +28,18 @@ def _check(args) -> None:
                         f"{low}.")
   if not args.prompt:
     raise ConfigError("--prompt is empty; give at least one character.")
+
+
+def _image_inputs(run, path: str | None, rows: int) -> dict:
+  """{"images": ...} of `--image` (a captioning run), else {}."""
+  if not path:
+    return {}
+  try:
+    with open(path, "rb") as f:
+      pixels = images.reader(run.config.input)(f.read())
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"--image {path}: {e}") from None
+  return {"images": np.repeat(pixels[None], rows, 0)}
 
 
 @entrypoint
@@ -43,11 +57,13 @@ def main(argv=None) -> None:
   runs.add_step_arg(parser)
   parser.add_argument("--raw", action="store_true",
                       help="ignore the run's chat template")
+  parser.add_argument("--image", help="the image a captioning run reads")
   args = parser.parse_args(argv)
   _check(args)
 
   run = runs.load(args.workdir, args.step)
-  run.require("generate")
+  run.require("caption" if args.image else "generate")
+  inputs = _image_inputs(run, args.image, args.num_samples)
   chat = run.chat_template if not args.raw else None
   ids = (chat.prompt_ids(run.tokenizer, [{"role": "user",
                                           "content": args.prompt}])
@@ -56,9 +72,10 @@ def main(argv=None) -> None:
                           np.tile(ids, (args.num_samples, 1)),
                           args.max_new_tokens, jax.random.key(args.seed),
                           context=run.parts["decode"],
-                          temperature=args.temperature, top_k=args.top_k)
+                          temperature=args.temperature, top_k=args.top_k,
+                          inputs=inputs)
   for row in new:
-    if chat:  # The reply ends at the end-of-document token.
+    if chat or inputs:  # The reply ends at the end-of-document token.
       ends = np.flatnonzero(row == run.tokenizer.eos_id)
       print(run.tokenizer.decode(row[:ends[0] if len(ends) else len(row)]))
     else:

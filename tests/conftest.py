@@ -90,6 +90,21 @@ def tiny_config():
   return make
 
 
+OK = "ok"
+
+
+def cli_result(main, argv, capsys) -> str:
+  """OK, or the one line a refused command printed."""
+  try:
+    main(argv)
+  except SystemExit:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+  capsys.readouterr()
+  return OK
+
+
 def run_steps(config, devices=None, steps=3):
   """(train losses, experiment, state) after `steps` steps from init."""
   exp = experiment.build(config, devices)
@@ -183,6 +198,19 @@ SERVABLE = {
         "model.num_layers": 2, "model.emb_dim": 32, "model.num_heads": 2,
         "model.mlp_dim": 64, "model.dropout": 0.0, "model.max_positions": 16,
         "init_from.hf_dir": None, "input.seq_len": 16, "input.batch_size": 8}),
+    "clip": ("clip_digits.py:cpu", {
+        "model.image.emb_dim": 32, "model.image.num_layers": 1,
+        "model.image.num_heads": 2, "model.image.mlp_dim": 64,
+        "model.text.emb_dim": 32, "model.text.num_layers": 1,
+        "model.text.num_heads": 2, "model.embed_dim": 16,
+        "input.batch_size": 32, "evals.zero_shot.every_steps": 0,
+        "evals.retrieval.every_steps": 0}),
+    "caption": ("caption_digits.py:cpu", {
+        "model.image.emb_dim": 32, "model.image.num_layers": 1,
+        "model.image.num_heads": 2, "model.image.mlp_dim": 64,
+        "model.text.emb_dim": 32, "model.text.num_layers": 1,
+        "model.text.num_heads": 2, "input.batch_size": 32,
+        "evals.captions.every_steps": 0}),
     "vit": ("vit_digits.py:cpu", {
         "model.emb_dim": 32, "model.num_layers": 1, "model.num_heads": 2,
         "model.mlp_dim": 64, "input.batch_size": 32}),

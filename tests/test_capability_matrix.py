@@ -19,12 +19,12 @@ from bigmodel_jax import (compress, config_loader, decoding, evaluate,
                           explain, export, runs, sample, train)
 from bigmodel_jax.errors import UserError
 from bigmodel_jax.serving import generation, models, settings
+from conftest import OK, cli_result
 
 pytestmark = pytest.mark.slow
 LEGACY = pathlib.Path(__file__).resolve().parent / "data" / "legacy_runs"
 TEXT = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" /
         "tinyshakespeare" / "input.txt")
-OK = "ok"
 # run -> action -> OK, or a phrase of the one-line refusal.
 EXPECTED = {
     "gpt": dict(sample=OK, text=OK, export_hf=OK, export_jax=OK,
@@ -61,18 +61,6 @@ def legacy(tmp_path_factory):
           for name in EXPECTED}
 
 
-def _cli(main, argv, capsys) -> str:
-  """OK, or the one line a refused command printed."""
-  try:
-    main(argv)
-  except SystemExit:
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
-  capsys.readouterr()
-  return OK
-
-
 def _check(result: str, expected: str) -> None:
   if expected == OK:
     assert result == OK, result
@@ -105,14 +93,14 @@ def test_every_command_works_or_names_what_is_missing(legacy, name, tmp_path,
                                                       capsys):
   workdir, want = legacy[name], EXPECTED[name]
   split = runs.load(workdir).config.input.eval_split
-  _check(_cli(evaluate.main, ["--workdir", workdir, "--split", split],
+  _check(cli_result(evaluate.main, ["--workdir", workdir, "--split", split],
               capsys), OK)
-  _check(_cli(evaluate.main, ["--workdir", workdir, "--text", str(TEXT),
+  _check(cli_result(evaluate.main, ["--workdir", workdir, "--text", str(TEXT),
                               "--tail", "0.002"], capsys), want["text"])
-  _check(_cli(sample.main, ["--workdir", workdir, "--prompt", "ROMEO:",
+  _check(cli_result(sample.main, ["--workdir", workdir, "--prompt", "ROMEO:",
                             "--max_new_tokens", "4"], capsys), want["sample"])
   for fmt in ("hf", "jax"):
-    _check(_cli(export.main, ["--workdir", workdir, "--format", fmt,
+    _check(cli_result(export.main, ["--workdir", workdir, "--format", fmt,
                               "--examples", "2", "--out",
                               str(tmp_path / fmt)], capsys),
            want[f"export_{fmt}"])
@@ -120,12 +108,12 @@ def test_every_command_works_or_names_what_is_missing(legacy, name, tmp_path,
   # The model call its task declares: the GAN's takes images and latents.
   assert len(signature["inputs"]) == (2 if name == "gan" else 1)
   classifies = "classify" in runs.load(workdir).parts
-  _check(_cli(explain.main, ["--workdir", workdir, "--out",
+  _check(cli_result(explain.main, ["--workdir", workdir, "--out",
                              str(tmp_path / "explained"), "--steps", "4"] +
               (["--split", split, "--examples", "2"] if classifies
                else ["--input", "ROMEO:"]), capsys), want["explain"])
   quantized = str(tmp_path / "int8")
-  _check(_cli(compress.main, ["--workdir", workdir, "--out", quantized,
+  _check(cli_result(compress.main, ["--workdir", workdir, "--out", quantized,
                               "--method", "int8"], capsys), want["compress"])
   runs.load(quantized)  # The compressed run loads like any run.
 

@@ -37,7 +37,8 @@ def test_every_plugin_found_fulfils_its_contract(kind):
 def test_plugins_are_discovered_and_helpers_are_not_plugins():
   assert {"text_corpus", "sft", "char_lm"} <= set(registry.names("data"))
   assert not {"bpe", "chat", "common"} & set(registry.names("data"))
-  assert registry.names("tasks") == ["classification", "gan", "lm", "mlm"]
+  assert registry.names("tasks") == ["captioning", "classification",
+                                     "contrastive", "gan", "lm", "mlm"]
   assert not {"layers", "hf_layout"} & set(registry.names("models"))
 
 
@@ -232,7 +233,8 @@ def test_an_unknown_evaluator_is_one_line_naming_those_there_are(tiny_config):
   config = tiny_config()
   config.evals = ml_collections.ConfigDict({"bleu": {"every_steps": 1}})
   with pytest.raises(ValueError, match=r"Unknown evaluators 'bleu'; have "
-                     r"\['membership', 'param_norms', 'split'\]"):
+                     r"\['captions', 'linear_probe', 'membership', "
+                     r"'param_norms', 'retrieval', 'split', 'zero_shot'\]"):
     experiment.build(config, jax.devices()[:1]).evaluators()
 
 

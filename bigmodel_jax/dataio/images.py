@@ -44,6 +44,25 @@ def units(config) -> tuple[str, int]:
 load_tokenizer = None  # Images have no text.
 
 
+def reader(config):
+  """Encoded image bytes (PNG, JPEG, ...) -> the model's input (H, W, C)
+  float32, made by the input's evaluation preprocessing; ValueError naming
+  what is wrong (serving, `sample --image`)."""
+  size, channels = config.image_size, config.channels
+  pp = image_ops.parse(config.eval_pp)
+
+  def read(data: bytes) -> np.ndarray:
+    image = image_ops.decoded(data, channels)
+    pixels = pp(image, np.random.default_rng(0))
+    if pixels.shape != (size, size, channels):
+      raise ValueError(
+          f"An image of {image.shape[1]}x{image.shape[0]} becomes "
+          f"{pixels.shape} after the model's preprocessing; it needs "
+          f"{(size, size, channels)}.")
+    return pixels.astype(np.float32)
+  return read
+
+
 def _relabelled(source, config, class_names):
   """`source` with `input.label_overrides` applied to the splits they name."""
   overrides = label_overrides.load(config.label_overrides, class_names)
@@ -144,9 +163,9 @@ class ImageInput(StepInput):
     indices = shuffled_indices(len(self.train), self.config.batch_size,
                                self.seed, step)
     batch = self.train_examples(indices[self._rows], step)
-    images, labels = batch["inputs"], batch["targets"]
     alpha = self.config.get("mixup_alpha")
     if alpha:  # Mixes each example with its neighbour in the local batch.
+      images, labels = batch["inputs"], batch["targets"]
       share = np.random.default_rng([self.seed, step, 1 << 20]).beta(alpha,
                                                                     alpha)
       batch["inputs"] = share * images + (1 - share) * np.roll(images, 1, 0)

@@ -1,4 +1,6 @@
-"""WordPiece tokenization (BERT) through the `tokenizers` package.
+"""WordPiece tokenization (BERT) through the `tokenizers` package; any
+tokenizer.json with start, end and padding tokens (SPECIALS: a CLIP or
+RoBERTa checkpoint's byte-level BPE) is used the same way.
 
   tok = WordPiece.from_file("vocab.txt")          # or a tokenizer.json
   ids = tok.encode_batch(["a sentence", ...], max_len=64)  # (B, 64) int32
@@ -13,21 +15,35 @@ from tokenizers.implementations import BertWordPieceTokenizer
 from bigmodel_jax.errors import ConfigError
 
 
+# Special tokens by role, as vocabularies name them: BERT's, RoBERTa's and
+# CLIP's (which pads with its end token).
+SPECIALS = {"pad": ("[PAD]", "<pad>", "<|endoftext|>"),
+            "start": ("[CLS]", "<s>", "<|startoftext|>"),
+            "end": ("[SEP]", "</s>", "<|endoftext|>")}
+
+
+def _special(tokenizer: tokenizers.Tokenizer, role: str) -> tuple[str, int]:
+  for token in SPECIALS[role]:
+    if tokenizer.token_to_id(token) is not None:
+      return token, tokenizer.token_to_id(token)
+  raise ConfigError(f"The vocabulary has no {role} token (one of "
+                    f"{list(SPECIALS[role])}).")
+
+
 class WordPiece:
-  """[CLS] text [SEP], truncated and padded to a fixed length."""
+  """[CLS] text [SEP], truncated and padded to a fixed length (or a
+  vocabulary's own start, end and padding tokens: SPECIALS)."""
 
   def __init__(self, tokenizer: tokenizers.Tokenizer):
     tokenizer.no_padding()
     tokenizer.no_truncation()
     self.tokenizer = tokenizer
-    self.pad_id = tokenizer.token_to_id("[PAD]")
-    self.sep_id = tokenizer.token_to_id("[SEP]")
-    cls_id = tokenizer.token_to_id("[CLS]")
-    if None in (self.pad_id, self.sep_id, cls_id):
-      raise ConfigError("The vocabulary has no [PAD], [CLS] or [SEP] token.")
+    _, self.pad_id = _special(tokenizer, "pad")
+    end, self.sep_id = _special(tokenizer, "end")
+    start, cls_id = _special(tokenizer, "start")
     if tokenizer.post_processor is None:  # A newly trained vocabulary.
       tokenizer.post_processor = tokenizers.processors.BertProcessing(
-          ("[SEP]", self.sep_id), ("[CLS]", cls_id))
+          (end, self.sep_id), (start, cls_id))
 
   @classmethod
   def from_file(cls, path: str, lowercase: bool = True) -> "WordPiece":
@@ -47,8 +63,18 @@ class WordPiece:
     return cls(tokenizer._tokenizer)
 
   @property
+  def eos_id(self) -> int:
+    """[SEP], which ends every encoded text (generation stops at it)."""
+    return self.sep_id
+
+  @property
   def vocab_size(self) -> int:
     return self.tokenizer.get_vocab_size()
+
+  def encode(self, text: str) -> np.ndarray:
+    """A prompt's ids: [CLS] and the text's tokens, open (no [SEP]): what a
+    decoder trained on these texts continues."""
+    return np.asarray(self.tokenizer.encode(text).ids[:-1], np.int32)
 
   def encode_batch(self, texts: list[str], max_len: int) -> np.ndarray:
     ids = np.full((len(texts), max_len), self.pad_id, np.int32)

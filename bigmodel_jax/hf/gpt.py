@@ -31,7 +31,8 @@ LLAMA_CONFIG = {"num_hidden_layers": "num_layers",
                 "tie_word_embeddings": "tie_embeddings"}
 
 
-GPT2_ACTIVATION = {"gelu": "gelu_new", "gelu_exact": "gelu"}  # Ours: HF's.
+GPT2_ACTIVATION = {"gelu": "gelu_new", "gelu_exact": "gelu",  # Ours: HF's.
+                   "quick_gelu": "quick_gelu"}
 # HF's activation_function -> ours (gelu_pytorch_tanh is gelu_new, fused).
 _FROM_GPT2_ACTIVATION = {"gelu_pytorch_tanh": "gelu",
                          **{hf: ours for ours, hf in GPT2_ACTIVATION.items()}}
@@ -48,6 +49,9 @@ def _gpt2_mlp(activation: str) -> str:
 def kind(cfg) -> str:
   """"gpt2" or "llama": the HF architecture a `gpt.Config` is; raises
   NotExportable naming the settings that fit neither."""
+  if cfg.cross_attention:
+    raise NotExportable("model.cross_attention: a decoder that attends to an "
+                        "encoder has no causal-LM equivalent on its own.")
   if ((cfg.position, cfg.norm) == ("learned", "layernorm") and
       cfg.mlp in GPT2_ACTIVATION and cfg.tie_embeddings and
       cfg.kv_heads == cfg.num_heads and

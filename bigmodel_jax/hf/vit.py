@@ -13,6 +13,8 @@ from bigmodel_jax.errors import NotExportable
 from bigmodel_jax.hf import layout as hf_layout
 
 OPTIONAL = ("classifier.",)
+ACTIVATION = {"gelu": "gelu_pytorch_tanh", "gelu_exact": "gelu",  # Ours: HF's.
+              "quick_gelu": "quick_gelu"}
 
 
 def rules(num_layers: int) -> list:
@@ -64,6 +66,11 @@ def export(params, cfg, class_names) -> hf_layout.HFExport:
     raise NotExportable(
         f"model.pool={cfg.pool!r} (global average pooling) has no "
         "ViTForImageClassification equivalent: it classifies the class token.")
+  if cfg.pre_norm or not cfg.patch_bias or cfg.mlp not in ACTIVATION:
+    raise NotExportable(
+        f"model.pre_norm={cfg.pre_norm}, patch_bias={cfg.patch_bias}, "
+        f"mlp={cfg.mlp!r}: ViTForImageClassification has no LayerNorm before "
+        f"its blocks, a patch bias and an MLP of {sorted(ACTIVATION)}.")
   patch = cfg.patch_size
   kernel = np.asarray(params["embedding"]["kernel"])
   channels = kernel.shape[0] // (patch * patch)
@@ -80,7 +87,7 @@ def export(params, cfg, class_names) -> hf_layout.HFExport:
       "model_type": "vit", "architectures": ["ViTForImageClassification"],
       "hidden_size": cfg.emb_dim, "num_hidden_layers": cfg.num_layers,
       "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.mlp_dim,
-      "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+      "hidden_act": ACTIVATION[cfg.mlp], "layer_norm_eps": cfg.norm_eps,
       "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": 0.0,
       "image_size": grid * patch, "patch_size": patch,
       "num_channels": channels, "qkv_bias": True, "dtype": "float32",

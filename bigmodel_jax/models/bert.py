@@ -130,9 +130,11 @@ class Model(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, segments=None, *, train: bool = False,
-               embed: bool = False):
+               embed: bool = False, features: bool = False):
     """The head's outputs; with `embed`, the pooled hidden states (`pool`)
-    at unit length instead (sentence embeddings, whatever the head)."""
+    at unit length instead (sentence embeddings, whatever the head); with
+    `features`, the last layer's hidden states (B, T, emb_dim) (a text
+    tower: `two_towers`)."""
     cfg = self.config
     mask = tokens != cfg.pad_id
     width = cfg.embed_dim or cfg.emb_dim
@@ -157,6 +159,8 @@ class Model(nn.Module):
     shared = Layer(cfg, train, name="layer") if cfg.share_layers else None
     for i in range(cfg.num_layers):
       x = (shared or Layer(cfg, train, name=f"layer_{i}"))(x, mask)
+    if features:
+      return x
     if embed:
       vectors = (x[:, 0] if cfg.pool == "cls" else
                  mean_pool(x, tokens, cfg.pad_id))

@@ -10,7 +10,9 @@ stacked with `nn.scan` (`scan_layers`: compile time flat in depth), with a
 rematerialisation policy (`remat`: none, full, dots_saveable, minimal). A KV
 cache serves decoding. Packed sequences: with `segments` (B, T) ids a token
 attends only to earlier tokens of its own segment, and `positions` (B, T)
-restart in each. LoRA: `lora_rank` > 0 adds low-rank adapters to the
+restart in each. With `cross_attention`, every block also attends to a
+`context` (B, S, D') of another model (an image encoder's tokens: the
+`captioner` family), after its self-attention. LoRA: `lora_rank` > 0 adds low-rank adapters to the
 `lora_targets` projections of every block (trainable preset "lora").
 
   model = gpt.make(gpt.model_config("124M", vocab_size=50257))
@@ -106,6 +108,7 @@ class Config:
   lora_rank: int = families.bounded(0, 0)  # > 0: LoRA adapters of it.
   lora_alpha: float = 16.0
   lora_targets: str = "query,value"  # Of LORA_TARGETS.
+  cross_attention: bool = False  # Blocks also attend to a `context`.
 
   @property
   def padded_vocab(self) -> int:
@@ -188,6 +191,19 @@ class Attention(nn.Module):
         cache_size=cfg.block_size, implementation=cfg.attention_impl)
 
 
+class CrossAttention(nn.Module):
+  """Attention of every position over the whole `context` (B, S, D')."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, x, context):
+    cfg = self.config
+    return attention.attention(
+        self, x, _dense(cfg), attention.Heads(cfg.num_heads, cfg.head_size),
+        out_dim=cfg.emb_dim, context=context.astype(cfg.dtype),
+        implementation=cfg.attention_impl)
+
+
 def _residual(decode: bool) -> tuple:
   """Logical axes of the residual stream between blocks. Its length axis is
   "act_seq": sharding it (sequence parallelism, e.g. over "tensor") splits
@@ -216,6 +232,9 @@ class Block(nn.Module):
     dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
     x = x + dropout(Attention(cfg, name="attn")(
         _norm(cfg, "ln_1")(x), where, decode=self.decode))
+    if cfg.cross_attention:
+      x = x + dropout(CrossAttention(cfg, name="cross")(
+          _norm(cfg, "ln_x")(x), where["context"]))
     x = x + dropout(mlp(_norm(cfg, "ln_2")(x), _dense(cfg), cfg.hidden,
                         cfg.emb_dim, cfg.mlp))
     if attention.explaining(self):  # The logit lens reads it.
@@ -246,8 +265,11 @@ class Model(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, segments=None, positions=None, *,
-               train: bool = False, decode: bool = False, lengths=None):
-    """With `decode=True`, tokens continue the sequence held in the cache
+               train: bool = False, decode: bool = False, lengths=None,
+               features: bool = False, context=None):
+    """With `features`, the final norm's outputs (B, T, emb_dim) instead of
+    logits (a text tower: `two_towers`); `context` (B, S, D'): what
+    `cross_attention` blocks attend to. With `decode=True`, tokens continue the sequence held in the cache
     (right-padded rows: `lengths` (B,) real tokens each); `segments` (B, T)
     keep packed documents apart, `positions` (B, T) (by default 0, 1, ...)
     place their tokens."""
@@ -273,13 +295,17 @@ class Model(nn.Module):
                wpe[positions]).astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
     x = nn.with_logical_constraint(x, _residual(decode))
-    where = {"start": start, "mask": None, "positions": (
+    if cfg.cross_attention and context is None:
+      raise ConfigError("model.cross_attention needs a `context` to attend to.")
+    where = {"start": start, "mask": None, "context": context, "positions": (
         jnp.arange(length) if positions is None else positions)}
     if segments is not None:
       where["mask"] = attention.segment_mask(segments)
     for block in _blocks(cfg, train, decode):
       x, _ = block(x, where)
     x = _norm(cfg, "ln_f")(x)
+    if features:
+      return x
     if cfg.tie_embeddings:
       # Flat tokens, as in `Linear`: one contraction for the gradient.
       logits = wte.attend(x.reshape(-1, x.shape[-1])).reshape(

@@ -2,7 +2,11 @@
 
 Non-overlapping patches -> linear embedding + learned positions -> pre-LN
 transformer encoder -> class token or global average pool -> linear head
-(zero-initialised, as in big_vision). Variants are "SIZE/PATCH": Ti/16, S/16,
+(zero-initialised, as in big_vision); `features=True` returns the pooled
+features instead (an image tower: `two_towers`), `features="tokens"` every
+token's (an encoder: `captioner`). CLIP's vision tower is
+this with `pre_norm` (a LayerNorm before the blocks), `mlp="quick_gelu"`,
+`norm_eps=1e-5` and no patch-embedding bias. Variants are "SIZE/PATCH": Ti/16, S/16,
 B/16, L/16, B/32, ...; any size with any patch size.
 
   model = vit.make(vit.model_config("B/16", num_classes=1000))
@@ -21,7 +25,7 @@ from bigmodel_jax import families
 from bigmodel_jax.hf import layout as hf_layout, vit as vit_hf
 from bigmodel_jax.layers import attention
 from bigmodel_jax.layers.linear import Dense, normal_init, zeros_init
-from bigmodel_jax.layers.mlp import mlp
+from bigmodel_jax.layers.mlp import ACTIVATIONS, mlp
 from bigmodel_jax.layers.norm import norm
 
 # Transformer sizes of the ViT paper (and DeiT's Ti / S).
@@ -45,6 +49,10 @@ class Config:
   mlp_dim: int
   head_dim: int | None = None  # None: emb_dim // num_heads.
   pool: str = "token"  # "token" (class token) or "gap" (global average pool).
+  mlp: str = "gelu"  # Of layers.mlp.ACTIVATIONS.
+  norm_eps: float = 1e-6
+  pre_norm: bool = False  # A LayerNorm ("ln_pre") before the blocks (CLIP).
+  patch_bias: bool = True
   dropout: float = families.bounded(0.0, 0, 1)
   dtype: Any = "float32"
   param_dtype: Any = "float32"
@@ -62,7 +70,8 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
-  fields = families.config_fields(config, Config, {"pool": ("token", "gap")})
+  fields = families.config_fields(config, Config, {"pool": ("token", "gap"),
+                                                   "mlp": ACTIVATIONS})
   families.check_heads(fields, fields.get("head_dim"))
   return Model(Config(**fields))
 
@@ -73,12 +82,12 @@ def _dense(cfg: Config) -> Dense:
 
 
 def _layer_norm(cfg: Config, name: str) -> nn.Module:
-  return norm("layernorm", name, eps=1e-6, dtype=cfg.dtype,
+  return norm("layernorm", name, eps=cfg.norm_eps, dtype=cfg.dtype,
               param_dtype=cfg.param_dtype)
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN block: bidirectional multi-head attention, then a GELU MLP."""
+  """Pre-LN block: bidirectional multi-head attention, then the MLP."""
   config: Config
 
   @nn.compact
@@ -93,7 +102,7 @@ class EncoderBlock(nn.Module):
                             implementation=cfg.attention_impl)
     x = x + dropout(y)
     y = mlp(_layer_norm(cfg, "ln_2")(x), _dense(cfg), cfg.mlp_dim,
-            cfg.emb_dim, "gelu")
+            cfg.emb_dim, cfg.mlp)
     x = x + dropout(y)
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
@@ -119,14 +128,19 @@ def resample_posemb(posemb, num_positions: int):
 
 
 class Model(nn.Module):
-  """ViT: images (B, H, W, C) float -> logits (B, num_classes) float32."""
+  """ViT: images (B, H, W, C) float -> logits (B, num_classes) float32, or
+  with `features` the pooled features (B, emb_dim) (no head), or with
+  `features="tokens"` every token's (B, N, emb_dim)."""
   config: Config
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False,
+               features: bool | str = False):
     cfg = self.config
-    x = _dense(cfg)((cfg.emb_dim,), ("patch", "embed"), "embedding",
-                    "lecun_normal")(patchify(images, cfg.patch_size))
+    embed = Dense(cfg.patch_bias, cfg.dtype, cfg.param_dtype,
+                  init="xavier_uniform")
+    x = embed((cfg.emb_dim,), ("patch", "embed"), "embedding",
+              "lecun_normal")(patchify(images, cfg.patch_size))
     posemb = self.param("posemb", normal_init(0.02, ("position",
                                                             "embed")),
                         x.shape[1:], cfg.param_dtype)
@@ -137,12 +151,18 @@ class Model(nn.Module):
       x = jnp.concatenate(
           [jnp.broadcast_to(cls.astype(cfg.dtype), (x.shape[0], 1,
                                                     cfg.emb_dim)), x], 1)
+    if cfg.pre_norm:
+      x = _layer_norm(cfg, "ln_pre")(x)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     for i in range(cfg.num_layers):
       x = EncoderBlock(cfg, name=f"block_{i}")(x, train=train)
     x = _layer_norm(cfg, "ln_f")(x)
+    if features == "tokens":
+      return x
     x = x[:, 0] if cfg.pool == "token" else x.mean(1)
+    if features:
+      return x
     logits = _dense(cfg)((cfg.num_classes,), ("embed", "classes"), "head",
                          "zeros")(x)
     return logits.astype(jnp.float32)

@@ -161,17 +161,21 @@ def create_app(served: dict, ledger, config) -> FastAPI:
       metrics.latency.labels(name, endpoint).observe(
           time.monotonic() - started)
 
-  async def generate(request, model, body, call, prompts, max_tokens, chat):
+  async def generate(request, model, body, call, prompts, max_tokens, chat,
+                     inputs=None, image_units=0):
+    """Generates for `prompts` (prefill `inputs` for each: an image) and
+    bills `image_units` more input units."""
     if len(prompts) * body.n > max_inputs or body.n > config.max_n:
       raise ApiError(400, f"n={body.n} x {len(prompts)} prompts is over the "
                      f"limit (n <= {config.max_n}, {max_inputs} choices).",
                      "invalid_request_error", "too_many_choices")
     for prompt in prompts:
       check_length(model, prompt, max_tokens)
-    call.hold = await gate.hold(call, sum(len(p) for p in prompts),
+    call.hold = await gate.hold(call, sum(map(len, prompts)) + image_units,
                                 len(prompts) * body.n * max_tokens)
     generation = Generation(model, body, prompts, max_tokens, chat=chat,
-                            call=call)
+                            call=call, inputs=inputs or {},
+                            extra_units=image_units)
     generation.start()
     if body.stream:
       async def events():
@@ -204,12 +208,16 @@ def create_app(served: dict, ledger, config) -> FastAPI:
       "/v1/chat/completions"])
   async def chat(request: Request):
     async def handle(model, body, call):
-      prompt = await asyncio.to_thread(model.prompt_ids, messages=[
-          m.model_dump() for m in body.messages])
+      images = [bodies.image_bytes(url) for m in body.messages
+                for url in m.images()]
+      prompt, inputs = await asyncio.to_thread(model.chat_prompt, [
+          {"role": m.role, "content": m.text()} for m in body.messages],
+          images)
       max_tokens = (body.max_completion_tokens or body.max_tokens or
                     max(1, model.context - len(prompt)))
       return await generate(request, model, body, call, [prompt], max_tokens,
-                            chat=True)
+                            chat=True, inputs=inputs,
+                            image_units=len(images) * config.image_tokens)
     return await metered(request, "chat", schemas.ChatCompletion, handle)
 
   async def encode(model, call, batcher, inputs, most_units, answer):
@@ -222,40 +230,64 @@ def create_app(served: dict, ledger, config) -> FastAPI:
     await call.commit(units, 0, body)
     return JSONResponse(body)
 
+  async def images_of(model, body) -> list:
+    """The request's base64 `images`, decoded and preprocessed."""
+    if body.images is None:
+      raise ApiError(400, f"Model {model.name!r} reads images: send base64 "
+                     "images in \"images\".", "invalid_request_error",
+                     "missing_images")
+    images = bodies.texts(body.images, max_inputs)
+    return await asyncio.to_thread(lambda: [
+        model.image_input(bodies.image_bytes(i)) for i in images])
+
+  def texts_of(model, body) -> list:
+    """The request's texts (`input`)."""
+    if body.input is None:
+      raise ApiError(400, f"Model {model.name!r} reads text: send "
+                     "\"input\".", "invalid_request_error", "missing_input")
+    return bodies.texts(body.input, max_inputs)
+
   @app.post("/v1/embeddings", openapi_extra=extra["/v1/embeddings"])
   async def embeddings(request: Request):
     async def handle(model, body, call):
-      texts = bodies.texts(body.input, max_inputs)
+      if body.images is not None and body.input is not None:
+        raise ApiError(400, "Send \"input\" (texts) or \"images\", not "
+                       "both.", "invalid_request_error", "input_and_images")
+      images = body.images is not None
+      batcher = model.image_embedder if images else model.embedder
+      if batcher is None:
+        raise ApiError(400, f"Model {model.name!r} embeds "
+                       f"{'text' if images else 'images'}: send "
+                       f"{'input' if images else 'images'}.",
+                       "invalid_request_error", "unsupported_input")
+      if images:
+        inputs = await images_of(model, body)
+        call.unit, most = "images", len(inputs)
+      else:
+        inputs = texts_of(model, body)
+        most = len(inputs) * model.run.config.input.seq_len
 
-      def answer(vectors, tokens):
+      def answer(vectors, units):
         data = [{"object": "embedding", "index": i, "embedding": (
             base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
             if body.encoding_format == "base64" else np.asarray(v).tolist())}
                 for i, v in enumerate(vectors)]
+        tokens = 0 if call.unit == "images" else units  # OpenAI's fields.
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens,
+                 **({"images": units} if call.unit == "images" else {})}
         return {"object": "list", "data": data, "model": model.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-      return await encode(model, call, model.embedder, texts,
-                          len(texts) * model.run.config.input.seq_len, answer)
+                "usage": usage}
+      return await encode(model, call, batcher, inputs, most, answer)
     return await metered(request, "embeddings", schemas.Embeddings, handle)
 
   @app.post("/v1/classify", openapi_extra=extra["/v1/classify"])
   async def classify(request: Request):
     async def handle(model, body, call):
       if model.image_input is not None:
-        if body.images is None:
-          raise ApiError(400, f"Model {model.name!r} classifies images: send "
-                         "base64 images in \"images\".",
-                         "invalid_request_error", "missing_images")
-        images = bodies.texts(body.images, max_inputs)
-        inputs = await asyncio.to_thread(lambda: [
-            model.image_input(bodies.image_bytes(i)) for i in images])
+        inputs = await images_of(model, body)
         call.unit, most = "images", len(inputs)
       else:
-        if body.input is None:
-          raise ApiError(400, f"Model {model.name!r} classifies text: send "
-                         "\"input\".", "invalid_request_error",
-                         "missing_input")
-        inputs = bodies.texts(body.input, max_inputs)
+        inputs = texts_of(model, body)
         most = len(inputs) * model.run.config.input.seq_len
       names = model.class_names
 
@@ -275,7 +307,7 @@ def create_app(served: dict, ledger, config) -> FastAPI:
         {"id": name, "object": "model", "owned_by": "bigmodel_jax",
          "created": 0, "endpoints": [ENDPOINT_NAMES[e] for e in m.endpoints],
          "context_length": m.context if m.generator else None,
-         "input": "text" if m.image_input is None else "image"}
+         "input": m.inputs}
         for name, m in served.items()]}
 
   console.add_routes(app, gate)

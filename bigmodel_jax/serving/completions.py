@@ -155,12 +155,15 @@ class Generation:
   """One API call: its choices in flight on the generator."""
 
   def __init__(self, served, body, prompts: list[np.ndarray],
-               max_tokens: int, *, chat: bool, call):
+               max_tokens: int, *, chat: bool, call, inputs: dict,
+               extra_units: int = 0):
+    """`inputs`: every prompt's further prefill inputs (an image);
+    `extra_units`: input units billed beyond the prompts' tokens."""
     self.served, self.body, self.chat, self.call = served, body, chat, call
-    self.prompts, self.max_tokens = prompts, max_tokens
+    self.prompts, self.max_tokens, self.inputs = prompts, max_tokens, inputs
     self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     self.created = int(time.time())
-    self.prompt_tokens = sum(len(p) for p in prompts)
+    self.prompt_tokens = sum(len(p) for p in prompts) + extra_units
     self.choices = [Choice(served, body.stops())
                     for _ in range(len(prompts) * body.n)]
     self.requests = []
@@ -177,7 +180,8 @@ class Generation:
           lambda tokens, finish, i=i: inbox.put(self.events,
                                                 (i, tokens, finish)),
           temperature=self.body.temperature, top_k=self.body.top_k,
-          top_p=self.body.top_p, seed=(seed + i) % 2**32, eos_id=eos)
+          top_p=self.body.top_p, seed=(seed + i) % 2**32, eos_id=eos,
+          inputs=self.inputs)
       self.requests.append(request)
       self.served.generator.submit(request)
 

@@ -32,7 +32,9 @@ Nothing here knows what the cache holds: the model decodes as the
 "decode" capability says (capabilities.py), prefilling right-padded
 prompts with their true `lengths`, and each cache variable's logical axis
 names give its sharding and its slot ("batch") axis. An attention KV cache
-and a recurrent state fit alike.
+and a recurrent state fit alike. A model that takes more at prefill (a
+captioner's image: the "image_prompt" part) names those `prompt_inputs`;
+each request brings its own (`Request.inputs`), zeros where it has none.
 """
 import collections
 import dataclasses
@@ -59,6 +61,7 @@ class Request:
   top_p: float = 1.0
   seed: int = 0
   eos_id: int | None = None  # Generation stops after it ("stop").
+  inputs: dict = dataclasses.field(default_factory=dict)  # Prefill's others.
   generated: int = 0
   cancelled: bool = False
 
@@ -75,8 +78,11 @@ class Generator:
   """Slots, compiled steps and the thread that runs them (see module doc)."""
 
   def __init__(self, model, variables, layout, *, length: int, slots: int,
-               steps: int = 1):
+               steps: int = 1, prompt_inputs: dict | None = None):
+    """`prompt_inputs`: name -> jax.ShapeDtypeStruct of one request's value
+    of each further prefill argument (e.g. "images": (H, W, C) float32)."""
     self.model, self.variables, self.slots = model, variables, slots
+    self.prompt_inputs = dict(prompt_inputs or {})
     self.steps = steps  # Decode steps per call (fewer host round trips).
     self.block_size = length  # The longest context the cache holds.
     self.buckets = buckets(self.block_size)
@@ -101,7 +107,7 @@ class Generator:
     self.prefill_rows = tuple(sorted({min(r, slots) for r in (1, 4, 16)}))
     self._prefill = layout.in_context(jax.jit(
         self._prefill_step, donate_argnums=1,
-        in_shardings=(var_sharding, cache_sharding) + (replicated,) * 7,
+        in_shardings=(var_sharding, cache_sharding) + (replicated,) * 8,
         out_shardings=(cache_sharding, replicated)))
     self._active = [None] * slots
     self._tokens = np.zeros(slots, np.int32)
@@ -155,11 +161,13 @@ class Generator:
     return cache, out.T  # (rows, steps)
 
   def _prefill_step(self, variables, cache, tokens, lengths, slots,
-                    temperature, top_k, top_p, seed):
-    """Runs prompts (rows, bucket) into their `slots` (a slot past the last
-    one: a padding row, dropped); returns their first ids."""
+                    temperature, top_k, top_p, seed, inputs):
+    """Runs prompts (rows, bucket) and their `inputs` into their `slots` (a
+    slot past the last one: a padding row, dropped); returns their first
+    ids."""
     logits, new = self.model.apply(variables, tokens, decode=True,
-                                   lengths=lengths, mutable=["cache"])
+                                   lengths=lengths, mutable=["cache"],
+                                   **inputs)
     rows = nn.unbox(new["cache"])
     cache = jax.tree.map(
         lambda big, part, axis: big.at[(slice(None),) * axis + (slots,)].set(
@@ -187,7 +195,11 @@ class Generator:
     slots = np.full(rows, self.slots, np.int32)  # Padding rows: dropped.
     settings = np.zeros((rows, 4), np.float64)
     settings[:, 2] = 1.0
+    inputs = {name: np.zeros((rows, *spec.shape), spec.dtype)
+              for name, spec in self.prompt_inputs.items()}
     for row, (slot, request) in enumerate(started):
+      for name, value in request.inputs.items():
+        inputs[name][row] = value
       tokens[row, :len(request.prompt)] = request.prompt
       lengths[row], slots[row] = len(request.prompt), slot
       settings[row] = (request.temperature, request.top_k, request.top_p,
@@ -195,7 +207,8 @@ class Generator:
     self.cache, first = self._prefill(
         self.variables, self.cache, tokens, lengths, slots,
         settings[:, 0].astype(np.float32), settings[:, 1].astype(np.int32),
-        settings[:, 2].astype(np.float32), settings[:, 3].astype(np.uint32))
+        settings[:, 2].astype(np.float32), settings[:, 3].astype(np.uint32),
+        inputs)
     return np.asarray(first)[:len(started)].tolist()
 
   def _run_decode(self, rows: int):

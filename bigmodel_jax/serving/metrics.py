@@ -31,7 +31,7 @@ class Metrics:
                            "Inputs per encoder call", ["model", "route"],
                            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
     for name, model in served.items():
-      for route in ("embedder", "classifier"):
+      for route in ("embedder", "image_embedder", "classifier"):
         if getattr(model, route):
           getattr(model, route).on_batch = batch.labels(name, route).observe
       if model.generator:

@@ -3,7 +3,9 @@
 What a run serves follows from its capabilities (capabilities.py), never
 from its family's or task's name: "generate" serves completions, and chat
 completions when it was fine-tuned on conversations (it has a chat
-template); "embed" serves embeddings (unit length); "classify" serves
+template) or captions images ("caption": the conversation's image, sent as
+an OpenAI image_url part, is its prefill input); "embed" serves embeddings
+(unit length), of images too with "embed_image"; "classify" serves
 classification of texts (a run with a tokenizer) or of images. Encoder
 calls are batched: inputs that arrive within `encoder_window_ms` of each
 other share one call, padded to a power-of-two batch so a handful of
@@ -23,7 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigmodel_jax import runs
-from bigmodel_jax.dataio import image_ops
+from bigmodel_jax.dataio import images
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.serving.generation import Generator
 
@@ -90,6 +92,7 @@ class Served:
   run: runs.Run
   generator: Generator | None = None
   embedder: Batcher | None = None
+  image_embedder: Batcher | None = None
   classifier: Batcher | None = None
   class_names: list | None = None
   image_input: Any = None  # Image bytes -> model input, for images.
@@ -97,15 +100,42 @@ class Served:
   @property
   def endpoints(self) -> list[str]:
     out = []
-    if self.generator:
-      out.append("completions")
-      if self.run.chat_template:
-        out.append("chat")
-    if self.embedder:
+    if self.generator and not self.captions:  # A caption needs an image:
+      out.append("completions")                 # chat, with an image part.
+    if self.generator and (self.run.chat_template or self.captions):
+      out.append("chat")
+    if self.embedder or self.image_embedder:
       out.append("embeddings")
     if self.classifier:
       out.append("classify")
     return out
+
+  @property
+  def captions(self) -> bool:
+    """Whether it answers a conversation's image with a caption."""
+    return "caption" in self.run.capabilities
+
+  def chat_prompt(self, messages: list[dict], images: list
+                  ) -> tuple[np.ndarray, dict]:
+    """A conversation (text parts) and its images' bytes as (prompt ids,
+    prefill inputs). A captioner captions the one image (its prompt is the
+    tokenizer's start token: text parts do not steer it); other models read
+    the conversation through their chat template and take no images."""
+    if not self.captions:
+      if images:
+        raise BadInput(f"Model {self.name!r} does not read images.")
+      return self.prompt_ids(messages=messages), {}
+    if len(images) != 1:
+      raise BadInput(f"Model {self.name!r} captions one image: send one "
+                     f"image_url content part (got {len(images)}).")
+    return (self.run.tokenizer.encode(""),
+            {"images": self.image_input(images[0])})
+
+  @property
+  def inputs(self) -> str:
+    """What requests send it: "text", "image" or "text+image"."""
+    return "+".join([kind for kind, has in (
+        ("text", self.text), ("image", self.image_input is not None)) if has])
 
   @property
   def text(self) -> bool:
@@ -136,22 +166,30 @@ def load(name: str, workdir: str, config, step=None) -> Served:
   run = runs.load(workdir, step, mesh=dict(config.mesh))
   served = Served(name, run)
   can, window = run.capabilities, config.encoder_window_ms / 1000
-  if "generate" in can:
+  if "caption" in can:
+    served.image_input = _image_reader(run)
+  if "generate" in can or "caption" in can:
     served.generator = Generator(run.model, run.variables, run.layout,
                                  length=run.parts["decode"],
                                  slots=config.slots,
-                                 steps=config.decode_steps)
+                                 steps=config.decode_steps,
+                                 prompt_inputs=_image_spec(run)
+                                 if "caption" in can else None)
     if config.warm_up:
       served.generator.warm_up()
   if "embed" in can:
     served.embedder = _on_texts(run, _embeddings(run.model),
                                 config.encoder_batch, window)
+  if "embed_image" in can:  # Two towers: images into the texts' space.
+    served.image_embedder = _on_images(served, _embeddings(run.model),
+                                       config.encoder_batch, window)
   if "classify" in can:  # Texts, or images.
     if "text" in run.parts:
       served.classifier = _on_texts(run, _probabilities(run.model),
                                     config.encoder_batch, window)
     else:
-      _image_classifier(served, config.encoder_batch, window)
+      served.classifier = _on_images(served, _probabilities(run.model),
+                                     config.encoder_batch, window)
     served.class_names = _class_names(run.workdir)
   if not served.endpoints:
     raise ConfigError(f"{workdir}: nothing to serve: it has none of the "
@@ -186,28 +224,30 @@ def _probabilities(model):
                                                               inputs))
 
 
-def _image_classifier(served: Served, max_batch: int, window: float) -> None:
-  """Images decoded, preprocessed as the run evaluates them, classified."""
-  run = served.run
+def _on_images(served: Served, fn, max_batch: int, window: float
+               ) -> Batcher:
+  """Batches images into `fn(variables, images)`; (output, 1) each. Sets
+  `served.image_input`: image bytes decoded and preprocessed as the run
+  evaluates them."""
+  call = _padded_call(served.run, fn, max_batch)
+  served.image_input = _image_reader(served.run)
+  return Batcher(lambda images: [(out, 1) for out in call(np.stack(images))],
+                 max_batch=max_batch, window=window)
+
+
+def _image_spec(run) -> dict:
+  """The prefill input of a model that decodes from an image."""
   size, channels = run.config.input.image_size, run.config.input.channels
-  pp = image_ops.parse(run.config.input.eval_pp)
-  call = _padded_call(run, _probabilities(run.model), max_batch)
-  served.classifier = Batcher(
-      lambda images: [(p, 1) for p in call(np.stack(images))],
-      max_batch=max_batch, window=window)
-  served.image_input = lambda data: _image(data, size, channels, pp)
+  return {"images": jax.ShapeDtypeStruct((size, size, channels), np.float32)}
 
 
-def _image(data: bytes, size: int, channels: int, pp) -> np.ndarray:
-  """Encoded image bytes (PNG, JPEG, ...) -> the model's input, made by the
-  run's own evaluation preprocessing."""
-  try:
-    image = image_ops.decoded(data, channels)
-  except ValueError as e:
-    raise BadInput(str(e)) from None
-  pixels = pp(image, np.random.default_rng(0))
-  if pixels.shape != (size, size, channels):
-    raise BadInput(f"An image of {image.shape[1]}x{image.shape[0]} becomes "
-                   f"{pixels.shape} after the model's preprocessing; it "
-                   f"needs {(size, size, channels)}.")
-  return pixels.astype(np.float32)
+def _image_reader(run):
+  """Image bytes -> the model's input, as the run evaluates; BadInput."""
+  read = images.reader(run.config.input)
+
+  def image(data: bytes) -> np.ndarray:
+    try:
+      return read(data)
+    except ValueError as e:
+      raise BadInput(str(e)) from None
+  return image

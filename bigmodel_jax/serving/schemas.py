@@ -42,9 +42,38 @@ class Completion(_Sampling):
   prompt: str | list[str]
 
 
+class TextPart(BaseModel):
+  type: Literal["text"]
+  text: str
+
+
+class ImageUrl(BaseModel):
+  url: str  # data:image/png;base64,... (no fetching of remote URLs).
+  detail: str | None = None
+
+
+class ImagePart(BaseModel):
+  type: Literal["image_url"]
+  image_url: ImageUrl
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class Message(BaseModel):
+  """OpenAI's message: text, or content parts (text and images)."""
   role: Literal["system", "user", "assistant"]
-  content: str
+  content: str | list[Part]
+
+  def text(self) -> str:
+    if isinstance(self.content, str):
+      return self.content
+    return "\n".join(p.text for p in self.content if p.type == "text")
+
+  def images(self) -> list[str]:
+    if isinstance(self.content, str):
+      return []
+    return [p.image_url.url for p in self.content if p.type == "image_url"]
 
 
 class ChatCompletion(_Sampling):
@@ -53,7 +82,9 @@ class ChatCompletion(_Sampling):
 
 
 class Embeddings(_Body):
-  input: str | list[str]
+  """Texts (`input`), or base64 `images` for a model of two towers."""
+  input: str | list[str] | None = None
+  images: list[str] | None = None
   encoding_format: Literal["float", "base64"] = "float"
 
 

@@ -15,6 +15,9 @@ def defaults() -> ml_collections.ConfigDict:
   config.decode_steps = 4  # Tokens per decode call (one host round trip).
   config.warm_up = True  # Compile every step before taking requests.
   config.encoder_batch = 32  # Most inputs of one encoder call.
+  # Input units an image in a chat message is billed as (OpenAI counts a
+  # low-detail image as 85 tokens).
+  config.image_tokens = 85
   config.encoder_window_ms = 5.0  # How long a call waits for more inputs.
   config.key_cache_seconds = 1.0  # A revoked key works at most this long.
   config.max_body_bytes = 1 << 20
