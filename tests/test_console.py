@@ -17,7 +17,11 @@ from bigmodel_jax.serving import process, tables, usage
 from bigmodel_jax.serving.ledger import Ledger, usd
 from conftest import model_server
 
-TODAY = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def _today() -> str:
+  """The UTC day now (a run may cross midnight: nothing caches it)."""
+  return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +34,7 @@ def console(servable, tmp_path_factory):
     s.key = process.create_key(s.db, "alice", "--quota-tokens", "100000",
                                "--rate", "600")
     s.admin = process.create_key(s.db, "ops", "--admin")
+    s.first_day = _today()
     yield s
 
 
@@ -48,10 +53,11 @@ def _complete(console, key, prompt="ROMEO:", **extra):
   return answer
 
 
-def _report(db, *args) -> str:
+def _report(db, days: tuple, *args) -> str:
+  """`billing report` of the UTC `days` (first, last)."""
   return subprocess.run(
       [sys.executable, "-m", "bigmodel_jax.billing", "--db", db, "report",
-       "--from", TODAY, "--to", TODAY, *args], check=True,
+       "--from", days[0], "--to", days[1], *args], check=True,
       capture_output=True).stdout.decode()
 
 
@@ -81,7 +87,7 @@ def test_usage_routes_take_keys_and_limits_like_the_api_and_answer_json(
   assert int(refused.headers["retry-after"]) >= 1
   for path, params, status, code in [
       ("/v1/usage/daily", {"from": "2026-13-01"}, 400, "invalid_date"),
-      ("/v1/usage/daily", {"from": TODAY, "to": "2020-01-01"}, 400,
+      ("/v1/usage/daily", {"from": _today(), "to": "2020-01-01"}, 400,
        "invalid_period"),
       ("/v1/usage/invoices", {"from": "2020-01-01", "to": "2022-01-01"}, 400,
        "invalid_period"),
@@ -120,18 +126,23 @@ def test_a_key_reads_only_its_own_usage_and_an_admin_key_reads_every_key(
   for key, name in [(console.key, "alice"), (bob, "bob")]:
     key_id = _key_id(console.db, name)
     own = [r for r in rows if r["key_id"] == key_id]
-    [day] = _get(console, "/v1/usage/daily", key).json()["data"]
-    assert day["day"] == TODAY and day["calls"] == len(own)
-    assert day["amount_usd"] == usd(sum(r["price_nanousd"] for r in own))
-    assert day["output_units"] == sum(r["output_units"] for r in own)
+    days = _get(console, "/v1/usage/daily", key).json()["data"]
+    assert {d["day"] for d in days} <= {console.first_day, _today()}
+    assert sum(d["calls"] for d in days) == len(own)
+    assert sum(float(d["amount_usd"]) for d in days) == pytest.approx(
+        float(usd(sum(r["price_nanousd"] for r in own))))
+    assert sum(d["output_units"] for d in days) == sum(
+        r["output_units"] for r in own)
     state = _get(console, "/v1/usage/keys", key).json()["data"][0]
     assert state["used_tokens"] == sum(r["input_units"] + r["output_units"]
                                        for r in own)
-  report = _report(console.db, "--csv")
-  assert _get(console, "/v1/usage/invoices", console.admin,
-              format="csv").text == report
+  days = console.first_day, _today()
+  report = _report(console.db, days, "--csv")
+  assert _get(console, "/v1/usage/invoices", console.admin, format="csv",
+              **{"from": days[0], "to": days[1]}).text == report
   assert _get(console, "/v1/usage/invoices", bob, format="csv",
-              **{"from": TODAY}).text == _lines_of(report, "bob")
+              **{"from": days[0], "to": days[1]}).text == _lines_of(
+                  report, "bob")
 
 
 def _usage_seen(url: str) -> dict:
@@ -301,6 +312,11 @@ class Page:
         "row => Array.from(row.cells, cell => cell.textContent))",
         f"#{element_id} tbody tr")
 
+  def invoice_days(self) -> tuple:
+    """The invoice period the page asks for (first, last day)."""
+    return (self("invoice-from").get_attribute("value"),
+            self("invoice-to").get_attribute("value"))
+
   def downloaded(self, suffix=".csv") -> bytes:
     folder = self.driver.downloads
     self.until(lambda: [p for p in folder.iterdir() if p.name.endswith(
@@ -354,7 +370,7 @@ def test_a_customer_signs_in_streams_a_prompt_and_sees_the_call_billed(
   assert "Rate 600/min" in page("key-state").text
   assert len(page("charts").find_elements("css selector", "svg rect")) >= 3
   page("invoice-csv").click()
-  report = _report(console.db, "--csv")
+  report = _report(console.db, page.invoice_days(), "--csv")
   assert page.downloaded().decode() == _lines_of(report, "alice")
   page.shot("usage")
   assert not page.visible("admin")
@@ -424,7 +440,8 @@ def test_an_admin_sees_every_key_and_names_are_shown_as_text(
   calls = page.table("calls-table")
   assert {"alice", "<img src=x onerror=alert(1)>"} <= {r[1] for r in calls}
   page("invoice-csv").click()
-  assert page.downloaded().decode() == _report(console.db, "--csv")
+  assert page.downloaded().decode() == _report(console.db,
+                                              page.invoice_days(), "--csv")
   page.shot("admin")
 
   page.choose("key-filter", hostile[:12])

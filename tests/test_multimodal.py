@@ -95,20 +95,28 @@ def test_clip_variants_have_the_published_parameter_counts():
     assert two_towers.num_params(shapes) == count, variant
 
 
+def _config(name: str, **overrides):
+  """The tiny servable run `name`'s config (conftest.SERVABLE)."""
+  spec, tiny = SERVABLE[name]
+  return config_loader.load(str(pathlib.Path(CLIP).parent / spec),
+                            {**tiny, **overrides})
+
+
 def _clip_config(**overrides):
-  return config_loader.load(CLIP + ":cpu", {**SERVABLE["clip"][1],
-                                           **overrides})
+  return _config("clip", **overrides)
 
 
-def test_every_mesh_gives_the_single_device_losses(tmp_path):
-  """The negatives are the whole global batch, however it is sharded."""
+@pytest.mark.parametrize("name", ["clip", "caption"])
+def test_every_mesh_gives_the_single_device_losses(name, tmp_path):
+  """The contrastive negatives are the whole global batch, and the
+  captioner's cross-attention sees its own image, however it is sharded."""
   vocab = str(tmp_path / "tokenizer.json")  # One vocabulary for both runs
-  config = _clip_config()                   # (WordPiece training's ids vary).
+  config = _config(name)                    # (WordPiece training's ids vary).
   image_captions.Input(config.input, seed=0, process_index=0,
                        process_count=1).tokenizer.save(vocab)
-  single, _, _ = run_steps(_clip_config(**{"input.vocab_file": vocab}),
+  single, _, _ = run_steps(_config(name, **{"input.vocab_file": vocab}),
                            jax.devices()[:1])
-  sharded, _, _ = run_steps(_clip_config(**{
+  sharded, _, _ = run_steps(_config(name, **{
       "input.vocab_file": vocab, "mesh.data": 2, "mesh.fsdp": 2,
       "mesh.tensor": 2}))
   np.testing.assert_allclose(sharded, single, rtol=2e-5)

@@ -67,7 +67,7 @@ VARIANTS = {
 class Config:
   """The two-tower fields and their defaults: see the module doc."""
   image: Any  # The image tower's config block (with its family's name).
-  text: Any  # The text tower's; its vocab_size comes from here.
+  text: Any  # The text tower's (its vocab_size: `vocab_size`).
   vocab_size: int  # From the data.
   embed_dim: int
   eos_id: int | None = families.bounded(None, 0)  # From the data.
