@@ -26,6 +26,17 @@ ask for a capability, which holds when the run has all of its parts:
                                                module name) before the
                                                unembedding; blocks sow
                                                "residual"
+  image_generation  family.capabilities        `apply(v, z, labels,
+                 (value: the latent size)      method="generate")` gives
+                                               images from latents z
+  class_conditional family.capabilities        ... of the labels' classes
+  image_features family.capabilities           `apply(v, images,
+                                               features=True)` gives (B, D)
+                                               features before the head
+  anomaly_scores task.capabilities             `task.example_scores(outputs,
+                                               batch)` gives {name: (B,)}
+                                               per-example scores, higher =
+                                               more anomalous
 
 A capability a run lacks is refused in one line naming the parts missing
 (or the part that excludes it: a model that decodes from an image cannot
@@ -44,6 +55,10 @@ PARTS = {
     "attention": "its model family sows attention weights",
     "lens": "its model family names its final norm",
     "image_prompt": "its model family decodes from an image",
+    "anomaly_scores": "its task scores examples",
+    "image_generation": "its model family generates images from latents",
+    "class_conditional": "its model family generates images of a class",
+    "image_features": "its model family gives image features",
 }
 # Text alone is not enough for a model that decodes from an image.
 NEEDS_IMAGE = {"image_prompt"}
@@ -64,6 +79,11 @@ CAPABILITIES = {  # name -> (parts needed, what uses it[, parts it excludes])
                       "explain: integrated gradients of pixels"),
     "attention_maps": ({"attention"}, "explain: attention maps, rollout"),
     "logit_lens": ({"next_token", "lens", "text"}, "explain: logit lens"),
+    "score_anomalies": ({"anomaly_scores"}, "the anomaly evaluator"),
+    "generate_images": ({"image_generation"}, "the generated_images "
+                        "evaluator"),
+    "image_features": ({"image_features", "classify"},
+                       "the generated_images evaluator's classifier"),
 }
 
 

@@ -94,7 +94,26 @@ def image_input(name: str, *, batch_size: int, image_size: int,
       # Cross-validation (dataio/folds.py, sweep --folds K): fold `fold` of
       # the train split's `num_folds` is the eval split; None: off.
       "num_folds": placeholder(int), "fold": 0, "split_seed": 0,
+      # Labels the train split leaves out (anomaly detection: unseen).
+      "train_without_classes": (),
       **labelled_fields(), **fields})
+
+
+def char_input(*, seq_len, batch_size: int, eval_steps: int
+               ) -> ml_collections.ConfigDict:
+  """`config.input` of a character model on tiny_shakespeare (`char_lm`);
+  `seq_len` may be a FieldReference the model's block size shares."""
+  return ml_collections.ConfigDict(dict(
+      name="char_lm",
+      dataset="tiny_shakespeare",
+      data_dir=placeholder(str),  # None: $TFDS_DATA_DIR.
+      train_split="train",
+      eval_split="validation",
+      test_split=placeholder(str),  # E.g. "test".
+      seq_len=seq_len,
+      batch_size=batch_size,  # Global batch.
+      eval_steps=eval_steps,
+  ))
 
 
 def labelled_fields() -> dict:

@@ -1,10 +1,13 @@
-"""Metric-vs-step plots of one or more runs (PNG, matplotlib, headless).
+"""Metric-vs-step plots of one or more runs, and grids of images (PNG,
+matplotlib, headless).
 
   python -m bigmodel_jax.plots --workdir runs/a --workdir runs/b \\
       --metric train/loss --metric val/loss --out curves.png
 """
 import argparse
 import os
+
+import numpy as np
 
 from bigmodel_jax import metric_writer
 
@@ -43,6 +46,41 @@ def plot(runs: dict[str, list[dict]], metrics, path: str,
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def image_grid(images, columns: int, low: float = 0.0, high: float = 1.0):
+  """(N, H, W, 1) images valued in [low, high] -> one grey image in [0, 1],
+  `columns` wide, 1-pixel white gaps."""
+  n, h, w = images.shape[:3]
+  out = np.ones((-(-n // columns) * (h + 1), columns * (w + 1)))
+  for i, image in enumerate(np.asarray(images)):
+    r, c = divmod(i, columns)
+    out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = (
+        image[..., 0] - low) / (high - low)
+  return out
+
+
+def image_panels(panels: list, path: str, width: float = 8.0,
+                 title: str | None = None) -> None:
+  """(grid, title) pairs of grey image grids (`image_grid`) stacked as
+  titled panels, `width` inches wide."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  heights = [grid.shape[0] for grid, _ in panels]
+  inches = width * sum(heights) / max(g.shape[1] for g, _ in panels)
+  fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                           figsize=(width, inches + 0.4 * len(panels)),
+                           gridspec_kw={"height_ratios": heights})
+  for ax, (grid, panel_title) in zip(axes[:, 0], panels):
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    ax.set_title(panel_title, fontsize=9)
+    ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  print(f"wrote {path}")
 
 
 def main(argv=None) -> None:

@@ -52,11 +52,13 @@ RULES = {
     "kv_heads": "tensor",  # Key/value heads (fewer than query heads in GQA).
     "kv": None,
     "layers": None,  # The stacked axis of scanned layers.
+    "gates": None,  # A recurrent cell's gates (LSTM's 4, GRU's 3).
     "position": None,
     "patch": None,  # Flattened image patches (ViT's patch embedding input).
     "conv_in": None,
     "conv_out": "fsdp",  # Convolution output channels.
     "classes": None,
+    "latent": None,  # An autoencoder's latent code.
     "lora": None,  # The rank of LoRA adapters.
     "norm": None,  # Small vectors (norm scales, output biases): replicated.
 }

@@ -34,17 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = config_blocks.base(total_steps=2000 if cpu else 5000,
                         log_every_steps=50 if cpu else 10)
-  config.input = ml_collections.ConfigDict(dict(
-      name="char_lm",
-      dataset="tiny_shakespeare",
-      data_dir=ml_collections.config_dict.placeholder(str),
-      train_split="train",
-      eval_split="validation",
-      test_split=ml_collections.config_dict.placeholder(str),  # E.g. "test".
-      seq_len=seq_len,
-      batch_size=12 if cpu else 64,  # Global batch.
-      eval_steps=20 if cpu else 200,
-  ))
+  config.input = config_blocks.char_input(
+      seq_len=seq_len, batch_size=12 if cpu else 64,
+      eval_steps=20 if cpu else 200)
   config.model = gpt.model_config(
       "nano" if cpu else "baby", block_size=seq_len,
       dropout=0.0 if cpu else 0.2,

@@ -2,32 +2,18 @@
 
   python scripts/gan_samples.py --workdir runs/gan_digits --out samples.png
 
-Top rows: images from fixed latents (seed `--seed`); bottom rows: real test
-images of the run's input. Also prints how far the generated images' pixel
-mean and standard deviation are from the real ones (mean absolute gap).
+Top rows: images from fixed latents (seed `--seed`), for a class-conditional
+run one column per class (labels 0, 1, ... across each row); bottom rows:
+real test images of the run's input. Also prints how far the generated
+images' pixel mean and standard deviation are from the real ones (mean
+absolute gap).
 """
 import argparse
 
 import jax
-import matplotlib
 import numpy as np
 
-from bigmodel_jax import registry, runs
-
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402  (after the backend)
-
-
-def grid(images: np.ndarray, columns: int) -> np.ndarray:
-  """(N, H, W, 1) in [-1, 1] -> one (rows * H, columns * W) image."""
-  n, h, w = images.shape[:3]
-  rows = -(-n // columns)
-  out = np.ones((rows * (h + 1), columns * (w + 1)))
-  for i, image in enumerate(images):
-    r, c = divmod(i, columns)
-    out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = (
-        image[..., 0] + 1) / 2
-  return out
+from bigmodel_jax import plots, registry, runs
 
 
 def main(argv=None) -> None:
@@ -40,9 +26,13 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
 
   run = runs.load(args.workdir)
+  run.require("generate_images")
   z = jax.random.normal(jax.random.key(args.seed),
-                        (512, run.config.model.latent_dim))
-  fake = np.asarray(run.model.apply({"params": run.params}, z,
+                        (512, run.parts["image_generation"]))
+  columns = (run.config.model.num_classes if "class_conditional" in run.parts
+             else 16)
+  labels = np.arange(512) % columns
+  fake = np.asarray(run.model.apply({"params": run.params}, z, labels,
                                     method="generate"))
   data = registry.get("data", run.config.input.name).Input(
       run.config.input, seed=0, process_index=0, process_count=1)
@@ -50,14 +40,12 @@ def main(argv=None) -> None:
   print(f"step {run.step}: pixel mean gap "
         f"{np.abs(fake.mean(0) - real.mean(0)).mean():.3f}, pixel std gap "
         f"{np.abs(fake.std(0) - real.std(0)).mean():.3f}")
-  figure, axes = plt.subplots(2, 1, figsize=(8, 2.6))
-  for ax, images, title in ((axes[0], fake, f"generated, step {run.step}"),
-                            (axes[1], real, "real (eval split)")):
-    ax.imshow(grid(images[:args.num], 16), cmap="gray", vmin=0, vmax=1)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-  figure.savefig(args.out, dpi=120, bbox_inches="tight")
-  print(f"wrote {args.out}")
+  plots.image_panels(
+      [(plots.image_grid(fake[:args.num], columns, -1, 1),
+        f"generated, step {run.step}"),
+       (plots.image_grid(real[:args.num], columns, -1, 1),
+        "real (eval split)")],
+      args.out)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,39 @@ def cli_result(main, argv, capsys) -> str:
   return OK
 
 
+def expect_cli(main, argv, expected: str, capsys) -> None:
+  """The command works (`expected` OK) or is refused in one line holding
+  `expected`."""
+  result = cli_result(main, argv, capsys)
+  assert result == OK if expected == OK else expected in result, result
+
+
+def check_every_command(workdir, tmp_path, capsys, *, split: str,
+                        prompt: str, sample: str, export_hf: str,
+                        explain: str) -> None:
+  """A trained run evaluates, exports to JAX and compresses to int8 (with
+  its capabilities kept); samples from `prompt`, exports to Hugging Face
+  and explains `prompt` as expected (OK or a phrase of the refusal)."""
+  from bigmodel_jax import compress, evaluate, explain as explain_cmd
+  from bigmodel_jax import export, runs, sample as sample_cmd
+  expect_cli(evaluate.main, ["--workdir", workdir, "--split", split], OK,
+             capsys)
+  expect_cli(sample_cmd.main, ["--workdir", workdir, "--prompt", prompt,
+                               "--max_new_tokens", "80"], sample, capsys)
+  expect_cli(export.main, ["--workdir", workdir, "--format", "hf", "--out",
+                           str(tmp_path / "hf")], export_hf, capsys)
+  expect_cli(export.main, ["--workdir", workdir, "--format", "jax",
+                           "--examples", "2", "--out", str(tmp_path / "jax")],
+             OK, capsys)
+  expect_cli(explain_cmd.main, ["--workdir", workdir, "--out",
+                                str(tmp_path / "x"), "--input", prompt],
+             explain, capsys)
+  quantized = str(tmp_path / "int8")
+  expect_cli(compress.main, ["--workdir", workdir, "--out", quantized,
+                             "--method", "int8"], OK, capsys)
+  assert runs.load(quantized).capabilities == runs.load(workdir).capabilities
+
+
 def run_steps(config, devices=None, steps=3):
   """(train losses, experiment, state) after `steps` steps from init."""
   exp = experiment.build(config, devices)
@@ -211,6 +244,13 @@ SERVABLE = {
         "model.text.emb_dim": 32, "model.text.num_layers": 1,
         "model.text.num_heads": 2, "input.batch_size": 32,
         "evals.captions.every_steps": 0}),
+    "lstm": ("rnn_shakespeare_char.py:cpu", {
+        "model.hidden_dim": 32, "model.block_size": 64, "input.seq_len": 32,
+        "input.batch_size": 8, "input.eval_steps": 1}),
+    "gan": ("gan_digits.py:cond", {
+        "model.features": 8, "model.hidden_dim": 16, "model.latent_dim": 8,
+        "input.batch_size": 32, "total_steps": 150, "eval_every_steps": 150,
+        "checkpoint_every_steps": 150, "optimizer.learning_rate": 2e-3}),
     "vit": ("vit_digits.py:cpu", {
         "model.emb_dim": 32, "model.num_layers": 1, "model.num_heads": 2,
         "model.mlp_dim": 64, "input.batch_size": 32}),

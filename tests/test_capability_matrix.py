@@ -48,7 +48,7 @@ EXPECTED = {
                    serve=["classify"], explain=OK),
     "gan": dict(sample="cannot generate", text="cannot score text",
                 export_hf="has no Hugging Face export", export_jax=OK,
-                compress=OK, train=OK, serve="nothing to serve",
+                compress=OK, train=OK, serve=["images"],
                 explain="cannot logit lens"),
 }
 
@@ -105,8 +105,9 @@ def test_every_command_works_or_names_what_is_missing(legacy, name, tmp_path,
                               str(tmp_path / fmt)], capsys),
            want[f"export_{fmt}"])
   signature = json.loads((tmp_path / "jax" / "signature.json").read_text())
-  # The model call its task declares: the GAN's takes images and latents.
-  assert len(signature["inputs"]) == (2 if name == "gan" else 1)
+  # The model call its task declares: the GAN's takes images, latents
+  # and labels.
+  assert len(signature["inputs"]) == (3 if name == "gan" else 1)
   classifies = "classify" in runs.load(workdir).parts
   _check(cli_result(explain.main, ["--workdir", workdir, "--out",
                              str(tmp_path / "explained"), "--steps", "4"] +
@@ -157,6 +158,10 @@ def test_every_serving_route_works_or_is_refused(legacy, name):
     vectors = [served.embedder.submit(t).result(60)[0] for t in text]
     np.testing.assert_allclose([np.linalg.norm(v) for v in vectors], 1,
                                rtol=1e-5)
+  if served.image_generator:
+    png, units = served.image_generator.submit(
+        served.image_requests("", 1, None, 0)[0]).result(60)
+    assert Image.open(io.BytesIO(png)).size == (8, 8) and units == 1
   if served.classifier:
     item = (served.image_input(_png(legacy[name])) if served.image_input
             else text[0])

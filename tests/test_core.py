@@ -38,7 +38,7 @@ def test_plugins_are_discovered_and_helpers_are_not_plugins():
   assert {"text_corpus", "sft", "char_lm"} <= set(registry.names("data"))
   assert not {"bpe", "chat", "common"} & set(registry.names("data"))
   assert registry.names("tasks") == ["captioning", "classification",
-                                     "contrastive", "gan", "lm", "mlm"]
+                                     "contrastive", "gan", "lm", "mlm", "vae"]
   assert not {"layers", "hf_layout"} & set(registry.names("models"))
 
 
@@ -233,8 +233,9 @@ def test_an_unknown_evaluator_is_one_line_naming_those_there_are(tiny_config):
   config = tiny_config()
   config.evals = ml_collections.ConfigDict({"bleu": {"every_steps": 1}})
   with pytest.raises(ValueError, match=r"Unknown evaluators 'bleu'; have "
-                     r"\['captions', 'linear_probe', 'membership', "
-                     r"'param_norms', 'retrieval', 'split', 'zero_shot'\]"):
+                     r"\['anomaly', 'captions', 'generated_images', "
+                     r"'linear_probe', 'membership', 'param_norms', "
+                     r"'retrieval', 'split', 'zero_shot'\]"):
     experiment.build(config, jax.devices()[:1]).evaluators()
 
 
@@ -306,9 +307,9 @@ def test_a_task_with_its_own_update_never_uses_the_generic_step(monkeypatch):
   start = exp.factory.init(jax.random.key(0))
   batch = exp.data.train_batch(0)
   rng = jax.random.key(3)
-  # The same update by hand: the discriminator on real vs generated images,
-  # then the generator against the updated discriminator, each with its own
-  # Adam state.
+  # The same update by hand: the discriminator on real vs generated images
+  # (with the recipe's R1 penalty on real images), then the generator
+  # against the updated discriminator, each with its own Adam state.
   params = jax.tree.map(np.asarray, start.params)
   adam = optim.make(exp.config.optimizer, exp.config.total_steps)
   d_rng, g_rng = jax.random.split(jax.random.fold_in(rng, 0))
@@ -316,11 +317,17 @@ def test_a_task_with_its_own_update_never_uses_the_generic_step(monkeypatch):
   real = batch["inputs"]
 
   def losses(p, z):
-    return exp.task.losses(exp.model, p, real, z)
+    return exp.task.losses(exp.model, p, real, z, None)
 
-  d_grads = jax.grad(lambda d: losses({**params, "discriminator": d},
-                                      z_d)["d_loss"].mean())(
-      params["discriminator"])
+  def d_loss(d):
+    p = {**params, "discriminator": d}
+    slopes = jax.grad(lambda x: exp.model.apply(
+        {"params": p}, x, method="discriminate").sum())(real)
+    return (losses(p, z_d)["d_loss"].mean() + config.gan.r1_weight / 2 *
+            jnp.mean(jnp.sum(slopes ** 2, (1, 2, 3))))
+
+  assert config.gan.r1_weight > 0
+  d_grads = jax.grad(d_loss)(params["discriminator"])
   d_updates, _ = adam.update(d_grads, adam.init(params["discriminator"]),
                              params["discriminator"])
   d_new = optax.apply_updates(params["discriminator"], d_updates)

@@ -115,6 +115,14 @@ def normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
   return op
 
 
+def value_bounds(spec: str, size: int, channels: int) -> tuple:
+  """(low, high): what preprocessing `spec` makes of black (0) and white
+  (255) pixels, per channel; maps pixels between preprocessings."""
+  pp, rng = parse(spec), np.random.default_rng(0)
+  return tuple(pp(np.full((size, size, channels), value, np.float32),
+                  rng).mean((0, 1)) for value in (0.0, 255.0))
+
+
 def decoded(data: bytes, channels: int) -> np.ndarray:
   """Encoded image bytes (PNG, JPEG, ...) -> (H, W, channels) float32
   0..255; ValueError naming what is wrong."""

@@ -86,6 +86,15 @@ def _folded(source, config):
   return lambda split: parts[split] if split in parts else source(split)
 
 
+def _without_classes(source, config):
+  """`source` whose train split lacks the examples labelled
+  `input.train_without_classes` (unseen classes: anomaly detection)."""
+  whole, unseen = source(config.train_split), set(config.train_without_classes)
+  kept = [i for i in range(len(whole)) if int(whole[i][1]) not in unseen]
+  train = folds.Subset(whole, kept)
+  return lambda split: train if split == config.train_split else source(split)
+
+
 class ImageInput(StepInput):
   """Train and eval batches of one process; subclasses supply `source`, a
   function from a split name to its (image, label) source."""
@@ -98,6 +107,8 @@ class ImageInput(StepInput):
       source = _relabelled(source, config, class_names)
     if config.get("num_folds"):  # Cross-validation: folds of the train split.
       source = _folded(source, config)
+    if config.get("train_without_classes"):
+      source = _without_classes(source, config)
     self.sources = SplitCache(source)
     self.train = self.sources[config.train_split]
     self.sources[config.eval_split]  # Missing data fails now, not mid-run.

@@ -1,15 +1,27 @@
-"""Generative adversarial network: an MLP generator and discriminator.
+"""Generative adversarial networks: MLP or DCGAN generator and
+discriminator, optionally class-conditional.
 
-  generator:     latent z (B, latent_dim) -> images (B, H, W, C) in [-1, 1]
-  discriminator: images (B, H, W, C) -> real/fake logits (B,)
+  generator:     latent z (B, latent_dim)[, labels (B,)] -> images
+                 (B, H, W, C) in [-1, 1]
+  discriminator: images (B, H, W, C)[, labels (B,)] -> real/fake logits (B,)
 
-Each network is `num_layers` hidden layers of `hidden_dim` units with
-LeakyReLU(0.2), DCGAN's N(0, 0.02) initialisation, and a linear output (tanh
-for the generator). The parameters are {"generator": ..., "discriminator":
-...}; the "gan" task (tasks/gan.py) updates them in turn.
+kind="mlp": each network is `num_layers` hidden layers of `hidden_dim`
+units with LeakyReLU(0.2) and a linear output (tanh for the generator).
+kind="dcgan" (Radford et al. 2016, without batch normalisation): the
+generator projects z to a (H/4, W/4, 2 * features) map and doubles it
+twice with 4x4 stride-2 transposed convolutions (ReLU; tanh out); the
+discriminator mirrors it with stride-2 convolutions (LeakyReLU(0.2)) and a
+linear output. Both kinds use DCGAN's N(0, 0.02) initialisation.
 
-  model = gan.make(gan.model_config("mlp", image_size=8, channels=1))
-  images = model.apply({"params": params}, z, method="generate")
+`conditional=True` (a class-conditional GAN, `num_classes` from the data):
+the generator reads z joined with a learned embedding of the label, the
+discriminator adds the projection of its features on the label's
+embedding (Miyato & Koyama 2018). An unconditional model ignores labels.
+The parameters are {"generator": ..., "discriminator": ...}; the "gan" task
+(tasks/gan.py) updates them in turn.
+
+  model = gan.make(gan.model_config("dcgan", image_size=8, channels=1))
+  images = model.apply({"params": params}, z, labels, method="generate")
 """
 import dataclasses
 from typing import Any
@@ -19,12 +31,17 @@ import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax import families
-from bigmodel_jax.layers.linear import Linear
+from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.layers.linear import Linear, normal_init
 
 VARIANTS = {
     "mlp": dict(hidden_dim=256, num_layers=2),
     "mlp-small": dict(hidden_dim=64, num_layers=2),
+    "dcgan": dict(kind="dcgan", hidden_dim=256, num_layers=1),
+    "dcgan-cond": dict(kind="dcgan", hidden_dim=256, num_layers=1,
+                       conditional=True),
 }
+CONV_NAMES = (None, None, "conv_in", "conv_out")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +51,10 @@ class Config:
   channels: int
   hidden_dim: int  # From the variant.
   num_layers: int
+  kind: str = "mlp"  # "mlp" or "dcgan".
+  features: int = 64  # dcgan: the channels of the largest feature map.
+  conditional: bool = False
+  num_classes: int | None = None  # From the data; read when conditional.
   latent_dim: int = 64
   dtype: Any = "float32"
   param_dtype: Any = "float32"
@@ -45,55 +66,123 @@ def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def make(config: ml_collections.ConfigDict) -> "Model":
-  return Model(Config(**families.config_fields(config, Config)))
+  cfg = Config(**families.config_fields(config, Config,
+                                        {"kind": ("mlp", "dcgan")}))
+  if cfg.kind == "dcgan" and cfg.image_size % 4:
+    raise ConfigError(f"model.image_size={cfg.image_size}: a DCGAN doubles "
+                      "a quarter-size map twice; it needs a multiple of 4.")
+  if cfg.conditional and not cfg.num_classes:
+    raise ConfigError("model.conditional needs model.num_classes (an input "
+                      "with labels fills it).")
+  return Model(cfg)
 
 
-class MLP(nn.Module):
-  """Hidden layers with LeakyReLU, then a linear output of `features`."""
+def _conv_kwargs(cfg: Config, name: str) -> dict:
+  return dict(kernel_size=(4, 4), strides=(2, 2), padding="SAME",
+              dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+              kernel_init=nn.with_logical_partitioning(
+                  nn.initializers.normal(0.02), CONV_NAMES),
+              bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                     ("conv_out",)))
+
+
+def _linear(cfg: Config, features: int, names: tuple, name: str):
+  return Linear((features,), names, 0.02, True, cfg.dtype, cfg.param_dtype,
+                name=name)
+
+
+def _hidden(cfg: Config, x, in_name: str):
+  """The MLP kind's hidden layers (LeakyReLU), inside a compact method:
+  (features, their axis name). Axis names alternate, so no kernel repeats a
+  mesh axis."""
+  names = [in_name] + ["mlp" if i % 2 == 0 else "embed"
+                       for i in range(cfg.num_layers)]
+  for i in range(cfg.num_layers):
+    x = nn.leaky_relu(_linear(cfg, cfg.hidden_dim, (names[i], names[i + 1]),
+                              f"hidden_{i}")(x), 0.2)
+  return x, names[-1]
+
+
+def _label_embedding(cfg: Config, size: int, labels):
+  return nn.Embed(cfg.num_classes, size, dtype=cfg.dtype,
+                  param_dtype=cfg.param_dtype, name="label_embedding",
+                  embedding_init=normal_init(0.02, ("classes", "embed")))(
+                      labels)
+
+
+class Generator(nn.Module):
   config: Config
-  features: int
-  in_name: str
-  out_name: str
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, z, labels):
+    """Latents (and labels) -> images in [-1, 1]."""
     cfg = self.config
-    # Alternate the hidden axes' names so no kernel repeats a mesh axis.
-    names = [self.in_name] + ["mlp" if i % 2 == 0 else "embed"
-                              for i in range(cfg.num_layers)]
-    for i in range(cfg.num_layers):
-      x = Linear((cfg.hidden_dim,), (names[i], names[i + 1]), 0.02,
-                        True, cfg.dtype, cfg.param_dtype, name=f"hidden_{i}")(x)
-      x = nn.leaky_relu(x, 0.2)
-    return Linear((self.features,), (names[-1], self.out_name), 0.02,
-                         True, cfg.dtype, cfg.param_dtype, name="out")(x)
+    if cfg.conditional:
+      z = jnp.concatenate([z, _label_embedding(cfg, cfg.latent_dim, labels)],
+                          -1)
+    z = z.astype(cfg.dtype)
+    if cfg.kind == "dcgan":
+      side, width = cfg.image_size // 4, 2 * cfg.features
+      x = nn.relu(_linear(cfg, side * side * width, ("embed", "patch"),
+                          "project")(z))
+      x = x.reshape(z.shape[0], side, side, width)
+      x = nn.relu(nn.ConvTranspose(cfg.features,
+                                   **_conv_kwargs(cfg, "deconv_0"))(x))
+      x = nn.ConvTranspose(cfg.channels, **_conv_kwargs(cfg, "deconv_1"))(x)
+    else:
+      x, last = _hidden(cfg, z, "embed")
+      pixels = cfg.image_size * cfg.image_size * cfg.channels
+      x = _linear(cfg, pixels, (last, "patch"), "out")(x)
+    return jnp.tanh(x.astype(jnp.float32)).reshape(
+        z.shape[0], cfg.image_size, cfg.image_size, cfg.channels)
+
+
+class Discriminator(nn.Module):
+  config: Config
+
+  @nn.compact
+  def __call__(self, images, labels):
+    """Images (and labels) -> real/fake logits (B,)."""
+    cfg = self.config
+    x = images.astype(cfg.dtype)
+    if cfg.kind == "dcgan":
+      x = nn.leaky_relu(nn.Conv(cfg.features,
+                                **_conv_kwargs(cfg, "conv_0"))(x), 0.2)
+      x = nn.leaky_relu(nn.Conv(2 * cfg.features,
+                                **_conv_kwargs(cfg, "conv_1"))(x), 0.2)
+      x = nn.leaky_relu(_linear(cfg, cfg.hidden_dim, ("patch", "mlp"),
+                                "hidden")(x.reshape(x.shape[0], -1)), 0.2)
+      last = "mlp"
+    else:
+      x, last = _hidden(cfg, x.reshape(x.shape[0], -1), "patch")
+    logits = _linear(cfg, 1, (last, "classes"), "out")(x)[:, 0]
+    if cfg.conditional:  # The projection discriminator's class term.
+      logits = logits + jnp.sum(
+          _label_embedding(cfg, x.shape[-1], labels) * x, -1)
+    return logits.astype(jnp.float32)
 
 
 class Model(nn.Module):
-  """`generate(z)`, `discriminate(images)`; calling it does both."""
+  """`generate(z, labels)`, `discriminate(images, labels)` (labels: None,
+  or read when conditional); calling it does both."""
   config: Config
 
   def setup(self):
-    cfg = self.config
-    pixels = cfg.image_size * cfg.image_size * cfg.channels
-    self.generator = MLP(cfg, pixels, "embed", "patch")
-    self.discriminator = MLP(cfg, 1, "patch", "classes")
+    self.generator = Generator(self.config)
+    self.discriminator = Discriminator(self.config)
 
-  def generate(self, z):
-    cfg = self.config
-    images = jnp.tanh(self.generator(z).astype(jnp.float32))
-    return images.reshape(z.shape[0], cfg.image_size, cfg.image_size,
-                          cfg.channels)
+  def generate(self, z, labels=None):
+    return self.generator(z, labels)
 
-  def discriminate(self, images):
-    flat = images.reshape(images.shape[0], -1)
-    return self.discriminator(flat)[:, 0].astype(jnp.float32)
+  def discriminate(self, images, labels=None):
+    return self.discriminator(images, labels)
 
-  def __call__(self, images, z, *, train: bool = False):
+  def __call__(self, images, z, labels=None, *, train: bool = False):
     """{"logits": the discriminator's on `images`, "images": generated
-    from the latents `z`}."""
+    from the latents `z`}, both with `labels` when conditional."""
     del train  # No dropout or batch statistics.
-    return {"logits": self.discriminate(images), "images": self.generate(z)}
+    return {"logits": self.discriminate(images, labels),
+            "images": self.generate(z, labels)}
 
 
 def default_task(config) -> str:
@@ -111,4 +200,10 @@ def flops_per_item(model: Model, params, args) -> float:
 
 
 load_hf = export_hf = adapt_params = trainable_presets = None  # None yet.
-capabilities = None  # Nothing beyond its call.
+
+
+def capabilities(config) -> dict:
+  """It generates images from latents (and labels when conditional)."""
+  return {"image_generation": config.latent_dim,
+          **({"class_conditional": None} if config.get("conditional")
+             else {})}

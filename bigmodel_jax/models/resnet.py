@@ -137,7 +137,8 @@ class Model(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, features: bool = False):
+    """Logits (B, num_classes), or with `features` the pooled features."""
     cfg = self.config
     if cfg.stem == "imagenet":
       x = _conv(cfg, cfg.width, 7, 2, "stem_conv")(images)
@@ -153,6 +154,8 @@ class Model(nn.Module):
                   2 if stage > 0 and i == 0 else 1,
                   name=f"stage_{stage}_block_{i}")(x, train=train)
     x = x.mean((1, 2))
+    if features:
+      return x
     logits = Linear((cfg.num_classes,), ("embed", "classes"), 0.01,
                            True, cfg.dtype, cfg.param_dtype, name="head")(x)
     return logits.astype(jnp.float32)
@@ -188,6 +191,6 @@ trainable_presets = None  # None yet.
 
 
 def capabilities(config) -> dict:
-  """Gradients reach its pixels (attributions)."""
+  """Gradients reach its pixels (attributions); it gives pooled features."""
   del config
-  return {"pixels": None}
+  return {"pixels": None, "image_features": None}

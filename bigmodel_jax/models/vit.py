@@ -205,6 +205,7 @@ trainable_presets = None  # None yet.
 
 
 def capabilities(config) -> dict:
-  """Gradients reach its pixels; explaining reads its attention."""
+  """Gradients reach its pixels; explaining reads its attention; it gives
+  pooled features."""
   del config
-  return {"pixels": None, "attention": None}
+  return {"pixels": None, "attention": None, "image_features": None}

@@ -3,7 +3,7 @@
   app = api.create_app({"shakespeare": served}, ledger, config)
 
 Routes: POST /v1/completions, /v1/chat/completions, /v1/embeddings,
-/v1/classify; GET /v1/models (key required, free), /healthz, /metrics
+/v1/classify, /v1/images/generations; GET /v1/models (key required, free), /healthz, /metrics
 (Prometheus; no key: keep them on a private network) and /openapi.json;
 the console's page and usage routes (console.py). A metered call is
 authenticated, rate-limited, parsed, checked against the model, holds what
@@ -37,7 +37,8 @@ from bigmodel_jax.serving.writes import Billed
 
 ENDPOINT_NAMES = {"completions": "/v1/completions",
                   "chat": "/v1/chat/completions",
-                  "embeddings": "/v1/embeddings", "classify": "/v1/classify"}
+                  "embeddings": "/v1/embeddings", "classify": "/v1/classify",
+                  "images": "/v1/images/generations"}
 
 
 def _error(status: int, message: str, kind: str, code=None, headers=None):
@@ -60,7 +61,8 @@ def create_app(served: dict, ledger, config) -> FastAPI:
   routes = [("/v1/completions", schemas.Completion),
             ("/v1/chat/completions", schemas.ChatCompletion),
             ("/v1/embeddings", schemas.Embeddings),
-            ("/v1/classify", schemas.Classify)]
+            ("/v1/classify", schemas.Classify),
+            ("/v1/images/generations", schemas.ImageGeneration)]
   app.openapi = lambda: openapi.schema(app, [path for path, _ in routes],
                                        sorted(served))
   extra = {path: openapi.body_schema(schema) for path, schema in routes}
@@ -220,14 +222,17 @@ def create_app(served: dict, ledger, config) -> FastAPI:
                             image_units=len(images) * config.image_tokens)
     return await metered(request, "chat", schemas.ChatCompletion, handle)
 
-  async def encode(model, call, batcher, inputs, most_units, answer):
-    """Encodes `inputs`, bills them and returns `answer(outputs, units)`."""
-    call.hold = await gate.hold(call, most_units, 0)
+  async def encode(model, call, batcher, inputs, most_units, answer,
+                   output=False):
+    """Encodes `inputs`, bills them (as input units, or as output units
+    when they are made: images) and returns `answer(outputs, units)`."""
+    units = (0, most_units) if output else (most_units, 0)
+    call.hold = await gate.hold(call, *units)
     results = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(x))
                                      for x in inputs))
     units = sum(count for _, count in results)
     body = answer([output for output, _ in results], units)
-    await call.commit(units, 0, body)
+    await call.commit(*((0, units) if output else (units, 0)), body)
     return JSONResponse(body)
 
   async def images_of(model, body) -> list:
@@ -299,6 +304,21 @@ def create_app(served: dict, ledger, config) -> FastAPI:
                 "usage": {call.unit: units}}
       return await encode(model, call, model.classifier, inputs, most, answer)
     return await metered(request, "classify", schemas.Classify, handle)
+
+  @app.post("/v1/images/generations",
+            openapi_extra=extra["/v1/images/generations"])
+  async def images(request: Request):
+    async def handle(model, body, call):
+      items = model.image_requests(body.prompt, body.n, body.size, body.seed)
+      call.unit = "images"
+
+      def answer(pngs, units):
+        return {"created": int(time.time()), "data": [
+            {"b64_json": base64.b64encode(png).decode()} for png in pngs],
+                "usage": {"images": units}}
+      return await encode(model, call, model.image_generator, items,
+                          len(items), answer, output=True)
+    return await metered(request, "images", schemas.ImageGeneration, handle)
 
   @app.get("/v1/models")
   async def models(request: Request):

@@ -6,16 +6,20 @@ completions when it was fine-tuned on conversations (it has a chat
 template) or captions images ("caption": the conversation's image, sent as
 an OpenAI image_url part, is its prefill input); "embed" serves embeddings
 (unit length), of images too with "embed_image"; "classify" serves
-classification of texts (a run with a tokenizer) or of images. Encoder
-calls are batched: inputs that arrive within `encoder_window_ms` of each
+classification of texts (a run with a tokenizer) or of images;
+"generate_images" serves image generation (PNGs from latents drawn per
+request; a "class_conditional" run draws the class its prompt names).
+Encoder and image-generation calls are batched: inputs that arrive within `encoder_window_ms` of each
 other share one call, padded to a power-of-two batch so a handful of
 programs serve every mix.
 """
 import concurrent.futures
 import dataclasses
+import io
 import json
 import os
 import queue
+import re
 import threading
 import time
 from typing import Any
@@ -23,9 +27,10 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+from PIL import Image
 
 from bigmodel_jax import runs
-from bigmodel_jax.dataio import images
+from bigmodel_jax.dataio import image_ops, images
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.serving.generation import Generator
 
@@ -96,6 +101,7 @@ class Served:
   classifier: Batcher | None = None
   class_names: list | None = None
   image_input: Any = None  # Image bytes -> model input, for images.
+  image_generator: Batcher | None = None  # (latent, class) -> PNG bytes.
 
   @property
   def endpoints(self) -> list[str]:
@@ -108,7 +114,37 @@ class Served:
       out.append("embeddings")
     if self.classifier:
       out.append("classify")
+    if self.image_generator:
+      out.append("images")
     return out
+
+  def image_requests(self, prompt: str, n: int, size: str | None,
+                     seed: int | None) -> list:
+    """`n` (latent, class, scale) items of an image generation: latents
+    from N(0, I) (`seed`: the same images again), the class a
+    class-conditional model's prompt names, images `scale` times the
+    model's size ("WxH": square, a multiple of it)."""
+    native = self.run.config.input.image_size
+    width, _, height = (size or f"{native}x{native}").partition("x")
+    if width != height or int(width) % native or not int(width):
+      raise BadInput(f"Model {self.name!r} draws {native}x{native} images: "
+                     f"ask for a square multiple of that (got {size!r}).")
+    label = (self._named_class(prompt)
+             if "class_conditional" in self.run.parts else 0)
+    latents = np.random.default_rng(seed).standard_normal(
+        (n, self.run.parts["image_generation"])).astype(np.float32)
+    return [(z, label, int(width) // native) for z in latents]
+
+  def _named_class(self, prompt: str) -> int:
+    """The one class whose name the prompt has as a word; BadInput."""
+    words = set(re.findall(r"[\w'-]+", prompt.lower()))
+    named = [i for i, name in enumerate(self.class_names)
+             if name.lower() in words]
+    if len(named) != 1:
+      raise BadInput(f"Model {self.name!r} draws one class: name exactly "
+                     f"one of {self.class_names} in the prompt (it names "
+                     f"{[self.class_names[i] for i in named]}).")
+    return named[0]
 
   @property
   def captions(self) -> bool:
@@ -191,9 +227,15 @@ def load(name: str, workdir: str, config, step=None) -> Served:
       served.classifier = _on_images(served, _probabilities(run.model),
                                      config.encoder_batch, window)
     served.class_names = _class_names(run.workdir)
+  if "generate_images" in can:
+    served.image_generator = _image_generator(run, config.encoder_batch,
+                                              window)
+    if "class_conditional" in run.parts:
+      served.class_names = _class_names(run.workdir)
   if not served.endpoints:
     raise ConfigError(f"{workdir}: nothing to serve: it has none of the "
-                      "capabilities generate, embed, classify (model "
+                      "capabilities generate, embed, classify, "
+                      "generate_images (model "
                       f"{run.config.model.name!r}, task "
                       f"{run.config.task.name!r}).")
   return served
@@ -233,6 +275,34 @@ def _on_images(served: Served, fn, max_batch: int, window: float
   served.image_input = _image_reader(served.run)
   return Batcher(lambda images: [(out, 1) for out in call(np.stack(images))],
                  max_batch=max_batch, window=window)
+
+
+def _image_generator(run, max_batch: int, window: float) -> Batcher:
+  """Batches (latent, class) pairs into PNG bytes, pixels mapped from the
+  run's preprocessing back to 0..255 (`image_ops.value_bounds`)."""
+  def generate(variables, packed):  # Latents, then the class, per row.
+    return run.model.apply(variables, packed[:, :-1],
+                           packed[:, -1].astype(np.int32), method="generate")
+
+  call = _padded_call(run, generate, max_batch)
+  spec = run.config.input
+  low, high = image_ops.value_bounds(spec.eval_pp, spec.image_size,
+                                     spec.channels)
+
+  def batch(items):  # (latent, class, how many times larger) each.
+    pixels = (call(np.stack([np.append(z, c) for z, c, _ in items])) -
+              low) * (255.0 / (high - low))
+    pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return [(_png(p.repeat(scale, 0).repeat(scale, 1)), 1)
+            for p, (_, _, scale) in zip(pixels, items)]
+  return Batcher(batch, max_batch=max_batch, window=window)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
+      buffer, "PNG")
+  return buffer.getvalue()
 
 
 def _image_spec(run) -> dict:

@@ -92,3 +92,13 @@ class Classify(_Body):
   """Texts (`input`) for text classifiers, base64 `images` for image ones."""
   input: str | list[str] | None = None
   images: list[str] | None = None
+
+
+class ImageGeneration(_Body):
+  """OpenAI's image generation: `n` base64 PNGs; the prompt names the class
+  of a class-conditional model."""
+  prompt: str = Field("", max_length=4000)
+  n: int = Field(1, ge=1, le=10)
+  size: str | None = Field(None, pattern=r"^\d{1,4}x\d{1,4}$")
+  response_format: Literal["b64_json"] = "b64_json"  # No hosted URLs.
+  seed: int | None = Field(None, ge=0, lt=2**32)  # Not OpenAI's.

@@ -6,7 +6,8 @@ and, for mixup, "mix_targets" with "mix" (each example's share of
 Evaluation adds a confusion matrix and top-k hits; the summary has
 accuracy, top-k accuracy (more than k classes), macro and per-class
 precision / recall / F1; the report records the confusion matrix and
-prints the per-class table.
+prints the per-class table. Its `example_scores` (capability
+"anomaly_scores") are the max-softmax baseline of anomaly detection.
 """
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ TOP_K = 5
 class Task(loss_task.LossTask):
   name = "classification"
   optional_keys = frozenset({"weights", "mix_targets", "mix"})
-  capabilities = frozenset({"classify"})
+  capabilities = frozenset({"classify", "anomaly_scores"})
 
   def sums(self, logits, batch: dict) -> dict:
     if "mix" not in batch:
@@ -35,6 +36,13 @@ class Task(loss_task.LossTask):
     correct = (jnp.argmax(logits, -1) == larger).astype(jnp.float32)
     return {"loss": jnp.sum(losses), "correct": jnp.sum(correct),
             "count": jnp.asarray(mix.size, jnp.float32)}
+
+  def example_scores(self, logits, batch: dict) -> dict:
+    """The max-softmax baseline of out-of-distribution detection (Hendrycks
+    & Gimpel 2017): 1 - the largest class probability."""
+    del batch
+    return {"max_softmax": 1.0 - jnp.max(jax.nn.softmax(
+        logits.astype(jnp.float32)), -1)}
 
   def eval_sums(self, logits, batch: dict) -> dict:
     """The loss sums, a weighted confusion matrix and top-k hits."""
