@@ -63,10 +63,17 @@ def test_a_bad_trial_is_pruned_at_its_first_report(tmp_path):
 
 
 _WORKER = """
-import sys, time
+import os, pathlib, sys, time
 from bigmodel_jax import search
 study = search.Search({"x": search.floats(-1, 1)}, sys.argv[1],
                       storage=sys.argv[2] if len(sys.argv) > 2 else None)
+# Both workers start together (importing can take seconds on a busy
+# machine, long enough for one worker to run every trial alone).
+ready = pathlib.Path(sys.argv[1])
+(ready / f"ready.{os.getpid()}").touch()
+deadline = time.monotonic() + 60
+while len(list(ready.glob("ready.*"))) < 2 and time.monotonic() < deadline:
+  time.sleep(0.01)
 mine = []
 def objective(overrides, report):
   mine.append(overrides["x"])

@@ -218,11 +218,6 @@ class Generator:
         s["top_k"], s["top_p"], s["seed"], self._counts[:rows], rows)
     return np.asarray(tokens)
 
-  def compiled(self) -> dict:
-    """How many programs each step has compiled (tests: no recompiles)."""
-    return {"decode": self._decode.__wrapped__._cache_size(),
-            "prefill": self._prefill.__wrapped__._cache_size()}
-
   # Requests.
 
   def submit(self, request: Request) -> None:
