@@ -123,6 +123,12 @@ def value_bounds(spec: str, size: int, channels: int) -> tuple:
                   rng).mean((0, 1)) for value in (0.0, 255.0))
 
 
+def rescaled(source: tuple, target: tuple):
+  """Pixels in one (low, high) range -> another's (`value_bounds`)."""
+  (low, high), (to_low, to_high) = source, target
+  return lambda x: to_low + (x - low) * (to_high - to_low) / (high - low)
+
+
 def decoded(data: bytes, channels: int) -> np.ndarray:
   """Encoded image bytes (PNG, JPEG, ...) -> (H, W, channels) float32
   0..255; ValueError naming what is wrong."""

@@ -48,12 +48,6 @@ def features_distance(a: np.ndarray, b: np.ndarray) -> float:
                           np.cov(b, rowvar=False))
 
 
-def _affine(source: tuple, target: tuple):
-  """Pixels in one preprocessing's bounds -> another's."""
-  (low, high), (to_low, to_high) = source, target
-  return lambda x: to_low + (x - low) * (to_high - to_low) / (high - low)
-
-
 class Evaluator:
   every_steps = 0  # From the block.
 
@@ -74,7 +68,7 @@ class Evaluator:
     self.num_classes = self.classifier.config.model.num_classes
     source = exp.config.input
     target = self.classifier.config.input
-    self.to_classifier = _affine(
+    self.to_classifier = image_ops.rescaled(
         image_ops.value_bounds(source.eval_pp, source.image_size,
                                source.channels),
         image_ops.value_bounds(target.eval_pp, source.image_size,

@@ -3,13 +3,13 @@
   app = api.create_app({"shakespeare": served}, ledger, config)
 
 Routes: POST /v1/completions, /v1/chat/completions, /v1/embeddings,
-/v1/classify, /v1/images/generations; GET /v1/models (key required, free), /healthz, /metrics
-(Prometheus; no key: keep them on a private network) and /openapi.json;
-the console's page and usage routes (console.py). A metered call is
-authenticated, rate-limited, parsed, checked against the model, holds what
-it may use in the ledger (or replays the answer of a billed call with the
-same X-Request-Id), is served, and is written to the ledger before its last
-bytes leave. Every error is {"error": {"message", "type", "code"}} with its
+/v1/classify, /v1/images/generations; GET /v1/models (key required, free),
+/healthz, /metrics (Prometheus; no key: keep them on a private network) and
+/openapi.json; the console's page and usage routes (console.py). A metered
+call is authenticated, rate-limited, parsed, checked against the model,
+holds what it may use in the ledger (or replays the answer of a billed call
+with the same X-Request-Id), is served, and is written to the ledger before
+its last bytes leave. Every error is {"error": {"message", "type", "code"}} with its
 status, never a traceback. Parsing large bodies and tokenizing run off the
 event loop, so no request stalls the others.
 """

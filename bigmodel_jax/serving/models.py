@@ -9,9 +9,9 @@ an OpenAI image_url part, is its prefill input); "embed" serves embeddings
 classification of texts (a run with a tokenizer) or of images;
 "generate_images" serves image generation (PNGs from latents drawn per
 request; a "class_conditional" run draws the class its prompt names).
-Encoder and image-generation calls are batched: inputs that arrive within `encoder_window_ms` of each
-other share one call, padded to a power-of-two batch so a handful of
-programs serve every mix.
+Encoder and image-generation calls are batched: inputs that arrive within
+`encoder_window_ms` of each other share one call, padded to a power-of-two
+batch so a handful of programs serve every mix.
 """
 import concurrent.futures
 import dataclasses
@@ -279,19 +279,18 @@ def _on_images(served: Served, fn, max_batch: int, window: float
 
 def _image_generator(run, max_batch: int, window: float) -> Batcher:
   """Batches (latent, class) pairs into PNG bytes, pixels mapped from the
-  run's preprocessing back to 0..255 (`image_ops.value_bounds`)."""
+  run's preprocessing back to 0..255."""
   def generate(variables, packed):  # Latents, then the class, per row.
     return run.model.apply(variables, packed[:, :-1],
                            packed[:, -1].astype(np.int32), method="generate")
 
   call = _padded_call(run, generate, max_batch)
   spec = run.config.input
-  low, high = image_ops.value_bounds(spec.eval_pp, spec.image_size,
-                                     spec.channels)
+  to_bytes = image_ops.rescaled(image_ops.value_bounds(
+      spec.eval_pp, spec.image_size, spec.channels), (0.0, 255.0))
 
   def batch(items):  # (latent, class, how many times larger) each.
-    pixels = (call(np.stack([np.append(z, c) for z, c, _ in items])) -
-              low) * (255.0 / (high - low))
+    pixels = to_bytes(call(np.stack([np.append(z, c) for z, c, _ in items])))
     pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     return [(_png(p.repeat(scale, 0).repeat(scale, 1)), 1)
             for p, (_, _, scale) in zip(pixels, items)]
