@@ -33,6 +33,12 @@ ask for a capability, which holds when the run has all of its parts:
   image_features family.capabilities           `apply(v, images,
                                                features=True)` gives (B, D)
                                                features before the head
+  word_vectors   family.capabilities           `apply(v, ids,
+                                               method="vectors")` gives the
+                                               raw vectors (B, D) of word
+                                               ids (B,); the tokenizer's
+                                               `word_ids()` are the ids of
+                                               words, `words` names them
   anomaly_scores task.capabilities             `task.example_scores(outputs,
                                                batch)` gives {name: (B,)}
                                                per-example scores, higher =
@@ -59,6 +65,7 @@ PARTS = {
     "image_generation": "its model family generates images from latents",
     "class_conditional": "its model family generates images of a class",
     "image_features": "its model family gives image features",
+    "word_vectors": "its model family has a vector per word",
 }
 # Text alone is not enough for a model that decodes from an image.
 NEEDS_IMAGE = {"image_prompt"}
@@ -84,6 +91,8 @@ CAPABILITIES = {  # name -> (parts needed, what uses it[, parts it excludes])
                         "evaluator"),
     "image_features": ({"image_features", "classify"},
                        "the generated_images evaluator's classifier"),
+    "word_vectors": ({"word_vectors", "text"}, "the word_vectors evaluator, "
+                     "export --format word2vec"),
 }
 
 

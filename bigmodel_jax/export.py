@@ -11,6 +11,10 @@ transformers has no faithful equivalent of a setting, the export refuses in
 one line naming it, or writes a layout that reproduces it (mean-pooled BERT
 classifiers: sentence-transformers modules).
 
+--format word2vec: the word vectors of a run that has them (word2vec) in
+word2vec's text and binary formats, which gensim, fastText and most tools
+read.
+
 --format jax: the inference function serialized with `jax.export`
 (StableHLO, any batch size, for CPU and CUDA) with its variables and a
 loader, load.py, that needs only jax and numpy.
@@ -29,8 +33,8 @@ import sys
 import jax
 import numpy as np
 
-from bigmodel_jax import (evaluate, jax_loader, metric_writer, quantization,
-                          runs, workdirs)
+from bigmodel_jax import (capabilities, evaluate, jax_loader, metric_writer,
+                          quantization, runs, workdirs)
 from bigmodel_jax.errors import (ConfigError, ExportMismatch, NotExportable,
                                  entrypoint)
 
@@ -172,7 +176,46 @@ def _named(outputs) -> dict:
   return outputs if isinstance(outputs, dict) else {"outputs": outputs}
 
 
-FORMATS = {"hf": write_hf, "jax": write_jax}
+def write_word2vec(run, out: str, batch: dict) -> tuple[str, dict]:
+  """Writes vectors.txt and vectors.bin, word2vec's text and binary formats
+  (a "count dim" line, then each word, most frequent first, with its raw
+  vector), read back with gensim; (usage, the example words' vectors)."""
+  capabilities.require(run.parts, "word_vectors", run.workdir)
+  ids = run.tokenizer.word_ids()
+  words = [run.tokenizer.words[i] for i in ids]
+  vectors = np.asarray(run.model.apply(run.variables, ids, method="vectors"),
+                       np.float32)
+  header = f"{len(words)} {vectors.shape[1]}\n"
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "vectors.txt"), "w", encoding="utf-8") as f:
+    f.write(header)
+    f.writelines(f"{w} {' '.join(f'{x:.9g}' for x in v)}\n"
+                 for w, v in zip(words, vectors))
+  with open(os.path.join(out, "vectors.bin"), "wb") as f:
+    f.write(header.encode())
+    f.writelines(f"{w} ".encode() + v.astype("<f4").tobytes() + b"\n"
+                 for w, v in zip(words, vectors))
+  known = set(ids.tolist())
+  shown = [i for i in np.unique(batch["inputs"]) if i in known]
+  names = [run.tokenizer.words[i] for i in shown]
+  ours = dict.fromkeys(("vectors.txt", "vectors.bin"),
+                       vectors[np.asarray(shown, np.int64) - ids[0]])
+  usage = ("from gensim.models import KeyedVectors\n"
+           "vectors = KeyedVectors.load_word2vec_format(\n"
+           "    f\"{DIR}/vectors.bin\", binary=True)  # or vectors.txt\n"
+           "vectors.most_similar(\"king\")")
+  try:
+    from gensim.models import KeyedVectors
+  except ImportError as e:
+    print(f"note: not verified ({e.name} is not installed).")
+    return usage, (ours, None)
+  theirs = {name: KeyedVectors.load_word2vec_format(
+      os.path.join(out, name), binary=name.endswith(".bin"))[names]
+            for name in ours}
+  return usage, (ours, theirs)
+
+
+FORMATS = {"hf": write_hf, "jax": write_jax, "word2vec": write_word2vec}
 
 
 # --- Model card ---------------------------------------------------------------

@@ -251,6 +251,8 @@ SERVABLE = {
         "model.features": 8, "model.hidden_dim": 16, "model.latent_dim": 8,
         "input.batch_size": 32, "total_steps": 150, "eval_every_steps": 150,
         "checkpoint_every_steps": 150, "optimizer.learning_rate": 2e-3}),
+    "word2vec": ("word2vec_shakespeare.py:cpu", {
+        "model.embed_dim": 16, "input.batch_size": 64, "input.eval_steps": 1}),
     "vit": ("vit_digits.py:cpu", {
         "model.emb_dim": 32, "model.num_layers": 1, "model.num_heads": 2,
         "model.mlp_dim": 64, "input.batch_size": 32}),

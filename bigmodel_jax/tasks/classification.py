@@ -7,7 +7,10 @@ Evaluation adds a confusion matrix and top-k hits; the summary has
 accuracy, top-k accuracy (more than k classes), macro and per-class
 precision / recall / F1; the report records the confusion matrix and
 prints the per-class table. Its `example_scores` (capability
-"anomaly_scores") are the max-softmax baseline of anomaly detection.
+"anomaly_scores") are the max-softmax baseline of anomaly detection. A
+model with an auxiliary classifier (Inception) gives {"logits",
+"aux_logits"} in training: the loss adds AUX_WEIGHT times the auxiliary
+head's (Szegedy et al. 2016), the metrics are the main head's.
 """
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ from bigmodel_jax import metrics
 from bigmodel_jax import loss_task
 
 TOP_K = 5
+AUX_WEIGHT = 0.4
 
 
 class Task(loss_task.LossTask):
@@ -25,6 +29,10 @@ class Task(loss_task.LossTask):
   capabilities = frozenset({"classify", "anomaly_scores"})
 
   def sums(self, logits, batch: dict) -> dict:
+    if isinstance(logits, dict):  # An auxiliary classifier, in training.
+      sums = self.sums(logits["logits"], batch)
+      aux = self.sums(logits["aux_logits"], batch)["loss"]
+      return {**sums, "loss": sums["loss"] + AUX_WEIGHT * aux}
     if "mix" not in batch:
       return super().sums(logits, batch)
     mix = batch["mix"]
