@@ -68,9 +68,10 @@ def sentences(config, split: str):
 
 class Corpus:
   """A split's in-vocabulary words as one id array, with each position's
-  sentence bounds."""
+  sentence bounds and the running sum of its words' keep probabilities
+  (what centre words are drawn by)."""
 
-  def __init__(self, vocab: Words, split_sentences):
+  def __init__(self, vocab: Words, split_sentences, keep: np.ndarray):
     ids = [vocab.ids(s) for s in split_sentences]
     ids = [s[s != UNK_ID] for s in ids]  # Unknown words are dropped.
     ids = [s for s in ids if len(s)]
@@ -81,6 +82,7 @@ class Corpus:
     ends = np.cumsum(lengths)
     self.start = np.repeat(ends - lengths, lengths)
     self.end = np.repeat(ends, lengths)
+    self.kept = np.cumsum(keep[self.tokens])
 
 
 class Input(StepInput):
@@ -101,7 +103,7 @@ class Input(StepInput):
     noise = counts ** 0.75
     self._noise = np.cumsum(noise / noise.sum())
     self.corpora = SplitCache(lambda split: Corpus(
-        self.tokenizer, sentences(config, split)))
+        self.tokenizer, sentences(config, split), self.keep))
     self.train = self.corpora[config.train_split]
     self.corpora[config.eval_split]  # Missing data fails now, not mid-run.
 
@@ -120,10 +122,8 @@ class Input(StepInput):
   def _batch(self, corpus: Corpus, rng: np.random.Generator) -> dict:
     """This process's rows of the global batch drawn with `rng`."""
     config, rows = self.config, self.config.batch_size
-    keep = self.keep[corpus.tokens]
-    cumulative = np.cumsum(keep)
-    centre = np.searchsorted(cumulative, rng.random(rows) * cumulative[-1],
-                             side="right").clip(0, len(keep) - 1)
+    centre = np.searchsorted(corpus.kept, rng.random(rows) * corpus.kept[-1],
+                             side="right").clip(0, len(corpus.tokens) - 1)
     offsets = np.concatenate([np.arange(-config.window, 0),
                               np.arange(1, config.window + 1)])
     reach = rng.integers(1, config.window + 1, rows)
