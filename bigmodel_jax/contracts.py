@@ -137,7 +137,9 @@ class InputModule(Protocol):
 
   load_tokenizer: Callable[[str], Any] | None
   """workdir -> the tokenizer the run saved; None for non-text inputs. Its
-  `to_hf()` gives the same ids as a `tokenizers.Tokenizer` (for exports)."""
+  `to_hf()` gives the same ids as a `tokenizers.Tokenizer` (for exports);
+  an optional `hf_special_tokens()` names its special tokens there
+  ({"pad_token": "<pad>", ...}: tokenizer_config.json)."""
 
 
 @runtime_checkable

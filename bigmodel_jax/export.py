@@ -108,8 +108,9 @@ def write_hf(run, out: str, batch: dict) -> tuple[str, dict]:
       _write_json(os.path.join(out, name), value)
   if hf.tokenizer_config is not None and run.tokenizer is not None:
     run.tokenizer.to_hf().save(os.path.join(out, "tokenizer.json"))
+    specials = getattr(run.tokenizer, "hf_special_tokens", dict)()
     _write_json(os.path.join(out, "tokenizer_config.json"),
-                hf.tokenizer_config)
+                {**hf.tokenizer_config, **specials})
   try:
     theirs = hf.reference(out, batch)
   except ImportError as e:

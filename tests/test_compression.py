@@ -49,6 +49,14 @@ FAMILIES = {
     "bert": (bert, bert.model_config("tiny", vocab_size=100, num_layers=1,
                                      head="classifier", num_classes=3),
              jnp.arange(1, 33, dtype=jnp.int32).reshape(2, 16)),
+    "roberta": (bert, bert.model_config(
+        "tiny", vocab_size=100, num_layers=1, head="mlm",
+        **{**bert.ROBERTA, "max_positions": 18}),
+                jnp.arange(2, 34, dtype=jnp.int32).reshape(2, 16)),
+    "albert": (bert, bert.model_config(
+        "tiny", vocab_size=100, head="classifier", num_classes=3,
+        **{**bert.ALBERT, "embed_dim": 32}),
+               jnp.arange(1, 33, dtype=jnp.int32).reshape(2, 16)),
     "vit": (vit, vit.model_config("Ti/4", emb_dim=64, num_layers=1,
                                   num_heads=2, mlp_dim=128, num_classes=10),
             jax.random.normal(jax.random.key(1), (2, 16, 16, 1))),

@@ -36,12 +36,12 @@ RUNS = {
                        "sentence-transformers"),
     "bert_mlm_nsp": ("bert_mlm.py:cpu-bert", {**BERT, "input.vocab_size": 300},
                      "BertForPreTraining"),
-    "albert_mlm_sop": ("bert_mlm.py:cpu-bert", {
-        **BERT, "input.vocab_size": 300, "model.embed_dim": 16,
-        "model.share_layers": True}, "AlbertForPreTraining"),
-    "albert_classifier": ("bert_finetune.py:full", {
-        **SMALL_TEXT, "model.pool": "cls", "model.share_layers": True},
-                          "AlbertForSequenceClassification"),
+    "albert_mlm_sop": ("bert_mlm.py:cpu-albert", {
+        **BERT, "input.vocab_size": 300, "model.embed_dim": 16},
+                       "AlbertForPreTraining"),
+    "roberta_mlm": ("bert_mlm.py:cpu-roberta", {
+        **BERT, "input.vocab_size": 300, "model.max_positions": 66},
+                    "RobertaForMaskedLM"),
     "vit": ("vit_digits.py:cpu", {
         "model.emb_dim": 32, "model.num_layers": 2, "model.num_heads": 2,
         "model.mlp_dim": 64, "model.pool": "token", "input.batch_size": 32},
@@ -110,7 +110,7 @@ def test_export_loads_in_transformers_with_the_runs_outputs_and_imports_back(
     if run.config.model.name == "gpt":
       ours = run.tokenizer.encode(text).tolist()
     else:  # WordPiece: [CLS] ... [SEP], padded.
-      row = run.tokenizer.encode_batch([text], 32)[0]
+      row = run.tokenizer.encode_batch([text], 128)[0]
       ours = row[row != run.tokenizer.pad_id].tolist()
     assert transformers.AutoTokenizer.from_pretrained(out)(
         text)["input_ids"] == ours

@@ -1,18 +1,21 @@
 """Masked-language-model batches from a TFDS text dataset (BERT pretraining).
 
-The text's lines are WordPiece-tokenized (a vocabulary trained on the train
-split, or `input.vocab_file`) and packed into [CLS] ... [SEP] sequences of
-`seq_len`. Each batch masks `mask_rate` of the real tokens: 80% become
+The text's lines are tokenized (`input.vocab_file`, or a vocabulary of the
+kind `input.tokenizer` trained on the train split: BERT's WordPiece,
+RoBERTa's byte-level BPE, ALBERT's Unigram) and packed into [CLS] ... [SEP]
+sequences of `seq_len` (<s> ... </s> in RoBERTa's vocabulary). Each batch masks `mask_rate` of the real tokens: 80% become
 [MASK], 10% a random token, 10% stay; the loss is on masked positions only
 ("weights"). Masks are drawn per (seed, step) — RoBERTa's dynamic masking —
 or, with `input.static_masking`, once per sequence as in the original BERT.
 
-With `input.nsp` (next-sentence prediction, the original BERT) each row is
-[CLS] A [SEP] B [SEP] with "segments" 0 / 1: A and B are the two halves of
-a run of consecutive lines, and in about half of the rows B comes from
-another run; "nsp_targets" is 0 for the true next text, 1 else. Pairs are
-drawn with the masks (every step, or once per row with static masking).
-Without it (RoBERTa) rows are packed lines of one segment.
+With `input.pairs` each row is [CLS] A [SEP] B [SEP] with "segments" 0 / 1,
+A and B the two halves of a run of consecutive lines, and "nsp_targets" 0
+for the text in order: "nsp" (next-sentence prediction, the original BERT)
+takes B from another run in about half of the rows (target 1); "sop"
+(ALBERT's sentence-order prediction) swaps A and B instead, so only their
+order tells. Pairs are drawn with the masks (every step, or once per row
+with static masking). Without pairs (RoBERTa) rows are packed lines of one
+segment.
 """
 import os
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from bigmodel_jax.dataio import tfds_source, wordpiece
 from bigmodel_jax.dataio.common import SplitCache, StepInput, token_units
+from bigmodel_jax.errors import ConfigError
 
 
 def batch_spec(config) -> dict:
@@ -28,7 +32,7 @@ def batch_spec(config) -> dict:
   spec = {"inputs": jax.ShapeDtypeStruct(shape, np.int32),
           "targets": jax.ShapeDtypeStruct(shape, np.int32),
           "weights": jax.ShapeDtypeStruct(shape, np.float32)}
-  if config.get("nsp"):
+  if config.get("pairs"):
     spec["segments"] = jax.ShapeDtypeStruct(shape, np.int32)
     spec["nsp_targets"] = jax.ShapeDtypeStruct(shape[:1], np.int32)
   return spec
@@ -75,10 +79,15 @@ def split_pairs(lines: list[np.ndarray], seq_len: int) -> list[tuple]:
   return halves
 
 
+PAIRS = ("nsp", "sop")
+
+
 def pair_rows(halves: list[tuple], index, rng: np.random.Generator,
-              seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> dict:
+              seq_len: int, cls_id: int, sep_id: int, pad_id: int,
+              kind: str = "nsp") -> dict:
   """Rows `index` as [CLS] A [SEP] B [SEP]: in about half of them (drawn
-  from `rng`) B is another row's. {"rows", "segments", "nsp_targets"}."""
+  from `rng`) B is another row's ("nsp"), or A and B change places ("sop").
+  {"rows", "segments", "nsp_targets"}."""
   n = len(index)
   swapped = rng.uniform(size=n) < 0.5
   other = (np.asarray(index) + rng.integers(1, len(halves), size=n)) % len(
@@ -86,7 +95,9 @@ def pair_rows(halves: list[tuple], index, rng: np.random.Generator,
   rows = np.full((n, seq_len), pad_id, np.int32)
   segments = np.zeros((n, seq_len), np.int32)
   for row, (i, j, swap) in enumerate(zip(index, other, swapped)):
-    a, b = halves[i][0], halves[j if swap else i][1]
+    a, b = halves[i]
+    if swap:
+      a, b = (b, a) if kind == "sop" else (a, halves[j][1])
     ids = [cls_id] + a + [sep_id] + b[:seq_len - 3 - len(a)] + [sep_id]
     rows[row, :len(ids)] = ids
     segments[row, len(a) + 2:len(ids)] = 1
@@ -114,12 +125,15 @@ class Input(StepInput):
                process_count: int):
     super().__init__(config, seed=seed, process_index=process_index,
                      process_count=process_count)
+    if config.get("pairs") not in (None, *PAIRS):
+      raise ConfigError(f"input.pairs={config.pairs!r}; use one of {PAIRS} "
+                        "or None.")
     train_text = self._text(config.train_split)
     self.tokenizer = wordpiece.for_input(config, train_text, process_count)
-    vocab = self.tokenizer.tokenizer.token_to_id
-    self.ids = (vocab("[CLS]"), self.tokenizer.sep_id, self.tokenizer.pad_id)
-    self.mask_id = vocab("[MASK]")
-    self.special = np.array([vocab(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
+    self.ids = tuple(self.tokenizer.special_id(role)
+                     for role in ("start", "end", "pad"))
+    self.mask_id = self.tokenizer.special_id("mask")
+    self.special = np.array(self.ids)
     self.train = self._packed(train_text)
     self.packed = SplitCache(lambda split: self._packed(self._text(split)))
     self.packed[config.eval_split]  # Missing data fails now, not mid-run.
@@ -134,19 +148,21 @@ class Input(StepInput):
     """Packed rows, or with NSP the (A, B) halves that pairs are made of."""
     encoded = [e.ids[1:-1] for e in self.tokenizer.tokenizer.encode_batch(
         lines)]
-    if self.config.get("nsp"):
+    if self.config.get("pairs"):
       return split_pairs(encoded, self.config.seq_len)
     return pack(encoded, self.config.seq_len, *self.ids)
 
   def model_fields(self) -> dict:
     return {"vocab_size": self.tokenizer.vocab_size,
-            "nsp": bool(self.config.get("nsp"))}
+            "nsp": bool(self.config.get("pairs"))}
 
   def _batch(self, data, index, key) -> dict:
-    """Rows `index` of `data` (with NSP: pairs drawn from `key`), masked."""
+    """Rows `index` of `data` (with pairs: drawn from `key`), masked."""
     rng = np.random.default_rng(key)
-    fields = ({"rows": data[index]} if not self.config.get("nsp") else
-              pair_rows(data, index, rng, self.config.seq_len, *self.ids))
+    pairs = self.config.get("pairs")
+    fields = ({"rows": data[index]} if not pairs else
+              pair_rows(data, index, rng, self.config.seq_len, *self.ids,
+                        kind=pairs))
     batch = mask_tokens(fields.pop("rows"), rng, self.config.mask_rate,
                         self.mask_id, self.tokenizer.vocab_size, self.special)
     return {**batch, **fields}

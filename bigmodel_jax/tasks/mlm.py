@@ -1,13 +1,14 @@
-"""Masked-language modelling (BERT / RoBERTa pretraining).
+"""Masked-language modelling (BERT / RoBERTa / ALBERT pretraining).
 
 Batch: "inputs" (masked token ids), "targets" (the original ids) and
 "weights" (1 at masked positions: the loss is on those only), all (B, T);
-with next-sentence prediction also "segments" (B, T), which the model reads,
-and "nsp_targets" (B,) for its "nsp" head. The model returns the MLM logits,
-or {"logits", "nsp"} with the next-sentence head. The objective is the mean
-masked-token loss plus the mean next-sentence loss, each normalised by its
-whole-batch count, so gradient accumulation stays exact. Metrics: loss and
-accuracy of the masked tokens; nsp_loss and nsp_accuracy.
+with sentence pairs (BERT's next-sentence or ALBERT's sentence-order
+prediction) also "segments" (B, T), which the model reads, and
+"nsp_targets" (B,) for its "nsp" head. The model returns the MLM logits, or
+{"logits", "nsp"} with the pair head. The objective is the mean masked-token
+loss plus the mean pair loss, each normalised by its whole-batch count, so
+gradient accumulation stays exact. Metrics: loss and accuracy of the masked
+tokens; nsp_loss and nsp_accuracy (the pair objective's, NSP or SOP).
 """
 import jax.numpy as jnp
 
