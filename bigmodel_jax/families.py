@@ -144,6 +144,18 @@ def classification_task(config) -> str:
   return "classification"
 
 
+def layer_presets(num_layers: int, head: str) -> dict:
+  """`trainable_presets` of an encoder with layers "layer_0".. (none when
+  they are shared: 0) and a head matching the regex `head`: "head", "lora"
+  (the LoRA adapters and the head) and "topK" (the top K layers and the
+  head)."""
+  presets = {"head": head, "lora": rf"lora_|{head}"}
+  for k in range(1, num_layers + 1):
+    top = "|".join(str(i) for i in range(num_layers - k, num_layers))
+    presets[f"top{k}"] = rf"^layer_({top})/|{head}"
+  return presets
+
+
 def num_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 

@@ -36,6 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import sqlalchemy  # noqa: E402
+from flax import linen as nn  # noqa: E402
 
 from bigmodel_jax import config_loader, experiment  # noqa: E402
 from bigmodel_jax.serving import process  # noqa: E402
@@ -150,6 +151,22 @@ def run_steps(config, devices=None, steps=3):
   return losses, exp, state
 
 
+def sharded_and_single(model, ids, mesh=(2, 2, 2)):
+  """A freshly initialised model's outputs on `ids` with its parameters
+  sharded by the rules over a data x fsdp x tensor mesh (jitted), and on
+  one device."""
+  from bigmodel_jax import sharding
+  params = nn.unbox(model.init(jax.random.key(0), ids))["params"]
+  layout = sharding.Layout(sharding.make_mesh(dict(zip(
+      ("data", "fsdp", "tensor"), mesh))))
+  shardings = layout.tree_shardings(
+      jax.eval_shape(model.init, jax.random.key(0), ids))["params"]
+  apply = layout.in_context(jax.jit(
+      lambda p, x: model.apply({"params": p}, x)))
+  return (apply(jax.device_put(params, shardings), ids),
+          model.apply({"params": params}, ids))
+
+
 def cached_logits(model, params, tokens, prefill: int):
   """Logits of a decoder run with its KV cache: `prefill` tokens in one
   call, then one token per call."""
@@ -253,6 +270,12 @@ SERVABLE = {
         "checkpoint_every_steps": 150, "optimizer.learning_rate": 2e-3}),
     "word2vec": ("word2vec_shakespeare.py:cpu", {
         "model.embed_dim": 16, "input.batch_size": 64, "input.eval_steps": 1}),
+    "deberta": ("deberta_rt.py:cpu", {
+        "model.num_layers": 1, "model.emb_dim": 32, "model.num_heads": 2,
+        "model.mlp_dim": 64, "model.dropout": 0.0, "model.max_positions": 16,
+        "model.position_buckets": 8, "model.max_relative_positions": 16,
+        "input.vocab_size": 500, "input.seq_len": 16,
+        "input.batch_size": 8}),
     "vit": ("vit_digits.py:cpu", {
         "model.emb_dim": 32, "model.num_layers": 1, "model.num_heads": 2,
         "model.mlp_dim": 64, "input.batch_size": 32}),

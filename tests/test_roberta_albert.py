@@ -11,11 +11,12 @@ import torch
 import transformers
 from flax import linen as nn
 
-from bigmodel_jax import config_loader, export, plan, runs, sharding, train
+from bigmodel_jax import config_loader, export, plan, runs, train
 from bigmodel_jax.data import mlm_text
 from bigmodel_jax.dataio.wordpiece import WordPiece
 from bigmodel_jax.hf import bert as bert_hf
 from bigmodel_jax.models import bert
+from conftest import sharded_and_single
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
 CORPUS = os.path.join(os.environ["TFDS_DATA_DIR"], "..", "data",
@@ -160,15 +161,7 @@ def test_sharded_encoder_equals_single_device(settings):
       dropout=0.0, **settings))
   ids = _ids(settings.get("pad_id", 0))[:, :8] % 64
   ids = np.concatenate([ids, ids[:1]])  # A batch of 4 over data x fsdp.
-  params = nn.unbox(model.init(jax.random.key(0), ids))["params"]
-  layout = sharding.Layout(
-      sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
-  shardings = layout.tree_shardings(
-      jax.eval_shape(model.init, jax.random.key(0), ids))["params"]
-  apply = layout.in_context(jax.jit(
-      lambda p, x: model.apply({"params": p}, x)))
-  sharded, single = (apply(jax.device_put(params, shardings), ids),
-                     model.apply({"params": params}, ids))
+  sharded, single = sharded_and_single(model, ids)
   for key in ("logits", "nsp"):
     np.testing.assert_allclose(sharded[key], single[key], atol=2e-5)
 

@@ -256,14 +256,14 @@ def export(params, cfg, class_names) -> hf_layout.HFExport:
                   problem_type="single_label_classification")
   return hf_layout.HFExport(
       config={**config, "architectures": [arch]}, tensors=tensors,
-      reference=lambda d, batch: _reference(arch, d, batch, cfg.pad_id),
+      reference=lambda d, batch: reference(arch, d, batch, cfg.pad_id),
       outputs=_outputs(cfg), tokenizer_config=tokenizer,
       usage=(f"model = transformers.{arch}.from_pretrained(DIR)\n"
              "tokenizer = transformers.AutoTokenizer.from_pretrained(DIR)"))
 
 
 def _outputs(cfg):
-  """Our model's outputs under the names `_reference` gives."""
+  """Our model's outputs under the names `reference` gives."""
   def outputs(out):
     if cfg.head == "none":
       return {"hidden_states": out}
@@ -274,7 +274,10 @@ def _outputs(cfg):
   return outputs
 
 
-def _reference(arch: str, model_dir: str, batch: dict, pad_id: int) -> dict:
+def reference(arch: str, model_dir: str, batch: dict, pad_id: int) -> dict:
+  """The outputs of transformers' `arch` (an encoder: *Model, *ForMaskedLM,
+  *ForPreTraining, *ForSequenceClassification) loaded from `model_dir` on
+  a batch, under the names `export` compares."""
   import torch
   import transformers
   model = getattr(transformers, arch).from_pretrained(model_dir).eval()

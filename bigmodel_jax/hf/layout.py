@@ -7,6 +7,7 @@ A layout is a list of rules `(HF tensor name, our path, kind)`:
                first k axes: stored transposed
   kind -k      a GPT-2 Conv1D weight (in, out), input our first k axes
   "conv"       a torch Conv2d weight (out, in, h, w); ours is (h, w, in, out)
+  "conv1d"     a torch Conv1d weight (out, in, w); ours is (w, in, out)
 
 `to_hf` and `from_hf` apply a layout in either direction; a family's export
 hook returns an `HFExport`, which `bigmodel_jax.export` writes and verifies.
@@ -52,15 +53,18 @@ def put(tree: dict, path: tuple, value) -> None:
   tree[path[-1]] = value
 
 
-def encoder_layer(hf: str, ours: str, attention: str, norms: tuple) -> list:
-  """The rows of one BERT-style encoder layer (BERT, ViT): `attention`
-  {query,key,value} (ours: heads x head_dim), attention.output.dense,
-  intermediate.dense, output.dense (ours: out, fc, proj) and the two
-  LayerNorms `norms`, (HF name, our name) pairs; `hf`, `ours`: prefixes."""
+def encoder_layer(hf: str, ours: str, attention: str, norms: tuple,
+                  suffix: str = "") -> list:
+  """The rows of one BERT-style encoder layer (BERT, ViT, DeBERTa):
+  `attention` {query,key,value}`suffix` (ours: heads x head_dim),
+  attention.output.dense, intermediate.dense, output.dense (ours: out, fc,
+  proj) and the two LayerNorms `norms`, (HF name, our name) pairs; `hf`,
+  `ours`: prefixes."""
   out = []
   for name in ("query", "key", "value"):
-    out += [(f"{hf}{attention}{name}.weight", (ours, name, "kernel"), 1),
-            (f"{hf}{attention}{name}.bias", (ours, name, "bias"), 0)]
+    out += [(f"{hf}{attention}{name}{suffix}.weight", (ours, name, "kernel"),
+             1),
+            (f"{hf}{attention}{name}{suffix}.bias", (ours, name, "bias"), 0)]
   for hf_name, our_name, k in (("attention.output.dense", "out", 2),
                                ("intermediate.dense", "fc", 1),
                                ("output.dense", "proj", 1)):
@@ -79,6 +83,8 @@ def to_hf(tree, rules) -> dict:
     value = np.asarray(get(tree, path), np.float32)
     if kind == "conv":
       value = value.transpose(3, 2, 0, 1)
+    elif kind == "conv1d":
+      value = value.transpose(2, 1, 0)
     elif kind:
       value = value.reshape(math.prod(value.shape[:abs(kind)]), -1)
       value = value.T if kind > 0 else value
@@ -106,6 +112,8 @@ def from_hf(tensors: dict, rules, shapes, optional: tuple = ()) -> dict:
     value = tensors[name]
     if kind == "conv":
       value = value.transpose(2, 3, 1, 0)
+    elif kind == "conv1d":
+      value = value.transpose(2, 1, 0)
     elif kind > 0:
       value = value.T
     shape = get(shapes, path)

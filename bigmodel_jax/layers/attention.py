@@ -5,7 +5,10 @@
 Self-attention over x, or cross-attention over `context`; bidirectional or
 causal; `mask` (B, 1, T, S) booleans (padding, packed segments: see
 `padding_mask`, `segment_mask`); `bias` (B|1, H, T, S) added to the scores
-(relative positions); `rotate` applied to queries and keys (RoPE); grouped
+(relative positions), or a function of the projected queries and keys
+(B, T|S, H, D) that gives it (DeBERTa's disentangled attention); `scale`
+of the scores (default 1/sqrt(head_dim)); `rotate` applied to queries and
+keys (RoPE); grouped
 key/value heads (GQA / MQA). The "query", "key", "value" and "out"
 projections are made by the family's `dense` (layers.linear.Dense: LoRA,
 initialisers) in the calling `module`, so each family keeps its parameter
@@ -52,9 +55,9 @@ def segment_mask(segments):
 
 
 def attention(module: nn.Module, x, dense, heads: Heads, *, out_dim: int,
-              context=None, mask=None, bias=None, causal: bool = False,
-              rotate=None, cache_start=None, cache_size: int = 0,
-              implementation=None):
+              context=None, mask=None, bias=None, scale=None,
+              causal: bool = False, rotate=None, cache_start=None,
+              cache_size: int = 0, implementation=None):
   """Attention of x (B, T, D) over itself or `context` (B, S, D'); see the
   module doc. Returns (B, T, out_dim)."""
   source = x if context is None else context
@@ -65,16 +68,18 @@ def attention(module: nn.Module, x, dense, heads: Heads, *, out_dim: int,
   if rotate is not None:
     q, k = rotate(q), rotate(k)
   q, k, v = (nn.with_logical_constraint(t, ACT) for t in (q, k, v))
+  if callable(bias):
+    bias = bias(q, k)
   if cache_start is not None:
-    out = _cached(module, q, k, v, cache_start, cache_size, mask, bias)
+    out = _cached(module, q, k, v, cache_start, cache_size, mask, bias, scale)
   elif explaining(module):
-    probs = probabilities(q, k, mask, bias, causal)
+    probs = probabilities(q, k, mask, bias, causal, scale)
     module.sow("intermediates", "attention", probs)
     out = jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype),
                      jnp.repeat(v, q.shape[2] // v.shape[2], axis=2))
   else:
     out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
-                                       is_causal=causal,
+                                       scale=scale, is_causal=causal,
                                        implementation=implementation)
   out = nn.with_logical_constraint(out, ACT)
   return dense((out_dim,), ("heads", "kv", "embed"), "out")(out)
@@ -87,14 +92,15 @@ def explaining(module: nn.Module) -> bool:
           not module.is_initializing())
 
 
-def probabilities(q, k, mask=None, bias=None, causal: bool = False):
+def probabilities(q, k, mask=None, bias=None, causal: bool = False,
+                  scale=None):
   """(B, heads, T, S) attention weights, as `dot_product_attention` computes
   them inside: explaining a model reads them (sown as "attention" in
   "intermediates" when that collection is mutable)."""
   k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)  # GQA groups.
   scores = jnp.einsum("bthd,bshd->bhts", q, k,
                       preferred_element_type=jnp.float32)
-  scores = scores / np.sqrt(q.shape[-1])
+  scores = _scaled(scores, q.shape[-1], scale)
   if bias is not None:
     scores = scores + bias
   keep = jnp.ones(scores.shape, bool)
@@ -105,7 +111,12 @@ def probabilities(q, k, mask=None, bias=None, causal: bool = False):
   return jax.nn.softmax(jnp.where(keep, scores, -1e30), -1)
 
 
-def _cached(module, q, k, v, start, size: int, mask, bias):
+def _scaled(scores, head_dim: int, scale):
+  """Scores times `scale`, by default divided by sqrt(head_dim)."""
+  return scores / np.sqrt(head_dim) if scale is None else scores * scale
+
+
+def _cached(module, q, k, v, start, size: int, mask, bias, scale):
   """Writes each row's k, v at its own cache position `start` (B,) and
   attends causally over the cache. The cache is heads-major
   (B, kv_heads, size, D), so a one-position step reads it without
@@ -125,7 +136,7 @@ def _cached(module, q, k, v, start, size: int, mask, bias):
   seen = jnp.arange(size) <= (start[:, None] + jnp.arange(length))[..., None]
   if mask is not None:
     seen = seen & mask.reshape(batch, length, size)
-  scores = scores / np.sqrt(head_dim)
+  scores = _scaled(scores, head_dim, scale)
   if bias is not None:
     scores = scores + bias.reshape(bias.shape[0], kv_heads, -1, length, size)
   scores = jnp.where(seen[:, None, None], scores, -1e30)

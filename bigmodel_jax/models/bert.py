@@ -115,9 +115,19 @@ def _dense(cfg: Config) -> Dense:
                lora_targets=tuple(cfg.lora_targets.split(",")))
 
 
-def _layer_norm(cfg: Config, name: str) -> nn.Module:
+def layer_norm(cfg, name: str) -> nn.Module:
+  """A LayerNorm of a config with layer_norm_eps, dtype and param_dtype."""
   return norm("layernorm", name, eps=cfg.layer_norm_eps, dtype=cfg.dtype,
               param_dtype=cfg.param_dtype)
+
+
+def post_norm(cfg, residual, attended, dense, dropout):
+  """The rest of a post-LN layer (BERT's, DeBERTa's) after its attention:
+  x = LN(residual + attended); LN(x + mlp(x)), in the calling module."""
+  x = layer_norm(cfg, "attn_ln")(residual + dropout(attended))
+  y = mlp(x, dense, cfg.mlp_dim, cfg.emb_dim, "gelu_exact")
+  x = layer_norm(cfg, "mlp_ln")(x + dropout(y))
+  return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
 class Layer(nn.Module):
@@ -135,10 +145,7 @@ class Layer(nn.Module):
     y = attention.attention(self, x, _dense(cfg), heads, out_dim=cfg.emb_dim,
                             mask=attention.padding_mask(mask),
                             implementation=cfg.attention_impl)
-    x = _layer_norm(cfg, "attn_ln")(x + dropout(y))
-    y = mlp(x, _dense(cfg), cfg.mlp_dim, cfg.emb_dim, "gelu_exact")
-    x = _layer_norm(cfg, "mlp_ln")(x + dropout(y))
-    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    return post_norm(cfg, x, y, _dense(cfg), dropout)
 
 
 class Model(nn.Module):
@@ -169,7 +176,7 @@ class Model(nn.Module):
     x = (words(tokens) +
          _positions(positions, mask, cfg.position_offset).astype(cfg.dtype) +
          jnp.take(types, segments, axis=0).astype(cfg.dtype))
-    x = _layer_norm(cfg, "embeddings_ln")(x)
+    x = layer_norm(cfg, "embeddings_ln")(x)
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
     if cfg.embed_dim:
       x = _dense(cfg)((cfg.emb_dim,), ("embed", "mlp"), "embed_proj")(x)
@@ -185,7 +192,7 @@ class Model(nn.Module):
       return vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
     if cfg.head == "mlm":
       y = _dense(cfg)((width,), ("embed", "mlp"), "mlm_transform")(x)
-      y = _layer_norm(cfg, "mlm_ln")(jax.nn.gelu(y, approximate=False))
+      y = layer_norm(cfg, "mlm_ln")(jax.nn.gelu(y, approximate=False))
       bias = self.param("mlm_bias", zeros_init(("vocab",)),
                         (cfg.vocab_size,), cfg.param_dtype)
       logits = (words.attend(y) + bias).astype(jnp.float32)
@@ -245,14 +252,9 @@ def trainable_presets(config) -> dict:
   """Names for `optimizer.trainable`: regexes over "/"-joined parameter
   paths. "head": the task head only; "topK": the top K layers and the head;
   "lora": the LoRA adapters and the head."""
-  head = r"^(pooler|classifier|mlm_|nsp/)"
-  presets = {"head": head, "lora": rf"lora_|{head}"}
-  if not config.share_layers:
-    n = config.num_layers
-    for k in range(1, n + 1):
-      top = "|".join(str(i) for i in range(n - k, n))
-      presets[f"top{k}"] = rf"^layer_({top})/|{head}"
-  return presets
+  return families.layer_presets(
+      0 if config.share_layers else config.num_layers,
+      r"^(pooler|classifier|mlm_|nsp/)")
 
 
 def from_hf(model_dir: str, variant: str = "base", **overrides):
