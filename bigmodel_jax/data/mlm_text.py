@@ -3,8 +3,9 @@
 The text's lines are tokenized (`input.vocab_file`, or a vocabulary of the
 kind `input.tokenizer` trained on the train split: BERT's WordPiece,
 RoBERTa's byte-level BPE, ALBERT's Unigram) and packed into [CLS] ... [SEP]
-sequences of `seq_len` (<s> ... </s> in RoBERTa's vocabulary). Each batch masks `mask_rate` of the real tokens: 80% become
-[MASK], 10% a random token, 10% stay; the loss is on masked positions only
+sequences of `seq_len` (<s> ... </s> in RoBERTa's vocabulary). Each batch
+masks `mask_rate` of the real tokens: 80% become [MASK], 10% a random
+token, 10% stay; the loss is on masked positions only
 ("weights"). Masks are drawn per (seed, step) — RoBERTa's dynamic masking —
 or, with `input.static_masking`, once per sequence as in the original BERT.
 

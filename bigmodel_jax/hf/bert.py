@@ -118,7 +118,8 @@ def rules(cfg, projection: bool = True) -> list[tuple[str, tuple, int]]:
            ("output.LayerNorm", "mlp_ln")))
     return out + _heads(cfg)
   if projection:
-    out += _linear("encoder.embedding_hidden_mapping_in", ("embed_proj",), 1)
+    out += hf_layout.linear("encoder.embedding_hidden_mapping_in",
+                            ("embed_proj",))
   groups = ([("layer", 0)] if cfg.share_layers else
             [(f"layer_{i}", i) for i in range(cfg.num_layers)])
   for ours, group in groups:
@@ -127,38 +128,30 @@ def rules(cfg, projection: bool = True) -> list[tuple[str, tuple, int]]:
         ("attention.query", "query", 1), ("attention.key", "key", 1),
         ("attention.value", "value", 1), ("attention.dense", "out", 2),
         ("ffn", "fc", 1), ("ffn_output", "proj", 1)):
-      out += _linear(hf + hf_name, (ours, our_name), k)
-    out += _norm(hf + "attention.LayerNorm", (ours, "attn_ln"))
-    out += _norm(hf + "full_layer_layer_norm", (ours, "mlp_ln"))
+      out += hf_layout.linear(hf + hf_name, (ours, our_name), k)
+    out += hf_layout.norm(hf + "attention.LayerNorm", (ours, "attn_ln"))
+    out += hf_layout.norm(hf + "full_layer_layer_norm", (ours, "mlp_ln"))
   return out + _heads(cfg)
 
 
-def _linear(hf: str, ours: tuple, k: int) -> list:
-  return [(f"{hf}.weight", (*ours, "kernel"), k),
-          (f"{hf}.bias", (*ours, "bias"), 0)]
-
-
-def _norm(hf: str, ours: tuple) -> list:
-  return [(f"{hf}.weight", (*ours, "scale"), 0),
-          (f"{hf}.bias", (*ours, "bias"), 0)]
 
 
 def _heads(cfg) -> list:
   """The head's rows under the family's names (HEADS)."""
   names, out = HEADS[family(cfg)], []
   if cfg.head == "classifier" or (cfg.head == "mlm" and cfg.nsp):
-    out += _linear(names.pooler, ("pooler",), 1)
+    out += hf_layout.linear(names.pooler, ("pooler",), 1)
   if cfg.head == "classifier":
-    out += _linear(names.classifier, ("classifier",), 1)
+    out += hf_layout.linear(names.classifier, ("classifier",), 1)
   if cfg.head == "mlm":
-    out += _linear(f"{names.transform}dense", ("mlm_transform",), 1)
-    out += _norm(names.transform + names.transform_norm, ("mlm_ln",))
+    out += hf_layout.linear(f"{names.transform}dense", ("mlm_transform",), 1)
+    out += hf_layout.norm(names.transform + names.transform_norm, ("mlm_ln",))
     out += [(names.mlm_bias, ("mlm_bias",), 0)]
     if cfg.nsp:
       if names.pair is None:
         raise NotExportable(f"{family(cfg)} models have no sentence-pair "
                             "head (model.nsp).")
-      out += _linear(names.pair, ("nsp",), 1)
+      out += hf_layout.linear(names.pair, ("nsp",), 1)
   return out
 
 

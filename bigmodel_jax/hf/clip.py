@@ -38,10 +38,6 @@ def _layer(hf: str, block: tuple, attn: tuple) -> list:
   return out
 
 
-def _norm(hf: str, ours: tuple) -> list:
-  return [(f"{hf}.weight", ours + ("scale",), 0),
-          (f"{hf}.bias", ours + ("bias",), 0)]
-
 
 def rules(image_layers: int, text_layers: int) -> list:
   """The layout (see `hf_layout`) without class token, positions and
@@ -49,9 +45,9 @@ def rules(image_layers: int, text_layers: int) -> list:
   v, t = "vision_model.", "text_model."
   out = [(f"{v}embeddings.patch_embedding.weight",
           ("image_tower", "embedding", "kernel"), "conv"),
-         *_norm(f"{v}pre_layrnorm", ("image_tower", "ln_pre")),
-         *_norm(f"{v}post_layernorm", ("image_tower", "ln_f")),
-         *_norm(f"{t}final_layer_norm", ("text_tower", "ln_f")),
+         *hf_layout.norm(f"{v}pre_layrnorm", ("image_tower", "ln_pre")),
+         *hf_layout.norm(f"{v}post_layernorm", ("image_tower", "ln_f")),
+         *hf_layout.norm(f"{t}final_layer_norm", ("text_tower", "ln_f")),
          (f"{t}embeddings.position_embedding.weight", ("text_tower", "wpe"), 0),
          ("visual_projection.weight", ("image_proj", "kernel"), 1),
          ("text_projection.weight", ("text_proj", "kernel"), 1),

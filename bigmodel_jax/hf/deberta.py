@@ -36,14 +36,6 @@ SUPPORTED = {"relative_attention": (True,), "hidden_act": ("gelu",),
              "pooler_hidden_act": ("gelu",), "conv_groups": (1,)}
 
 
-def _linear(hf: str, ours: tuple, k: int = 1) -> list:
-  return [(f"{hf}.weight", (*ours, "kernel"), k),
-          (f"{hf}.bias", (*ours, "bias"), 0)]
-
-
-def _norm(hf: str, ours: tuple) -> list:
-  return [(f"{hf}.weight", (*ours, "scale"), 0),
-          (f"{hf}.bias", (*ours, "bias"), 0)]
 
 
 def rules(cfg) -> list[tuple[str, tuple, int]]:
@@ -59,14 +51,14 @@ def rules(cfg) -> list[tuple[str, tuple, int]]:
                 ("token_type_embeddings",), 0))
   if cfg.embed_dim:
     out.append(("embeddings.embed_proj.weight", ("embed_proj", "kernel"), 1))
-  out += _norm("embeddings.LayerNorm", ("embeddings_ln",))
+  out += hf_layout.norm("embeddings.LayerNorm", ("embeddings_ln",))
   out.append(("encoder.rel_embeddings.weight", ("rel_embeddings",), 0))
   if cfg.norm_rel_embeddings:
-    out += _norm("encoder.LayerNorm", ("rel_ln",))
+    out += hf_layout.norm("encoder.LayerNorm", ("rel_ln",))
   if cfg.conv_kernel_size:
     out += [("encoder.conv.conv.weight", ("conv_kernel",), "conv1d"),
             ("encoder.conv.conv.bias", ("conv_bias",), 0)]
-    out += _norm("encoder.conv.LayerNorm", ("conv_ln",))
+    out += hf_layout.norm("encoder.conv.LayerNorm", ("conv_ln",))
   for i in range(cfg.num_layers):
     hf, ours = f"encoder.layer.{i}.", f"layer_{i}"
     out += hf_layout.encoder_layer(
@@ -77,14 +69,16 @@ def rules(cfg) -> list[tuple[str, tuple, int]]:
     if not cfg.share_att_key:
       for kind, name in (("c2p", "pos_key"), ("p2c", "pos_query")):
         if kind in cfg.position_attention:
-          out += _linear(f"{hf}attention.self.{name}_proj", (ours, name))
+          out += hf_layout.linear(f"{hf}attention.self.{name}_proj",
+                                  (ours, name))
   if cfg.head == "mlm":
-    out += _linear("cls.predictions.transform.dense", ("mlm_transform",))
-    out += _norm("cls.predictions.transform.LayerNorm", ("mlm_ln",))
+    out += hf_layout.linear("cls.predictions.transform.dense",
+                            ("mlm_transform",))
+    out += hf_layout.norm("cls.predictions.transform.LayerNorm", ("mlm_ln",))
     out.append(("cls.predictions.bias", ("mlm_bias",), 0))
   if cfg.head == "classifier":
-    out += _linear("pooler.dense", ("pooler",))
-    out += _linear("classifier", ("classifier",))
+    out += hf_layout.linear("pooler.dense", ("pooler",))
+    out += hf_layout.linear("classifier", ("classifier",))
   return out
 
 

@@ -53,6 +53,20 @@ def put(tree: dict, path: tuple, value) -> None:
   tree[path[-1]] = value
 
 
+def linear(hf: str, ours: tuple, k: int = 1) -> list:
+  """The rows of a torch Linear `hf` (weight, bias) as our kernel (input:
+  its first `k` axes) and bias at path `ours`."""
+  return [(f"{hf}.weight", (*ours, "kernel"), k),
+          (f"{hf}.bias", (*ours, "bias"), 0)]
+
+
+def norm(hf: str, ours: tuple) -> list:
+  """The rows of a torch LayerNorm `hf` (weight, bias) as our norm's scale
+  and bias at path `ours`."""
+  return [(f"{hf}.weight", (*ours, "scale"), 0),
+          (f"{hf}.bias", (*ours, "bias"), 0)]
+
+
 def encoder_layer(hf: str, ours: str, attention: str, norms: tuple,
                   suffix: str = "") -> list:
   """The rows of one BERT-style encoder layer (BERT, ViT, DeBERTa):
