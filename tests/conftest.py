@@ -282,6 +282,12 @@ SERVABLE = {
 }
 
 
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (setup.cfg): one worker per usable core, at most 4; each holds
+  its files' compiled programs and trained fixtures. `-n 0` runs in-process."""
+  return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 @pytest.fixture(scope="session")
 def servable(tmp_path_factory):
   """name -> workdir of a tiny trained run (see SERVABLE), made on first use."""
