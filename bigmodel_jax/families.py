@@ -138,6 +138,12 @@ def check_lora_targets(fields: dict, allowed: tuple) -> None:
                       f"choose from {allowed}.")
 
 
+def lm_task(config) -> str:
+  """`default_task` of the language-model families."""
+  del config
+  return "lm"
+
+
 def classification_task(config) -> str:
   """`default_task` of the image classifier families."""
   del config

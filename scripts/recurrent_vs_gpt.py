@@ -1,13 +1,14 @@
-"""The recurrent baselines next to the GPT character model: equal
+"""The recurrent models next to the GPT character model: equal
 parameters, equal segment length, equal steps, then equal wall time.
 
   python scripts/recurrent_vs_gpt.py --workdir runs/recurrent [--seed 0]
 
-Trains `gpt_shakespeare_char.py:cpu` (also at the recurrent recipes'
-learning rate, 2e-3), `rnn_shakespeare_char.py:cpu` (LSTM) and `:gru` for
-2,000 steps each with the README's command (timed whole:
-start, evaluations, checkpoints), then each recurrent model again with
-the steps that fit the GPT's wall time (its schedule scaled to them).
+Trains `gpt_shakespeare_char.py:cpu` (also at the RNN recipes' learning
+rate, 2e-3), `rnn_shakespeare_char.py:cpu` (LSTM), `:gru` and
+`transformer_xl_char.py:cpu` (its 64-token segments with a memory of 64) for
+2,000 steps each with the README's command (timed whole: start,
+evaluations, checkpoints), then each of the others again with the steps
+that fit the GPT's wall time (its schedule scaled to them).
 Each run is an ordinary run in WORKDIR/NAME (a finished one is not
 retrained; its time is kept in WORKDIR/NAME/wall.json). Prints a table of
 parameters, steps, wall time, median training tokens/s, the TFDS
@@ -41,7 +42,8 @@ RUNS = {"gpt": ("gpt_shakespeare_char.py:cpu", ()),
                          ("--config.optimizer.learning_rate=2e-3",
                           "--config.optimizer.min_learning_rate=2e-4")),
         "lstm": ("rnn_shakespeare_char.py:cpu", ()),
-        "gru": ("rnn_shakespeare_char.py:gru", ())}
+        "gru": ("rnn_shakespeare_char.py:gru", ()),
+        "transformer-xl": ("transformer_xl_char.py:cpu", ())}
 
 
 def _module(name: str, *args) -> None:
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
                            name.replace(", ", "_").replace(" ", ""))
     rows.append(row(name, workdir, train(workdir, run, args.seed, 2000)))
   budget = rows[0]["wall"]
-  for name in ("lstm", "gru"):
+  for name in ("lstm", "gru", "transformer-xl"):
     steps = round(2000 * budget / next(r["wall"] for r in rows
                                        if r["run"] == name))
     workdir = os.path.join(args.workdir, f"{name}_equal_wall")
@@ -127,7 +129,7 @@ def main(argv=None) -> None:
     ax.plot(*seconds_curve(r["records"]), marker=".", label=r["run"])
   ax.set_xlabel("training seconds (logged step times)")
   ax.set_ylabel("val/loss")
-  ax.set_title("Character models at ~0.8M parameters, context 64")
+  ax.set_title("Character models at ~0.8M parameters, segments of 64")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()

@@ -264,6 +264,11 @@ SERVABLE = {
     "lstm": ("rnn_shakespeare_char.py:cpu", {
         "model.hidden_dim": 32, "model.block_size": 64, "input.seq_len": 32,
         "input.batch_size": 8, "input.eval_steps": 1}),
+    "transformer_xl": ("transformer_xl_char.py:cpu", {
+        "model.num_layers": 2, "model.num_heads": 2, "model.emb_dim": 32,
+        "model.mlp_dim": 64, "model.segment_len": 8, "model.mem_len": 8,
+        "model.block_size": 64, "input.seq_len": 24, "input.batch_size": 8,
+        "input.eval_steps": 1}),
     "gan": ("gan_digits.py:cond", {
         "model.features": 8, "model.hidden_dim": 16, "model.latent_dim": 8,
         "input.batch_size": 32, "total_steps": 150, "eval_every_steps": 150,
@@ -315,6 +320,34 @@ def model_server(servable, folder, names: list, args: list):
                       args=["--config.warm_up=false", *args]) as server:
     server.db = db
     yield server
+
+
+def check_greedy_completions(servable, tmp_path, name: str, prompt: str,
+                             tokens: int) -> None:
+  """The server's greedy completion of the tiny run `name` (through the
+  unmodified openai client) is the full forward pass's argmax, token after
+  token, and so is `decoding.generate`'s."""
+  import openai
+  from bigmodel_jax import decoding, runs
+  run = runs.load(servable(name))
+  ids = np.zeros((1, len(run.tokenizer.encode(prompt)) + tokens), np.int32)
+  start = ids.shape[1] - tokens
+  ids[0, :start] = run.tokenizer.encode(prompt)
+  forward = jax.jit(lambda ids: run.model.apply({"params": run.params}, ids))
+  for t in range(start, ids.shape[1]):  # Causal: later zeros unread.
+    ids[0, t] = int(jnp.argmax(forward(ids)[0, t - 1]))
+  greedy = list(ids[0, start:])
+  with model_server(servable, tmp_path, [name], []) as server:
+    client = openai.OpenAI(base_url=server.url + "/v1",
+                           api_key=process.create_key(server.db, "tests"))
+    answer = client.completions.create(model=name, prompt=prompt,
+                                       max_tokens=tokens, temperature=0)
+  assert answer.choices[0].text == run.tokenizer.decode(greedy)
+  assert answer.usage.completion_tokens == tokens
+  sampled = decoding.generate(run.model, run.params, ids[:, :start], tokens,
+                              jax.random.key(0), context=run.parts["decode"],
+                              temperature=0.0)
+  assert list(sampled[0]) == greedy
 
 
 def _postgres_binaries() -> str | None:

@@ -17,7 +17,7 @@ from flax import traverse_util
 from bigmodel_jax import (compress, config_loader, distill, evaluate,
                           metric_writer, pruning, quantization, runs, sample,
                           train)
-from bigmodel_jax.models import bert, deberta, gpt, resnet, vit
+from bigmodel_jax.models import bert, deberta, gpt, resnet, transformer_xl, vit
 from bigmodel_jax.serving import models, settings
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
@@ -61,6 +61,10 @@ FAMILIES = {
         "v3-xsmall", vocab_size=100, num_layers=1, emb_dim=64, num_heads=2,
         mlp_dim=128, position_buckets=8, head="classifier", num_classes=3),
                 jnp.arange(1, 33, dtype=jnp.int32).reshape(2, 16)),
+    "transformer_xl": (transformer_xl, transformer_xl.model_config(
+        "char-nano", vocab_size=65, num_layers=1, emb_dim=64, num_heads=2,
+        segment_len=8, mem_len=8),
+                       jnp.arange(32, dtype=jnp.int32).reshape(2, 16) % 65),
     "vit": (vit, vit.model_config("Ti/4", emb_dim=64, num_layers=1,
                                   num_heads=2, mlp_dim=128, num_classes=10),
             jax.random.normal(jax.random.key(1), (2, 16, 16, 1))),

@@ -9,11 +9,11 @@ import pytest
 import torch
 from flax import linen as nn
 
-from bigmodel_jax import config_loader, decoding, runs
+from bigmodel_jax import config_loader
 from bigmodel_jax.models import rnn
-from bigmodel_jax.serving import process
 from conftest import (OK, SERVABLE, _EXPERIMENTS, cached_logits,
-                      check_every_command, model_server, run_steps)
+                      check_every_command, check_greedy_completions,
+                      run_steps)
 
 
 def _model(cell, **overrides):
@@ -153,25 +153,4 @@ def test_a_trained_run_goes_through_every_command(servable, tmp_path, capsys):
 @pytest.mark.slow
 def test_completions_continue_the_state_token_after_token(servable,
                                                           tmp_path):
-  """The server's greedy completion (the openai client's) is the full
-  forward pass's argmax, token after token, and so is `sample`'s."""
-  import openai
-  run = runs.load(servable("lstm"))
-  prompt = run.tokenizer.encode("ROMEO:")
-  ids = np.zeros((1, len(prompt) + 40), np.int32)
-  ids[0, :len(prompt)] = prompt
-  forward = jax.jit(lambda ids: run.model.apply({"params": run.params}, ids))
-  for t in range(len(prompt), ids.shape[1]):  # Causal: later zeros unread.
-    ids[0, t] = int(jnp.argmax(forward(ids)[0, t - 1]))
-  greedy = list(ids[0, len(prompt):])
-  with model_server(servable, tmp_path, ["lstm"], []) as server:
-    client = openai.OpenAI(base_url=server.url + "/v1",
-                           api_key=process.create_key(server.db, "tests"))
-    answer = client.completions.create(model="lstm", prompt="ROMEO:",
-                                       max_tokens=40, temperature=0)
-  assert answer.choices[0].text == run.tokenizer.decode(greedy)
-  assert answer.usage.completion_tokens == 40
-  sampled = decoding.generate(run.model, run.params, np.asarray([prompt]),
-                              40, jax.random.key(0),
-                              context=run.parts["decode"], temperature=0.0)
-  assert list(sampled[0]) == greedy
+  check_greedy_completions(servable, tmp_path, "lstm", "ROMEO:", 40)

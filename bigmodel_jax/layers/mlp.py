@@ -1,9 +1,9 @@
 """The transformer MLP: "fc" -> GELU (tanh or erf), CLIP's quick GELU
-(x sigmoid(1.702 x)) or SwiGLU -> "proj"."""
+(x sigmoid(1.702 x)), ReLU or SwiGLU -> "proj"."""
 import jax
 from flax import linen as nn
 
-ACTIVATIONS = ("gelu", "gelu_exact", "quick_gelu", "swiglu")
+ACTIVATIONS = ("gelu", "gelu_exact", "quick_gelu", "relu", "swiglu")
 
 
 def mlp(x, dense, hidden: int, out: int, activation: str):
@@ -14,6 +14,8 @@ def mlp(x, dense, hidden: int, out: int, activation: str):
     h = jax.nn.silu(dense((hidden,), ("embed", "mlp"), "gate")(x)) * h
   elif activation in ("gelu", "gelu_exact"):
     h = jax.nn.gelu(h, approximate=activation == "gelu")
+  elif activation == "relu":
+    h = jax.nn.relu(h)
   elif activation == "quick_gelu":
     h = h * jax.nn.sigmoid(1.702 * h)
   else:

@@ -121,11 +121,13 @@ def layer_norm(cfg, name: str) -> nn.Module:
               param_dtype=cfg.param_dtype)
 
 
-def post_norm(cfg, residual, attended, dense, dropout):
-  """The rest of a post-LN layer (BERT's, DeBERTa's) after its attention:
-  x = LN(residual + attended); LN(x + mlp(x)), in the calling module."""
+def post_norm(cfg, residual, attended, dense, dropout,
+              activation: str = "gelu_exact"):
+  """The rest of a post-LN layer (BERT's, DeBERTa's, Transformer-XL's) after
+  its attention: x = LN(residual + attended); LN(x + mlp(x)), in the calling
+  module."""
   x = layer_norm(cfg, "attn_ln")(residual + dropout(attended))
-  y = mlp(x, dense, cfg.mlp_dim, cfg.emb_dim, "gelu_exact")
+  y = mlp(x, dense, cfg.mlp_dim, cfg.emb_dim, activation)
   x = layer_norm(cfg, "mlp_ln")(x + dropout(y))
   return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 

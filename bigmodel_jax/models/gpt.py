@@ -242,11 +242,13 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x, _residual(self.decode)), None
 
 
-def _blocks(cfg: Config, train: bool, decode: bool):
-  """The layer stack: remat per config, then scanned or a list of layers."""
-  block = Block
+def blocks(cfg, train: bool, decode: bool, block=None):
+  """The layer stack of `block` (a module class of (cfg, train, decode):
+  (x, where) -> (x, None); default `Block`): remat per config (`remat`),
+  then stacked with `nn.scan` (`scan_layers`) or a list of `num_layers`."""
+  block = block or Block
   if cfg.remat != "none":
-    block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
+    block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat],
                      prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
     stack = nn.scan(block, variable_axes={"params": 0, "cache": 0,
@@ -301,7 +303,7 @@ class Model(nn.Module):
         jnp.arange(length) if positions is None else positions)}
     if segments is not None:
       where["mask"] = attention.segment_mask(segments)
-    for block in _blocks(cfg, train, decode):
+    for block in blocks(cfg, train, decode):
       x, _ = block(x, where)
     x = _norm(cfg, "ln_f")(x)
     if features:
@@ -320,9 +322,7 @@ class Model(nn.Module):
     return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
 
-def default_task(config) -> str:
-  del config
-  return "lm"
+default_task = families.lm_task
 
 
 def num_params(params, *, embeddings: bool = False) -> int:
