@@ -288,8 +288,8 @@ SERVABLE = {
 
 
 def pytest_xdist_auto_num_workers(config):
-  """`-n auto` (setup.cfg): one worker per usable core, at most 4; each holds
-  its files' compiled programs and trained fixtures. `-n 0` runs in-process."""
+  """`pytest -n auto`: one worker per usable core, at most 4; each holds its
+  files' compiled programs and trained fixtures (with `--dist loadfile`)."""
   return max(1, min(4, len(os.sched_getaffinity(0))))
 
 

@@ -305,7 +305,8 @@ def test_a_disk_filled_during_an_async_save_stops_the_next_step(small_disk):
   errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
   assert errors == [
       f"error: Writing a checkpoint to {small_disk}/checkpoints failed: No "
-      "space left on device. Stopping; the checkpoints before it are kept."]
+      "space left on device. Stopping; the checkpoints before it are kept."
+  ], run.stderr[-3000:]
   logged = [int(l.split()[1].split("/")[0]) for l in run.stdout.splitlines()
             if l.startswith("step ")]
   assert max(logged) < 20  # Stopped within a few steps, not at step 400.

@@ -101,7 +101,8 @@ def test_a_window_is_the_papers_recurrence_outputs_and_gradients(mem_len):
 def test_the_memory_reaches_as_far_as_the_definition_says():
   """One layer: a token changes exactly the predictions whose span
   [floor(p / S) S - M, p] holds it. Two layers reach one memory further:
-  the effective context exceeds the span."""
+  the effective context exceeds the span. Packed documents never reach
+  into each other."""
   tokens = np.random.default_rng(0).integers(0, 11, (1, 24))
   changed = tokens.copy()
   changed[0, 5] = (tokens[0, 5] + 1) % 11
@@ -116,6 +117,10 @@ def test_the_memory_reaches_as_far_as_the_definition_says():
     else:
       assert moved[span].all() and moved[~np.array(span)].any()
       assert not moved[5 + 2 * (3 + 4):].any()  # Two spans at most.
+  documents = np.array([[1] * 8 + [2] * 16])  # Packed: no reach across.
+  out = [model.apply({"params": params}, t, documents)
+         for t in (tokens, changed)]
+  assert not np.abs(out[0] - out[1])[0, 8:].any()
 
 
 def test_cached_decoding_equals_the_window():

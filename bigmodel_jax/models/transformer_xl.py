@@ -150,8 +150,9 @@ class Attention(nn.Module):
       del k
       scores = jnp.einsum("bthd,rhd->bhtr", q + r_bias.astype(q.dtype), r,
                           preferred_element_type=jnp.float32)
-      distance = jnp.broadcast_to(where["distance"][:, None],
-                                  scores.shape[:3] + where["distance"].shape[-1:])
+      distance = where["distance"][:, None]  # (B|1, 1, T, keys)
+      distance = jnp.broadcast_to(distance,
+                                  scores.shape[:3] + distance.shape[-1:])
       return jnp.take_along_axis(scores, distance, -1) / np.sqrt(cfg.head_size)
 
     return attention.attention(
