@@ -85,6 +85,20 @@ def attention(module: nn.Module, x, dense, heads: Heads, *, out_dim: int,
   return dense((out_dim,), ("heads", "kv", "embed"), "out")(out)
 
 
+def cache_start(module: nn.Module, rows: int, length: int, size: int,
+                lengths=None):
+  """Where each of `rows` rows writes its `length` new tokens in a KV cache
+  of `size` positions (B,): the row's own count of cached tokens, kept in
+  `module`'s "cache" collection as "index" and advanced by `lengths` (real
+  tokens of right-padded rows; None: all `length`). Idle rows are clamped
+  so they never write past the cache."""
+  index = module.variable("cache", "index", nn.with_logical_partitioning(
+      jnp.zeros, ("batch",)), (rows,), jnp.int32)
+  start = jnp.minimum(index.value, size - length)
+  index.value = start + (length if lengths is None else lengths)
+  return start
+
+
 def explaining(module: nn.Module) -> bool:
   """Whether `module` runs for `attribution.py`: "intermediates" mutable
   outside init (so sown values never become variables of a run)."""

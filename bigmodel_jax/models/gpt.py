@@ -242,11 +242,10 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x, _residual(self.decode)), None
 
 
-def blocks(cfg, train: bool, decode: bool, block=None):
+def blocks(cfg, train: bool, decode: bool, block=Block):
   """The layer stack of `block` (a module class of (cfg, train, decode):
-  (x, where) -> (x, None); default `Block`): remat per config (`remat`),
-  then stacked with `nn.scan` (`scan_layers`) or a list of `num_layers`."""
-  block = block or Block
+  (x, where) -> (x, None)): remat per config (`remat`), then stacked with
+  `nn.scan` (`scan_layers`) or a list of `num_layers`."""
   if cfg.remat != "none":
     block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat],
                      prevent_cse=not cfg.scan_layers)
@@ -278,10 +277,8 @@ class Model(nn.Module):
     cfg = self.config
     length = tokens.shape[1]
     if decode:  # Each row continues from its own position.
-      index = self.variable("cache", "index", nn.with_logical_partitioning(
-          jnp.zeros, ("batch",)), tokens.shape[:1], jnp.int32)
-      start = jnp.minimum(index.value, cfg.block_size - length)  # Idle rows.
-      index.value = start + (length if lengths is None else lengths)
+      start = attention.cache_start(self, tokens.shape[0], length,
+                                    cfg.block_size, lengths)
       if positions is None:
         positions = start[:, None] + jnp.arange(length)
     else:

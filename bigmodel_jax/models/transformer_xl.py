@@ -233,11 +233,8 @@ class Model(nn.Module):
     if decode:  # Each row continues from its own position.
       if segments is not None:
         raise ConfigError("Transformer-XL decodes one document per row.")
-      index = self.variable("cache", "index", nn.with_logical_partitioning(
-          jnp.zeros, ("batch",)), tokens.shape[:1], jnp.int32)
-      start = jnp.minimum(index.value, cfg.block_size - length)  # Idle rows.
-      index.value = start + (length if lengths is None else lengths)
-      where = _cached(cfg, start, length)
+      where = _cached(cfg, attention.cache_start(
+          self, tokens.shape[0], length, cfg.block_size, lengths), length)
     else:
       where = _window(cfg, length, segments)
     wte = nn.Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype,
@@ -256,8 +253,6 @@ class Model(nn.Module):
 
 
 default_task = families.lm_task
-
-
 num_params = families.num_params
 
 
