@@ -22,6 +22,13 @@ ask for a capability, which holds when the run has all of its parts:
                                                weights (layers/attention.py)
   image_prompt   family.capabilities           decoding takes `images=` at
                                                prefill (a captioner)
+  source_prompt  family.capabilities           decoding takes `sources=`
+                 (value: their length)         (B, S) token ids at prefill:
+                                               an encoder reads the prompt
+                                               (`tokenizer.encode_batch(
+                                               texts, S)`) and the decoder
+                                               starts from the tokenizer's
+                                               pad_id (T5)
   lens           family.capabilities           the final norm (value: its
                                                module name) before the
                                                unembedding; blocks sow
@@ -45,8 +52,9 @@ ask for a capability, which holds when the run has all of its parts:
                                                more anomalous
 
 A capability a run lacks is refused in one line naming the parts missing
-(or the part that excludes it: a model that decodes from an image cannot
-generate or score text alone; it captions).
+(or the part that excludes it: a model that decodes from an image or an
+encoded text cannot continue or score text alone; it captions, or turns
+text into text).
 """
 from bigmodel_jax.errors import ConfigError
 
@@ -61,19 +69,24 @@ PARTS = {
     "attention": "its model family sows attention weights",
     "lens": "its model family names its final norm",
     "image_prompt": "its model family decodes from an image",
+    "source_prompt": "its model family decodes from an encoded text",
     "anomaly_scores": "its task scores examples",
     "image_generation": "its model family generates images from latents",
     "class_conditional": "its model family generates images of a class",
     "image_features": "its model family gives image features",
     "word_vectors": "its model family has a vector per word",
 }
-# Text alone is not enough for a model that decodes from an image.
-NEEDS_IMAGE = {"image_prompt"}
+# What a decoder continuing its prompt lacks: an image, or an encoder that
+# reads the prompt.
+PREFIXED = {"image_prompt", "source_prompt"}
 CAPABILITIES = {  # name -> (parts needed, what uses it[, parts it excludes])
     "generate": ({"next_token", "decode", "text"},
-                 "sample, /v1/completions, /v1/chat/completions",
-                 NEEDS_IMAGE),
-    "score_text": ({"next_token", "text"}, "evaluate --text", NEEDS_IMAGE),
+                 "sample, /v1/completions, /v1/chat/completions", PREFIXED),
+    "text_to_text": ({"next_token", "decode", "text", "source_prompt"},
+                     "sample, /v1/completions, /v1/chat/completions (the "
+                     "prompt is the input text), the text_to_text "
+                     "evaluator"),
+    "score_text": ({"next_token", "text"}, "evaluate --text", PREFIXED),
     "embed": ({"embed", "text"}, "/v1/embeddings"),
     "embed_image": ({"embed", "pixels"}, "/v1/embeddings of images"),
     "caption": ({"next_token", "decode", "text", "image_prompt"},
@@ -118,6 +131,15 @@ def of(have: dict) -> list[str]:
           not _needs(name)[2] & have.keys()]
 
 
+def of_evaluated_run(exp, name: str, evaluator: str) -> dict:
+  """The parts of an experiment's run (its input's tokenizer, if any);
+  ConfigError unless they make `name`."""
+  have = parts(exp.family, exp.task, exp.config.model,
+               getattr(exp.data, "tokenizer", None))
+  require(have, name, f"The {evaluator} evaluator's run")
+  return have
+
+
 def require(have: dict, name: str, what: str) -> None:
   """ConfigError naming the missing (or excluding) parts unless `have`
   makes `name`."""
@@ -131,4 +153,4 @@ def require(have: dict, name: str, what: str) -> None:
                                     for part in missing)
             if missing else ", ".join(f"{part!r}: {PARTS[part]}"
                                       for part in excluded) +
-            " (it needs more than text)") + ".")
+            " (it does not continue text)") + ".")

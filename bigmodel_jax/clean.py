@@ -31,6 +31,7 @@ import ml_collections
 
 from bigmodel_jax import config_loader, perf, workdirs
 from bigmodel_jax.curation import analysis, dedup
+from bigmodel_jax.dataio import jsonl
 from bigmodel_jax.errors import ConfigError, NotFound, entrypoint
 
 EXCERPT = 300  # Characters of each example in the report.
@@ -79,19 +80,12 @@ def documents(path: str, field: str):
     with open(path, encoding="utf-8", errors="replace") as f:
       yield f.read()
   elif path.endswith(".jsonl"):
-    with open(path, encoding="utf-8", errors="replace") as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ConfigError(f"{path}:{number} is not JSON ({e}).") from None
-        if not isinstance(record, dict) or not isinstance(
-            record.get(field), str):
-          raise ConfigError(f"{path}:{number} has no text field {field!r} "
-                            "(config.text_field).")
-        yield record[field]
+    for where, record in jsonl.records(path, errors="replace"):
+      if not isinstance(record, dict) or not isinstance(record.get(field),
+                                                        str):
+        raise ConfigError(f"{where} has no text field {field!r} "
+                          "(config.text_field).")
+      yield record[field]
   else:
     import pyarrow.parquet as pq  # Only parquet corpora need it.
     for batch in pq.ParquetFile(path).iter_batches(columns=[field]):

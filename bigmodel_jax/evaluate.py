@@ -12,11 +12,15 @@ validation text for 0.1) into non-overlapping windows of the run's sequence
 length; each token is predicted from the tokens before it in its window.
 The variables are read into their shards on all devices; progress and an
 ETA are printed for long evaluations. `--json FILE` writes the figures.
+`--eval KEY` also runs the run's evaluator `config.evals.KEY` on the split
+(e.g. a T5 run's BLEU and ROUGE of its decoded texts:
+`--split test --eval generated`).
 """
 import argparse
 import json
 import math
 import os
+import types
 
 import jax
 import numpy as np
@@ -115,6 +119,23 @@ def evaluate(run, total: int, batches, groups=None) -> dict:
   return metrics
 
 
+def run_evaluator(run, data, key: str, split: str) -> dict:
+  """KEY/NAME scalars of the run's evaluator `config.evals.KEY` on
+  `split`, given the run as its experiment (config, data, family, task,
+  model)."""
+  evals = run.config.get("evals") or {}
+  if key not in evals:
+    raise ConfigError(f"--eval {key}: the run has no config.evals.{key} "
+                      f"(it has {sorted(evals) or 'none'}).")
+  block = evals[key].copy_and_resolve_references()
+  block.split = split
+  exp = types.SimpleNamespace(config=run.config, data=data, family=run.family,
+                              task=run.task, model=run.model)
+  scalars, _ = registry.get("evaluators", block.get("name") or key
+                            ).Evaluator(block, exp)(run.variables)
+  return {f"{key}/{name}": value for name, value in scalars.items()}
+
+
 @entrypoint
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
@@ -129,9 +150,13 @@ def main(argv=None) -> None:
                       help="--text windows per batch (default: the run's)")
   runs.add_step_arg(parser)
   parser.add_argument("--json", help="also write the figures to this file")
+  parser.add_argument("--eval", action="append", default=[], metavar="KEY",
+                      help="also run config.evals.KEY on --split")
   args = parser.parse_args(argv)
   if not 0 < args.tail <= 1:
     raise ConfigError(f"--tail={args.tail}: it must be in (0, 1].")
+  if args.eval and not args.split:
+    raise ConfigError("--eval runs an evaluator on a --split.")
 
   run = runs.load(args.workdir, args.step)
   if args.text:
@@ -152,6 +177,8 @@ def main(argv=None) -> None:
         args.split)
   metrics = evaluate(run, total, batches,
                      None if args.text else data.group_names(args.split))
+  for key in args.eval:
+    metrics.update(run_evaluator(run, data, key, args.split))
   print(f"{args.workdir} step {run.step} on "
         f"{args.text or 'split ' + args.split}: " +
         " | ".join(f"{k} {v:,.0f}" if k in ("bytes", "tokens", "examples")

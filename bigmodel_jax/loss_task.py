@@ -104,3 +104,26 @@ class LossTask(ModelCall):
 
   def eval_step(self, model):
     return steps.make_eval_step(self, model)
+
+
+class PaddedText(LossTask):
+  """Next-token cross-entropy of text targets padded with `model.pad_id`
+  (not scored), each row weighted by the optional "weights" (B,) (eval
+  padding); subclasses say which ids are the targets (`target_ids`)."""
+
+  def target_ids(self, batch: dict):
+    raise NotImplementedError
+
+  def _weights(self, batch: dict):
+    weights = (self.target_ids(batch) != self.config.model.pad_id).astype(
+        jnp.float32)
+    if "weights" in batch:
+      weights = weights * batch["weights"][:, None]
+    return weights
+
+  def sums(self, logits, batch: dict) -> dict:
+    return cross_entropy_sums(logits, self.target_ids(batch),
+                              self._weights(batch))
+
+  def normalizer(self, batch: dict):
+    return jnp.sum(self._weights(batch))

@@ -281,6 +281,11 @@ SERVABLE = {
         "model.position_buckets": 8, "model.max_relative_positions": 16,
         "input.vocab_size": 500, "input.seq_len": 16,
         "input.batch_size": 8}),
+    "t5": ("t5.py:rt", {
+        "model.num_layers": 1, "model.emb_dim": 32, "model.num_heads": 2,
+        "model.head_dim": 16, "model.mlp_dim": 64, "model.dropout": 0.0,
+        "input.vocab_size": 500, "input.source_len": 32,
+        "input.batch_size": 32}),
     "vit": ("vit_digits.py:cpu", {
         "model.emb_dim": 32, "model.num_layers": 1, "model.num_heads": 2,
         "model.mlp_dim": 64, "input.batch_size": 32}),

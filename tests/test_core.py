@@ -38,8 +38,8 @@ def test_plugins_are_discovered_and_helpers_are_not_plugins():
   assert {"text_corpus", "sft", "char_lm"} <= set(registry.names("data"))
   assert not {"bpe", "chat", "common"} & set(registry.names("data"))
   assert registry.names("tasks") == ["captioning", "classification",
-                                     "contrastive", "gan", "lm", "mlm", "vae",
-                                     "word2vec"]
+                                     "contrastive", "gan", "lm", "mlm",
+                                     "seq2seq", "vae", "word2vec"]
   assert not {"layers", "hf_layout"} & set(registry.names("models"))
 
 
@@ -236,7 +236,8 @@ def test_an_unknown_evaluator_is_one_line_naming_those_there_are(tiny_config):
   with pytest.raises(ValueError, match=r"Unknown evaluators 'bleu'; have "
                      r"\['anomaly', 'captions', 'generated_images', "
                      r"'linear_probe', 'membership', 'param_norms', "
-                     r"'retrieval', 'split', 'word_vectors', 'zero_shot'\]"):
+                     r"'retrieval', 'split', 'text_to_text', 'word_vectors', "
+                     r"'zero_shot'\]"):
     experiment.build(config, jax.devices()[:1]).evaluators()
 
 

@@ -254,7 +254,7 @@ def test_a_trained_run_classifies_zero_shot_and_retrieves(trained):
 COMMANDS = {
     "clip": dict(sample="cannot generate", export_hf="ok",
                  explain="cannot logit lens"),
-    "caption": dict(sample="needs more than text",
+    "caption": dict(sample="does not continue text",
                     export_hf="has no Hugging Face export",
                     explain="cannot logit lens")}
 

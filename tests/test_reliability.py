@@ -296,6 +296,7 @@ def test_a_full_disk_stops_the_run_before_writing_with_one_line(small_disk):
   assert _steps(small_disk) == [5]
 
 
+@pytest.mark.serial  # Its async writes race the steps: alone.
 def test_a_disk_filled_during_an_async_save_stops_the_next_step(small_disk):
   # Free space looks plentiful, so the save of step 10 starts and fails
   # half-way through in Orbax's background threads.
@@ -336,6 +337,7 @@ metric_writer.MetricWriter.write_scalars = filling
 """
 
 
+@pytest.mark.serial  # Its async writes race the steps: alone.
 def test_a_disk_filled_between_saves_stops_with_one_line(tmp_path):
   # It used to hang in 2 of 3 trials: TensorBoard's writer thread died and
   # the main thread waited on its queue forever, holding the workdir lock.

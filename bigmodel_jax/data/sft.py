@@ -15,7 +15,6 @@ of (seed, step). Conversations are held in memory as token ids. The
 tokenizer and chat template are saved with the run for sampling and
 serving.
 """
-import json
 import os
 
 import jax
@@ -23,7 +22,7 @@ import numpy as np
 
 from bigmodel_jax.data import text_corpus
 
-from bigmodel_jax.dataio import bpe, chat
+from bigmodel_jax.dataio import bpe, chat, jsonl
 from bigmodel_jax.dataio.common import (SplitCache, StepInput, eval_positions,
                                       shuffled_indices, token_units)
 from bigmodel_jax.errors import ConfigError
@@ -43,15 +42,8 @@ def read(config, split: str) -> list[list[dict]]:
   """The conversations of a split's JSONL files, in file order."""
   conversations = []
   for path in text_corpus.paths(config, split):
-    with open(path, encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        if line.strip():
-          where = f"{path}:{number}"
-          try:
-            record = json.loads(line)
-          except json.JSONDecodeError as e:
-            raise ConfigError(f"{where} is not JSON ({e}).") from None
-          conversations.append(chat.messages_of(record, where))
+    for where, record in jsonl.records(path):
+      conversations.append(chat.messages_of(record, where))
   return conversations
 
 

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import tokenizers
 
+from bigmodel_jax.dataio import common
 from bigmodel_jax.errors import ConfigError, NotFound
 
 EOS = "<|endoftext|>"
@@ -117,11 +118,7 @@ def for_input(config, process_count: int, texts) -> BPE:
   one shared file)."""
   if config.tokenizer_file:
     return BPE.from_file(os.path.expanduser(config.tokenizer_file))
-  if process_count > 1:
-    raise ConfigError(
-        "Several processes need one shared tokenizer: train it once (a "
-        "one-process run writes WORKDIR/tokenizer.json) and pass "
-        "--config.input.tokenizer_file=PATH.")
+  common.train_tokenizer_once(process_count, "tokenizer_file")
   return BPE.train(texts(), config.vocab_size)
 
 

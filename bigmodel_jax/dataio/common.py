@@ -20,6 +20,17 @@ def process_rows(batch_size: int, process_index: int, process_count: int
   return slice(process_index * local, (process_index + 1) * local)
 
 
+def train_tokenizer_once(process_count: int, flag: str) -> None:
+  """ConfigError when several processes would each train a tokenizer
+  (training is not deterministic): they need one file,
+  `--config.input.FLAG=PATH`."""
+  if process_count > 1:
+    raise ConfigError(
+        "Several processes need one shared tokenizer: train it once (a "
+        "one-process run writes WORKDIR/tokenizer.json) and pass "
+        f"--config.input.{flag}=PATH.")
+
+
 def lm_batch_spec(config) -> dict:
   """Language-model batches: (B, seq_len) int32 "inputs" and "targets";
   with `input.segment_ids` also "segments" and "positions"."""

@@ -16,6 +16,7 @@ import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.implementations import BertWordPieceTokenizer
 
+from bigmodel_jax.dataio import common
 from bigmodel_jax.errors import ConfigError
 
 
@@ -169,11 +170,7 @@ def for_input(config, train_texts, process_count: int) -> WordPiece:
   deterministic across processes)."""
   if config.get("vocab_file"):
     return WordPiece.from_file(config.vocab_file)
-  if process_count > 1:
-    raise ConfigError(
-        "Several processes need one shared vocabulary: train it once (a "
-        "one-process run writes WORKDIR/tokenizer.json) and pass "
-        "--config.input.vocab_file=PATH.")
+  common.train_tokenizer_once(process_count, "vocab_file")
   return WordPiece.train(train_texts, config.vocab_size,
                          kind=config.get("tokenizer", "wordpiece"))
 

@@ -18,21 +18,11 @@ import jax
 import numpy as np
 import sacrebleu
 
-from bigmodel_jax import capabilities, decoding
+from bigmodel_jax import decoding, evaluators
 
 
-class Evaluator:
-  every_steps = 0  # From the block.
-
-  def __init__(self, block, exp):
-    self.every_steps = block.get("every_steps", 0)
-    self.split = block.get("split", "test")
-    self.examples = block.get("examples", 8)
-    self.exp, self.tokenizer = exp, exp.data.tokenizer
-    have = capabilities.parts(exp.family, exp.task, exp.config.model,
-                              self.tokenizer)
-    capabilities.require(have, "caption", "The captions evaluator's run")
-    self.context = have["decode"]
+class Evaluator(evaluators.Decoding):
+  capability = "caption"
 
   def generate(self, variables, batch: dict) -> list[str]:
     return generate(self.exp.model, variables["params"], self.tokenizer,

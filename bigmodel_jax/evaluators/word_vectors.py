@@ -23,10 +23,7 @@ class Evaluator:
 
   def __init__(self, block, exp):
     self.every_steps = block.get("every_steps", 0)
-    have = capabilities.parts(exp.family, exp.task, exp.config.model,
-                              exp.data.tokenizer)
-    capabilities.require(have, "word_vectors",
-                         "The word_vectors evaluator's run")
+    capabilities.of_evaluated_run(exp, "word_vectors", "word_vectors")
     tokenizer = exp.data.tokenizer
     self.ids = tokenizer.word_ids()
     self.words = [tokenizer.words[i] for i in self.ids]

@@ -112,7 +112,7 @@ def rules(cfg) -> list:
 
 
 # --- Our tree <-> the table's tree ---------------------------------------------
-def _layers(tree, cfg, index=lambda x, i: np.asarray(x)[i]) -> dict:
+def unscanned(tree, cfg, index=lambda x, i: np.asarray(x)[i]) -> dict:
   """Params (or shapes, with `index`) with scanned layers as block_0 ..."""
   if not cfg.scan_layers:
     return dict(tree)
@@ -122,8 +122,8 @@ def _layers(tree, cfg, index=lambda x, i: np.asarray(x)[i]) -> dict:
   return out
 
 
-def _stack(params, cfg) -> dict:
-  """The inverse of `_layers`."""
+def scanned(params, cfg) -> dict:
+  """The inverse of `unscanned`."""
   if not cfg.scan_layers:
     return params
   blocks = [params.pop(f"block_{i}") for i in range(cfg.num_layers)]
@@ -214,7 +214,7 @@ def read_params(model_dir: str, cfg, shapes) -> dict:
       if nonzero:
         raise ConfigError(f"{model_dir} has nonzero biases ({nonzero[0]}, "
                           "...); set config.model.use_bias=True.")
-  layer_shapes = _layers(shapes, cfg, index=lambda s, i: tuple(s[1:]))
+  layer_shapes = unscanned(shapes, cfg, index=lambda s, i: tuple(s[1:]))
   params = hf_layout.from_hf(tensors, rules(cfg),
                              _table_shapes(layer_shapes, cfg))
   if kind(cfg) == "gpt2":
@@ -225,13 +225,13 @@ def read_params(model_dir: str, cfg, shapes) -> dict:
   if "lm_head" in params:
     params["lm_head"]["kernel"] = np.pad(params["lm_head"]["kernel"],
                                          ((0, 0), (0, pad)))
-  return _stack(params, cfg)
+  return scanned(params, cfg)
 
 
 def export(params, cfg) -> hf_layout.HFExport:
   """The GPT2LMHeadModel / LlamaForCausalLM directory of a `gpt.Config`."""
   arch = kind(cfg)
-  params = _layers(families.merged(params, cfg), cfg)
+  params = unscanned(families.merged(params, cfg), cfg)
   params["wte"] = {"embedding": np.asarray(
       params["wte"]["embedding"])[:cfg.vocab_size]}
   if "lm_head" in params:

@@ -164,20 +164,20 @@ def create_app(served: dict, ledger, config) -> FastAPI:
           time.monotonic() - started)
 
   async def generate(request, model, body, call, prompts, max_tokens, chat,
-                     inputs=None, image_units=0):
-    """Generates for `prompts` (prefill `inputs` for each: an image) and
-    bills `image_units` more input units."""
+                     image_units=0):
+    """Generates for `prompts` (models.Prompt) and bills `image_units` more
+    input units."""
     if len(prompts) * body.n > max_inputs or body.n > config.max_n:
       raise ApiError(400, f"n={body.n} x {len(prompts)} prompts is over the "
                      f"limit (n <= {config.max_n}, {max_inputs} choices).",
                      "invalid_request_error", "too_many_choices")
     for prompt in prompts:
-      check_length(model, prompt, max_tokens)
-    call.hold = await gate.hold(call, sum(map(len, prompts)) + image_units,
-                                len(prompts) * body.n * max_tokens)
+      check_length(model, prompt.ids, max_tokens)
+    units = sum(p.units for p in prompts) + image_units
+    call.hold = await gate.hold(call, units, len(prompts) * body.n *
+                                max_tokens)
     generation = Generation(model, body, prompts, max_tokens, chat=chat,
-                            call=call, inputs=inputs or {},
-                            extra_units=image_units)
+                            call=call, prompt_units=units)
     generation.start()
     if body.stream:
       async def events():
@@ -197,9 +197,9 @@ def create_app(served: dict, ledger, config) -> FastAPI:
   async def completions(request: Request):
     async def handle(model, body, call):
       texts = bodies.texts(body.prompt, max_inputs)
-      prompts = await asyncio.to_thread(lambda: [model.prompt_ids(p)
+      prompts = await asyncio.to_thread(lambda: [model.prompt(p)
                                                  for p in texts])
-      longest = max(len(p) for p in prompts)
+      longest = max(len(p.ids) for p in prompts)
       max_tokens = body.max_tokens or max(1, min(
           config.default_max_tokens, model.context - longest))
       return await generate(request, model, body, call, prompts, max_tokens,
@@ -212,13 +212,13 @@ def create_app(served: dict, ledger, config) -> FastAPI:
     async def handle(model, body, call):
       images = [bodies.image_bytes(url) for m in body.messages
                 for url in m.images()]
-      prompt, inputs = await asyncio.to_thread(model.chat_prompt, [
+      prompt = await asyncio.to_thread(model.chat_prompt, [
           {"role": m.role, "content": m.text()} for m in body.messages],
           images)
       max_tokens = (body.max_completion_tokens or body.max_tokens or
-                    max(1, model.context - len(prompt)))
+                    max(1, model.context - len(prompt.ids)))
       return await generate(request, model, body, call, [prompt], max_tokens,
-                            chat=True, inputs=inputs,
+                            chat=True,
                             image_units=len(images) * config.image_tokens)
     return await metered(request, "chat", schemas.ChatCompletion, handle)
 

@@ -1,9 +1,9 @@
 """/v1/completions and /v1/chat/completions: requests to the generator,
 tokens back as text, whole or as server-sent events.
 
-Each choice is one generator request (its own slot and seed). Text is
-decoded from all of a choice's ids so far, so a multi-byte character split
-over tokens comes out whole; text that could be the start of a `stop`
+Each choice is one generator request (its own slot and seed). New ids are
+decoded after the ids before them, so a multi-byte character split over
+tokens comes out whole and a word keeps its leading space; text that could be the start of a `stop`
 string is held back until it is not, and a stop string ends the choice
 (not included in the text).
 """
@@ -62,7 +62,7 @@ class Choice:
   def add(self, tokens: list, finish: str | None) -> str:
     """New text to show; sets `finish` when the choice is done."""
     self.ids.extend(tokens)
-    tail = self.served.decode(self.ids[self.whole_ids:])
+    tail = self._tail()
     text = self.whole + tail
     if tail.endswith("\ufffd"):  # A character is still incomplete.
       stops = self.stops.copy()
@@ -79,6 +79,18 @@ class Choice:
     delta, self.shown = text[self.shown:max(end, self.shown)], max(end,
                                                                  self.shown)
     return delta
+
+
+  def _tail(self) -> str:
+    """The text of the ids after `whole_ids`, decoded after the few ids
+    before them: a SentencePiece word's leading space is dropped at the
+    start of a text only."""
+    start = max(0, self.whole_ids - 4)
+    before = self.served.decode(self.ids[start:self.whole_ids])
+    text = self.served.decode(self.ids[start:])
+    if text.startswith(before):
+      return text[len(before):]
+    return self.served.decode(self.ids[self.whole_ids:])
 
 
 class StopMatcher:
@@ -154,16 +166,15 @@ def _sse(payload) -> str:
 class Generation:
   """One API call: its choices in flight on the generator."""
 
-  def __init__(self, served, body, prompts: list[np.ndarray],
-               max_tokens: int, *, chat: bool, call, inputs: dict,
-               extra_units: int = 0):
-    """`inputs`: every prompt's further prefill inputs (an image);
-    `extra_units`: input units billed beyond the prompts' tokens."""
+  def __init__(self, served, body, prompts: list, max_tokens: int, *,
+               chat: bool, call, prompt_units: int):
+    """`prompts`: models.Prompt each; `prompt_units`: the input units
+    billed."""
     self.served, self.body, self.chat, self.call = served, body, chat, call
-    self.prompts, self.max_tokens, self.inputs = prompts, max_tokens, inputs
+    self.prompts, self.max_tokens = prompts, max_tokens
     self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     self.created = int(time.time())
-    self.prompt_tokens = sum(len(p) for p in prompts) + extra_units
+    self.prompt_tokens = prompt_units
     self.choices = [Choice(served, body.stops())
                     for _ in range(len(prompts) * body.n)]
     self.requests = []
@@ -175,13 +186,14 @@ class Generation:
             else secrets.randbits(32))
     eos = getattr(self.served.run.tokenizer, "eos_id", None)
     for i, choice in enumerate(self.choices):
+      prompt = self.prompts[i // self.body.n]
       request = Request(
-          self.prompts[i // self.body.n], self.max_tokens,
+          prompt.ids, self.max_tokens,
           lambda tokens, finish, i=i: inbox.put(self.events,
                                                 (i, tokens, finish)),
           temperature=self.body.temperature, top_k=self.body.top_k,
           top_p=self.body.top_p, seed=(seed + i) % 2**32, eos_id=eos,
-          inputs=self.inputs)
+          inputs=prompt.inputs)
       self.requests.append(request)
       self.served.generator.submit(request)
 

@@ -4,7 +4,9 @@ What a run serves follows from its capabilities (capabilities.py), never
 from its family's or task's name: "generate" serves completions, and chat
 completions when it was fine-tuned on conversations (it has a chat
 template) or captions images ("caption": the conversation's image, sent as
-an OpenAI image_url part, is its prefill input); "embed" serves embeddings
+an OpenAI image_url part, is its prefill input); "text_to_text" serves
+both with the prompt (in chat, the last user message) as the encoder's
+input and the decoder starting from its start token; "embed" serves embeddings
 (unit length), of images too with "embed_image"; "classify" serves
 classification of texts (a run with a tokenizer) or of images;
 "generate_images" serves image generation (PNGs from latents drawn per
@@ -91,6 +93,16 @@ def _padded_call(run, fn, max_batch: int):
 
 
 @dataclasses.dataclass
+class Prompt:
+  """One prompt as the generator takes it: the decoder's prompt ids, its
+  further prefill inputs (an image, encoded ids) and the text tokens billed
+  for it."""
+  ids: np.ndarray
+  inputs: dict
+  units: int
+
+
+@dataclasses.dataclass
 class Served:
   """One served run: its name, what it can do, and its compiled calls."""
   name: str
@@ -108,7 +120,8 @@ class Served:
     out = []
     if self.generator and not self.captions:  # A caption needs an image:
       out.append("completions")                 # chat, with an image part.
-    if self.generator and (self.run.chat_template or self.captions):
+    if self.generator and (self.run.chat_template or self.captions or
+                           self.encodes):
       out.append("chat")
     if self.embedder or self.image_embedder:
       out.append("embeddings")
@@ -151,21 +164,50 @@ class Served:
     """Whether it answers a conversation's image with a caption."""
     return "caption" in self.run.capabilities
 
-  def chat_prompt(self, messages: list[dict], images: list
-                  ) -> tuple[np.ndarray, dict]:
-    """A conversation (text parts) and its images' bytes as (prompt ids,
-    prefill inputs). A captioner captions the one image (its prompt is the
-    tokenizer's start token: text parts do not steer it); other models read
-    the conversation through their chat template and take no images."""
+  @property
+  def encodes(self) -> bool:
+    """Whether an encoder reads the prompt (text to text)."""
+    return "text_to_text" in self.run.capabilities
+
+  def prompt(self, text: str) -> Prompt:
+    """A completion prompt; an encoder's input when it `encodes`."""
+    if self.encodes:
+      return self._source(text)
+    ids = self.prompt_ids(text)
+    return Prompt(ids, {}, len(ids))
+
+  def chat_prompt(self, messages: list[dict], images: list) -> Prompt:
+    """A conversation (text parts) and its images' bytes. A captioner
+    captions the one image (its prompt is the tokenizer's start token: text
+    parts do not steer it); a text-to-text model turns the last user
+    message into its answer; other models read the conversation through
+    their chat template and take no images."""
     if not self.captions:
       if images:
         raise BadInput(f"Model {self.name!r} does not read images.")
-      return self.prompt_ids(messages=messages), {}
+      if self.encodes:
+        said = [m["content"] for m in messages if m["role"] == "user"]
+        if not said:
+          raise BadInput(f"Model {self.name!r} answers a user message; "
+                         "the conversation has none.")
+        return self._source(said[-1])
+      ids = self.prompt_ids(messages=messages)
+      return Prompt(ids, {}, len(ids))
     if len(images) != 1:
       raise BadInput(f"Model {self.name!r} captions one image: send one "
                      f"image_url content part (got {len(images)}).")
-    return (self.run.tokenizer.encode(""),
-            {"images": self.image_input(images[0])})
+    ids = self.run.tokenizer.encode("")
+    return Prompt(ids, {"images": self.image_input(images[0])}, len(ids))
+
+  def _source(self, text: str) -> Prompt:
+    """The encoder reads `text`; the decoder starts from the pad id."""
+    tokenizer, most = self.run.tokenizer, self.run.parts["source_prompt"]
+    count = len(tokenizer.encode(text))
+    if count > most:
+      raise BadInput(f"The input has {count} tokens; model {self.name!r} "
+                     f"reads at most {most}.")
+    return Prompt(np.asarray([tokenizer.pad_id], np.int32),
+                  {"sources": tokenizer.encode_batch([text], most)[0]}, count)
 
   @property
   def inputs(self) -> str:
@@ -204,13 +246,12 @@ def load(name: str, workdir: str, config, step=None) -> Served:
   can, window = run.capabilities, config.encoder_window_ms / 1000
   if "caption" in can:
     served.image_input = _image_reader(run)
-  if "generate" in can or "caption" in can:
+  if {"generate", "caption", "text_to_text"} & set(can):
     served.generator = Generator(run.model, run.variables, run.layout,
                                  length=run.parts["decode"],
                                  slots=config.slots,
                                  steps=config.decode_steps,
-                                 prompt_inputs=_image_spec(run)
-                                 if "caption" in can else None)
+                                 prompt_inputs=_prompt_spec(run))
     if config.warm_up:
       served.generator.warm_up()
   if "embed" in can:
@@ -234,8 +275,8 @@ def load(name: str, workdir: str, config, step=None) -> Served:
       served.class_names = _class_names(run.workdir)
   if not served.endpoints:
     raise ConfigError(f"{workdir}: nothing to serve: it has none of the "
-                      "capabilities generate, embed, classify, "
-                      "generate_images (model "
+                      "capabilities generate, text_to_text, embed, "
+                      "classify, generate_images (model "
                       f"{run.config.model.name!r}, task "
                       f"{run.config.task.name!r}).")
   return served
@@ -304,10 +345,17 @@ def _png(pixels: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _image_spec(run) -> dict:
-  """The prefill input of a model that decodes from an image."""
-  size, channels = run.config.input.image_size, run.config.input.channels
-  return {"images": jax.ShapeDtypeStruct((size, size, channels), np.float32)}
+def _prompt_spec(run) -> dict:
+  """One request's further prefill inputs: a captioner's image, an
+  encoder's source ids."""
+  spec = {}
+  if "caption" in run.capabilities:
+    size, channels = run.config.input.image_size, run.config.input.channels
+    spec["images"] = jax.ShapeDtypeStruct((size, size, channels), np.float32)
+  if "text_to_text" in run.capabilities:
+    spec["sources"] = jax.ShapeDtypeStruct((run.parts["source_prompt"],),
+                                           np.int32)
+  return spec
 
 
 def _image_reader(run):

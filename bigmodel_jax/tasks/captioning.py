@@ -7,12 +7,10 @@ texts[:, 1:]; padding (`model.pad_id`, from the input) is not scored.
 Outputs are next-token logits, so a captioner with a decoding cache and a
 tokenizer can generate (and, taking images at prefill, caption).
 """
-import jax.numpy as jnp
-
 from bigmodel_jax import loss_task
 
 
-class Task(loss_task.LossTask):
+class Task(loss_task.PaddedText):
   name = "captioning"
   required_keys = frozenset({"images", "texts"})
   optional_keys = frozenset({"weights", "targets"})
@@ -21,16 +19,5 @@ class Task(loss_task.LossTask):
   def model_args(self, batch: dict) -> tuple:
     return (batch["texts"][:, :-1], batch["images"])
 
-  def _weights(self, batch: dict):
-    targets = batch["texts"][:, 1:]
-    weights = (targets != self.config.model.pad_id).astype(jnp.float32)
-    if "weights" in batch:
-      weights = weights * batch["weights"][:, None]
-    return weights
-
-  def sums(self, logits, batch: dict) -> dict:
-    return loss_task.cross_entropy_sums(logits, batch["texts"][:, 1:],
-                                        self._weights(batch))
-
-  def normalizer(self, batch: dict):
-    return jnp.sum(self._weights(batch))
+  def target_ids(self, batch: dict):
+    return batch["texts"][:, 1:]
