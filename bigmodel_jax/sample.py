@@ -110,5 +110,6 @@ def main(argv=None) -> None:
       print(args.prompt + run.tokenizer.decode(row))
     print("-" * 40)
 
+
 if __name__ == "__main__":
   main()

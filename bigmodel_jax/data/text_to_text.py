@@ -114,17 +114,17 @@ class Input(TextToText):
     super().__init__(config, seed=seed, process_index=process_index,
                      process_count=process_count)
     self.pairs = SplitCache(lambda split: pairs(config, split))
-    prefix = config.get("prefix") or ""
+    self.prefix = config.get("prefix") or ""
     self.tokenizer = sentinels.for_input(config, [
         text for source, target in self.pairs[config.train_split]
-        for text in (prefix + source, target)], process_count)
+        for text in (self.prefix + source, target)], process_count)
     self.encoded = SplitCache(lambda split: self._encode(self.pairs[split]))
     self.encoded[config.eval_split]  # Missing data fails now, not mid-run.
 
   def _encode(self, split_pairs: list) -> dict:
-    prefix = self.config.get("prefix") or ""
     return {"inputs": self.tokenizer.encode_batch(
-        [prefix + source for source, _ in split_pairs], self.config.source_len),
+        [self.prefix + source for source, _ in split_pairs],
+        self.config.source_len),
             "targets": self.tokenizer.encode_batch(
                 [target for _, target in split_pairs], self.config.target_len)}
 

@@ -49,15 +49,14 @@ class Sentinels:
     return cls(tokenizers.Tokenizer.from_file(path))
 
   @classmethod
-  def train(cls, texts, vocab_size: int, sentinels: int = 100,
-            lowercase: bool = False) -> "Sentinels":
+  def train(cls, texts, vocab_size: int, sentinels: int = 100
+            ) -> "Sentinels":
     """A Unigram of `vocab_size` ids in all, `sentinels` of them."""
     if vocab_size <= sentinels + len(SPECIALS):
       raise ConfigError(f"input.vocab_size={vocab_size} leaves no room "
                         f"beside {sentinels} sentinels.")
     tokenizer = tokenizers.Tokenizer(tokenizers.models.Unigram())
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFKC()] + [normalizers.Lowercase()] * lowercase)
+    tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
     tokenizer.train_from_iterator(texts, tokenizers.trainers.UnigramTrainer(

@@ -10,8 +10,8 @@ GATES = {"swiglu": jax.nn.silu,
 
 
 def mlp(x, dense, hidden: int, out: int, activation: str):
-  """`dense` (layers.linear.Dense) makes "fc", SwiGLU's "gate" and "proj"
-  in the calling module."""
+  """`dense` (layers.linear.Dense) makes "fc", a gated kind's "gate" and
+  "proj" in the calling module."""
   h = dense((hidden,), ("embed", "mlp"), "fc")(x)
   if activation in GATES:
     h = GATES[activation](dense((hidden,), ("embed", "mlp"), "gate")(x)) * h

@@ -3,9 +3,9 @@ tokens back as text, whole or as server-sent events.
 
 Each choice is one generator request (its own slot and seed). New ids are
 decoded after the ids before them, so a multi-byte character split over
-tokens comes out whole and a word keeps its leading space; text that could be the start of a `stop`
-string is held back until it is not, and a stop string ends the choice
-(not included in the text).
+tokens comes out whole and a word keeps its leading space; text that could
+be the start of a `stop` string is held back until it is not, and a stop
+string ends the choice (not included in the text).
 """
 import asyncio
 import copy
@@ -79,7 +79,6 @@ class Choice:
     delta, self.shown = text[self.shown:max(end, self.shown)], max(end,
                                                                  self.shown)
     return delta
-
 
   def _tail(self) -> str:
     """The text of the ids after `whole_ids`, decoded after the few ids

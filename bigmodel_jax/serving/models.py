@@ -202,12 +202,13 @@ class Served:
   def _source(self, text: str) -> Prompt:
     """The encoder reads `text`; the decoder starts from the pad id."""
     tokenizer, most = self.run.tokenizer, self.run.parts["source_prompt"]
-    count = len(tokenizer.encode(text))
-    if count > most:
-      raise BadInput(f"The input has {count} tokens; model {self.name!r} "
+    ids = np.asarray(tokenizer.encode(text), np.int32)
+    if len(ids) > most:
+      raise BadInput(f"The input has {len(ids)} tokens; model {self.name!r} "
                      f"reads at most {most}.")
-    return Prompt(np.asarray([tokenizer.pad_id], np.int32),
-                  {"sources": tokenizer.encode_batch([text], most)[0]}, count)
+    return Prompt(np.asarray([tokenizer.pad_id], np.int32), {
+        "sources": np.pad(ids, (0, most - len(ids)),
+                          constant_values=tokenizer.pad_id)}, len(ids))
 
   @property
   def inputs(self) -> str:
